@@ -1,0 +1,5 @@
+import sys
+
+from dealsd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""Time, injected: every part that waits or stamps takes a ``Clock``.
+
+Tests drive a ``FakeClock`` by hand so the token scheduler, the stall detector
+and the watchdog are exercised without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Wall-clock seconds since the epoch: for timestamps stored or shown."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps: for intervals and deadlines."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class FakeClock:
+    """A clock that moves only when told to; sleepers wake as it passes them."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self._wall = start
+        self._mono = 1000.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    def now(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + seconds, next(self._seq), fut))
+        await fut
+
+    @property
+    def sleepers(self) -> int:
+        return sum(1 for *_, f in self._sleepers if not f.done())
+
+    async def advance(self, seconds: float) -> None:
+        """Move time forward, waking each sleeper at its deadline in order."""
+        target = self._mono + seconds
+        while self._sleepers and self._sleepers[0][0] <= target:
+            deadline, _, fut = heapq.heappop(self._sleepers)
+            self._wall += deadline - self._mono
+            self._mono = deadline
+            if not fut.done():
+                fut.set_result(None)
+            # Let the woken task run before time moves on past its next step.
+            for _ in range(5):
+                await asyncio.sleep(0)
+        self._wall += target - self._mono
+        self._mono = target
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    def jump_wall(self, seconds: float) -> None:
+        """Step the wall clock only (NTP correction, VM resume): monotonic is untouched."""
+        self._wall += seconds
+
+
+async def sleep_or_stop(clock: Clock, stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` unless ``stop`` is set first; return True when stopped."""
+    if stop.is_set():
+        return True
+    waiter = asyncio.ensure_future(stop.wait())
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    try:
+        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        sleeper.cancel()
+    return stop.is_set()
+
+
+def iso_utc(epoch_s: float) -> str:
+    """The one timestamp format of the database: ISO-8601 UTC with a ``Z``."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso_utc(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+KEEPA_EPOCH_MINUTES = 21_564_000
+
+
+def keepa_minutes_to_epoch(minutes: int) -> float | None:
+    """Keepa time (minutes since 2011-01-01) to epoch seconds; -1 and 0 mean never."""
+    if minutes <= 0:
+        return None
+    return (minutes + KEEPA_EPOCH_MINUTES) * 60.0
+
+
+def epoch_to_keepa_minutes(epoch_s: float) -> int:
+    return int(epoch_s // 60) - KEEPA_EPOCH_MINUTES

@@ -1,0 +1,2 @@
+def test_placeholder() -> None:
+    import dealsd.payloads  # noqa: F401
