@@ -66,6 +66,10 @@ class FakeClock:
 
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking each sleeper at its deadline in order."""
+        # Let tasks that are about to sleep register first, so "advance" means
+        # "time passes for everyone", as it would in real time.
+        for _ in range(5):
+            await asyncio.sleep(0)
         target = self._mono + seconds
         while self._sleepers and self._sleepers[0][0] <= target:
             deadline, _, fut = heapq.heappop(self._sleepers)

@@ -1,2 +1,0 @@
-def test_placeholder() -> None:
-    import dealsd.payloads  # noqa: F401
