@@ -53,7 +53,7 @@ def _bootstrap_pip() -> None:
 
 def ensure_venv(extras: str) -> None:
     """Create .venv if needed and install dealsd (with ``extras``) when it changed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may run under any python3
         sys.exit(f"dev.py: dealsd needs Python 3.11 or newer, this is {sys.version.split()[0]}")
     if not PY.exists():
         print(f"dev.py: creating {VENV}", flush=True)

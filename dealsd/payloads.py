@@ -115,12 +115,12 @@ class _Envelope(msgspec.Struct):
     """The envelope, tolerant: used on bodies that may be errors or partial."""
 
     timestamp: int | None = None
-    tokensLeft: int | None = None  # noqa: N815 - Keepa's field names
-    refillIn: int | None = None  # noqa: N815
-    refillRate: int | None = None  # noqa: N815
-    tokensConsumed: int | None = None  # noqa: N815
-    tokenFlowReduction: float | None = None  # noqa: N815
-    processingTimeInMs: int | None = None  # noqa: N815
+    tokensLeft: int | None = None  # Keepa's field names, as sent
+    refillIn: int | None = None
+    refillRate: int | None = None
+    tokensConsumed: int | None = None
+    tokenFlowReduction: float | None = None
+    processingTimeInMs: int | None = None
     error: KeepaErrorBody | None = None
 
 
