@@ -1,0 +1,347 @@
+"""The Keepa-to-column mapping, against real payloads.
+
+Expected values were read by hand from /work/shared/keepa-samples/*.json (and
+from the deal objects written below), never computed by the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dealsd import mapping
+from dealsd.payloads import Product, decode_deals, decode_products
+
+SAMPLES = Path("/work/shared/keepa-samples")
+if not SAMPLES.is_dir():  # the packaged copy, where the shared folder is absent
+    SAMPLES = Path(__file__).resolve().parents[1] / "dealsd" / "samples"
+
+
+def _product(asin: str) -> Product:
+    body = (SAMPLES / f"product_{asin}.json").read_bytes()
+    decoded = decode_products(body)
+    assert decoded.skipped == []
+    [item] = decoded.items
+    return item.value
+
+
+@dataclass(frozen=True)
+class Profit:
+    reference: str = "new"
+    referral_fee_pct: float = 15.0
+    fba_fee_cents: int = 0
+    extra_cost_cents: int = 0
+
+
+# ---------------------------------------------------------------- products
+
+
+def test_product_columns_b0d8w1yvbx_read_by_hand() -> None:
+    cols = mapping.product_columns(_product("B0D8W1YVBX"))
+    assert cols == {
+        "avg30_new_cents": 1742,
+        "avg90_new_cents": 1797,
+        "avg180_new_cents": 1849,
+        "avg365_new_cents": 1908,
+        # USED is -1 in every average: no data, not a price of -1 cent.
+        "avg30_used_cents": None,
+        "avg90_used_cents": None,
+        "avg180_used_cents": None,
+        "avg365_used_cents": None,
+        "avg90_amazon_cents": None,
+        "avg90_buy_box_cents": 1805,
+        "avg90_sales_rank": 27,
+        "sales_rank_drops_30": 35,
+        "sales_rank_drops_90": 75,
+        "sales_rank_drops_180": 165,
+        "sales_rank_drops_365": 424,
+        "offer_count_new": 5,
+        "offer_count_used": None,
+        "buy_box_cents": 1499,
+        "fba_fee_cents": 409,
+        "referral_fee_pct": 15.01,
+    }
+
+
+def test_product_columns_b0f7xpycsj_sentinels_become_null() -> None:
+    cols = mapping.product_columns(_product("B0F7XPYCSJ"))
+    assert cols == {
+        "avg30_new_cents": 2599,
+        "avg90_new_cents": 2599,
+        "avg180_new_cents": 2599,
+        "avg365_new_cents": 2598,
+        "avg30_used_cents": None,
+        "avg90_used_cents": None,
+        "avg180_used_cents": None,
+        "avg365_used_cents": None,
+        "avg90_amazon_cents": None,
+        "avg90_buy_box_cents": None,
+        "avg90_sales_rank": 11253,
+        "sales_rank_drops_30": 13,
+        "sales_rank_drops_90": 35,
+        "sales_rank_drops_180": 84,
+        "sales_rank_drops_365": 99,
+        "offer_count_new": 1,
+        "offer_count_used": None,
+        "buy_box_cents": None,  # buyBoxPrice is -2 in the sample
+        "fba_fee_cents": 435,
+        "referral_fee_pct": 12.0,
+    }
+
+
+def test_product_columns_names_are_the_one_list() -> None:
+    cols = mapping.product_columns(_product("B0D8W1YVBX"))
+    assert tuple(cols) == mapping.PRODUCT_COLUMNS
+    assert len(set(mapping.PRODUCT_COLUMNS)) == len(mapping.PRODUCT_COLUMNS)
+    assert not set(mapping.PRODUCT_COLUMNS) & set(mapping.DEAL_COLUMNS)
+
+
+def test_product_without_stats_or_fees_is_all_null() -> None:
+    body = b'{"products": [{"asin": "B000000001", "productType": 0}]}'
+    [item] = decode_products(body).items
+    cols = mapping.product_columns(item.value)
+    assert set(cols) == set(mapping.PRODUCT_COLUMNS)
+    assert all(v is None for v in cols.values()), cols
+
+
+def test_product_that_lies_short_arrays_and_odd_negatives() -> None:
+    # A stats object with truncated arrays, -2 and -7 where numbers belong.
+    product = {
+        "asin": "B000000002",
+        "fbaFees": {"pickAndPackFee": -1},
+        "referralFeePercentage": -1.0,
+        "stats": {
+            "current": [1, 2, 3],  # no index 11/12
+            "avg30": [],
+            "avg90": [-2, -7, 0],  # amazon -2, new -7, used 0
+            "salesRankDrops30": -2,
+            "salesRankDrops90": 0,
+            "buyBoxPrice": -1,
+        },
+    }
+    [item] = decode_products(json.dumps({"products": [product]}).encode()).items
+    cols = mapping.product_columns(item.value)
+    assert cols["avg90_amazon_cents"] is None
+    assert cols["avg90_new_cents"] is None
+    assert cols["avg90_used_cents"] == 0  # zero is a value, not a sentinel
+    assert cols["avg90_buy_box_cents"] is None
+    assert cols["avg30_new_cents"] is None
+    assert cols["offer_count_new"] is None
+    assert cols["offer_count_used"] is None
+    assert cols["sales_rank_drops_30"] is None
+    assert cols["sales_rank_drops_90"] == 0
+    assert cols["sales_rank_drops_180"] is None  # absent: the decoder's -1
+    assert cols["buy_box_cents"] is None
+    assert cols["fba_fee_cents"] is None
+    assert cols["referral_fee_pct"] is None
+
+
+def test_refresh_through_sqlite_keeps_names(tmp_path: Path) -> None:
+    """FIELD_NOTES 8: a row written by column name and read back estimates the same."""
+    db = sqlite3.connect(tmp_path / "m.db")
+    db.row_factory = sqlite3.Row
+    db.execute(
+        f"CREATE TABLE products (asin TEXT PRIMARY KEY, {', '.join(mapping.PRODUCT_COLUMNS)})"
+    )
+    cols = mapping.product_columns(_product("B0D8W1YVBX"))
+    names = ", ".join(cols)
+    marks = ", ".join("?" for _ in cols)
+    db.execute(f"INSERT INTO products (asin, {names}) VALUES (?, {marks})", ["X", *cols.values()])
+    row = db.execute("SELECT * FROM products").fetchone()
+    fresh = mapping.estimate(cols, buy_cost_cents=1000, profit=Profit(extra_cost_cents=50))
+    again = mapping.estimate(dict(row), buy_cost_cents=1000, profit=Profit(extra_cost_cents=50))
+    assert again == fresh
+    assert fresh["profit_cents"] == 68  # not 0, not None: the refresh bug of the old system
+    db.close()
+
+
+# ---------------------------------------------------------------- estimate
+
+
+def test_estimate_new_reference_uses_product_fees() -> None:
+    cols = mapping.product_columns(_product("B0D8W1YVBX"))
+    got = mapping.estimate(cols, buy_cost_cents=1000, profit=Profit("new", 15.0, 0, 50))
+    # 1797 * 15.01 % = 269.73 -> 270; + 409 pick-and-pack + 50 extra = 729.
+    assert got == {"expected_sale_cents": 1797, "profit_cents": 68, "margin_pct": 3.78}
+
+
+def test_estimate_buy_box_reference() -> None:
+    cols = mapping.product_columns(_product("B0D8W1YVBX"))
+    got = mapping.estimate(cols, buy_cost_cents=1000, profit=Profit("buy_box", 15.0, 0, 50))
+    # 1805 * 15.01 % = 270.93 -> 271; fees 271 + 409 + 50 = 730; 75 / 1805 = 4.155 %.
+    assert got == {"expected_sale_cents": 1805, "profit_cents": 75, "margin_pct": 4.16}
+
+
+@pytest.mark.parametrize("reference", ["used", "amazon"])
+def test_estimate_reference_without_data_is_null(reference: str) -> None:
+    cols = mapping.product_columns(_product("B0D8W1YVBX"))
+    got = mapping.estimate(cols, buy_cost_cents=1000, profit=Profit(reference))
+    assert got == {"expected_sale_cents": None, "profit_cents": None, "margin_pct": None}
+
+
+def test_estimate_config_defaults_fill_missing_fees() -> None:
+    cols: dict[str, Any] = {"avg90_used_cents": 2000, "referral_fee_pct": None}
+    got = mapping.estimate(cols, buy_cost_cents=1200, profit=Profit("used", 15.0, 300, 0))
+    # 2000 * 15 % = 300 referral + 300 config FBA fee; 2000 - 1200 - 600 = 200.
+    assert got == {"expected_sale_cents": 2000, "profit_cents": 200, "margin_pct": 10.0}
+
+
+def test_estimate_loss_is_negative_not_clamped() -> None:
+    cols = {"avg90_amazon_cents": 1000, "referral_fee_pct": 15.0, "fba_fee_cents": 0}
+    got = mapping.estimate(cols, buy_cost_cents=1500, profit=Profit("amazon"))
+    assert got == {"expected_sale_cents": 1000, "profit_cents": -650, "margin_pct": -65.0}
+
+
+def test_estimate_null_buy_cost_keeps_only_the_sale() -> None:
+    cols = {"avg90_new_cents": 1000}
+    got = mapping.estimate(cols, buy_cost_cents=None, profit=Profit("new"))
+    assert got == {"expected_sale_cents": 1000, "profit_cents": None, "margin_pct": None}
+
+
+@pytest.mark.parametrize("sale", [0, -1, -2, None, "1000", True])
+def test_estimate_no_usable_sale_is_all_null(sale: object) -> None:
+    got = mapping.estimate({"avg90_new_cents": sale}, buy_cost_cents=100, profit=Profit("new"))
+    assert got == {"expected_sale_cents": None, "profit_cents": None, "margin_pct": None}
+
+
+def test_estimate_unknown_reference_is_an_error() -> None:
+    with pytest.raises(ValueError, match="lowest"):
+        mapping.estimate({}, buy_cost_cents=1, profit=Profit("lowest"))
+
+
+# ---------------------------------------------------------------- deals
+
+IMAGE = [53, 49, 97, 98, 99, 88, 89, 90, 43, 76, 46, 106, 112, 103]  # "51abcXYZ+L.jpg"
+
+
+def _deal(**fields: Any) -> dict[str, Any]:
+    deal: dict[str, Any] = {
+        "asin": "0316769487",
+        "parentAsin": None,
+        "title": "  The Catcher &amp; the Rye \n",
+        "rootCat": 283155,
+        "categories": [283155, 10],
+        "image": IMAGE,
+        "current": [-1, 2599, 1450, 123456, -1, -1, -1, -1, -1, -1, -1, 7, 12],
+        "currentSince": [-1, 8075000, 8075100, 8075700],
+        "lastUpdate": 8075762,
+        "creationDate": 8075000,
+        "warehouseCondition": 0,
+    }
+    deal.update(fields)
+    return deal
+
+
+def _rows(*deals: dict[str, Any]) -> list[dict[str, object]]:
+    body = json.dumps({"deals": {"dr": list(deals)}, "tokensLeft": 5, "refillRate": 5}).encode()
+    decoded = decode_deals(body)
+    assert decoded.skipped == []
+    return [
+        mapping.deal_row(i.value, i.raw, domain_id=1, seen_at="2026-05-10T05:00:00Z")
+        for i in decoded.items
+    ]
+
+
+def test_deal_row_full() -> None:
+    [row] = _rows(_deal())
+    assert tuple(row) == mapping.DEAL_COLUMNS
+    deal_json = row.pop("deal_json")
+    assert row == {
+        "asin": "0316769487",
+        "domain_id": 1,
+        "title": "The Catcher &amp; the Rye",
+        "image_url": "https://m.media-amazon.com/images/I/51abcXYZ+L.jpg",
+        "root_category": 283155,
+        "current_amazon_cents": None,
+        "current_new_cents": 2599,
+        "current_used_cents": 1450,
+        "current_sales_rank": 123456,
+        "keepa_last_update": "2026-05-10T04:02:00Z",  # date -u -d @1778385720
+        "last_seen_at": "2026-05-10T05:00:00Z",
+    }
+    assert isinstance(deal_json, str)
+    assert json.loads(deal_json) == _deal()  # every field kept, even ones not mapped
+
+
+@pytest.mark.parametrize("root", [0, 9223372036854775807, None])
+def test_deal_unknown_root_category_is_null(root: int | None) -> None:
+    [row] = _rows(_deal(rootCat=root))
+    assert row["root_category"] is None
+
+
+@pytest.mark.parametrize(
+    "image",
+    [None, [], [200, 201, 202], [300], [-1], [47, 101, 118, 105, 108], [97, 32, 98], [97, 10]],
+    ids=["null", "empty", "non-ascii", "not-a-byte", "negative", "slash", "space", "newline"],
+)
+def test_deal_bad_or_missing_image_is_null(image: list[int] | None) -> None:
+    [row] = _rows(_deal(image=image))
+    assert row["image_url"] is None
+
+
+def test_deal_missing_image_key_is_null() -> None:
+    deal = _deal()
+    del deal["image"]
+    [row] = _rows(deal)
+    assert row["image_url"] is None
+
+
+def test_deal_sentinel_prices_and_short_current() -> None:
+    a, b = _rows(
+        _deal(asin="A1", current=[-1, -2, -1, -2]),
+        _deal(asin="A2", current=[1999]),  # a lying, truncated array
+    )
+    assert [a[k] for k in mapping.CURRENT_PRICE_COLUMN.values()] == [None, None, None]
+    assert a["current_sales_rank"] is None
+    assert b["current_amazon_cents"] == 1999
+    assert b["current_new_cents"] is None
+    assert b["current_used_cents"] is None
+    assert b["current_sales_rank"] is None
+
+
+@pytest.mark.parametrize("title", [None, "", "   \n\t"])
+def test_deal_blank_title_is_null(title: str | None) -> None:
+    [row] = _rows(_deal(title=title))
+    assert row["title"] is None
+
+
+@pytest.mark.parametrize("minutes", [-1, 0])
+def test_deal_never_updated_is_null(minutes: int) -> None:
+    [row] = _rows(_deal(lastUpdate=minutes))
+    assert row["keepa_last_update"] is None
+
+
+def test_deal_json_keeps_unicode_as_sent() -> None:
+    [row] = _rows(_deal(title="Café \u2013 crème"))
+    assert row["title"] == "Café – crème"
+    assert "crème" in json.loads(str(row["deal_json"]))["title"]
+
+
+# ---------------------------------------------------------------- buy cost
+
+
+def test_buy_cost_from_row_by_price_type() -> None:
+    [row] = _rows(_deal())
+    assert mapping.buy_cost_cents(row, 2) == 1450
+    assert mapping.buy_cost_cents(row, 1) == 2599
+    assert mapping.buy_cost_cents(row, 0) is None  # amazon -1
+    assert mapping.buy_cost_cents(row, 3) is None  # sales rank is no price
+    assert mapping.buy_cost_cents(row, 18) is None
+
+
+def test_buy_cost_from_current_array() -> None:
+    current = [-1, 2599, 1450, 123456]
+    assert mapping.buy_cost_cents(current, 2) == 1450
+    assert mapping.buy_cost_cents(current, 0) is None
+    assert mapping.buy_cost_cents(current, 3) is None
+    assert mapping.buy_cost_cents([500], 1) is None  # index missing
+
+
+def test_buy_cost_from_row_read_back_with_null() -> None:
+    assert mapping.buy_cost_cents({"current_used_cents": None}, 2) is None
+    assert mapping.buy_cost_cents({}, 2) is None
