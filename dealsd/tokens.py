@@ -1,0 +1,445 @@
+"""The token scheduler: one in-process, weighted-fair gate in front of every Keepa call.
+
+The balance lives on Keepa's side and is shared by everything using the key, so
+the local model is only a prediction between responses: every envelope
+(``sync``) replaces it with the server's numbers. Between responses the model
+adds ``refill_rate`` at each refill step (the first at sync time + ``refillIn``,
+then one per learned period) up to Keepa's cap of 60 x the rate.
+
+Keepa runs a request whenever the balance is >= 1, whatever it costs, so a
+request waits for a balance >= 1 and for its turn, never for its full cost
+(waiting for the full cost is what starved the 100-token backfill batches in
+the old system). Each grant deducts its estimated cost at once, so concurrent
+acquirers do not all fire on the same token; the next envelope corrects it.
+
+Turns are start-time fair queuing: each consumer carries a virtual finish tag
+(tokens granted / weight); a waiting consumer's start tag is
+``max(V, finish)`` where ``V`` is the start tag of the last grant, so the
+lowest weighted usage goes first and an idle consumer comes back level with
+the others instead of with banked credit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections import deque
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import structlog
+
+from dealsd.clock import Clock
+from dealsd.payloads import Envelope
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PERIOD_S = 60.0
+CAP_PERIODS = 60  # Keepa lets unused tokens expire after 60 refills.
+EWMA_ALPHA = 0.3
+# A granted request whose response never came (timeout, cancelled caller) stops
+# counting as in flight after this long, so a lost request cannot depress the
+# balance forever.
+IN_FLIGHT_MAX_AGE_S = 120.0
+# An envelope whose server timestamp is this much older than the newest seen is
+# from a slower, earlier request: its balance is stale. Far older means the
+# server clock was reset, and the envelope is believed.
+STALE_WINDOW_MS = 120_000
+# Timers may fire a hair early; a step this close counts as reached.
+EPS = 1e-3
+# "Nice" periods to round a learned period up to: refillIn counts down from the
+# period, so the largest value seen is at most the period and usually a little
+# under it (latency), and under-estimating the period means over-predicting
+# the balance.
+_NICE = sorted(
+    {m * 10.0**e for e in range(-2, 4) for m in (1.0, 2.0, 2.5, 5.0)}
+    | {15.0, 30.0, 60.0, 90.0, 120.0, 300.0, 600.0, 3600.0}
+)
+
+
+def round_period(seen_s: float) -> float:
+    """The period implied by the largest ``refillIn`` seen: the next nice value up."""
+    floor = seen_s * 0.98  # within 2 % of a nice value is that value (jitter)
+    for nice in _NICE:
+        if nice >= floor:
+            return nice
+    return seen_s
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSnapshot:
+    balance: float
+    refill_rate: float
+    refill_in_s: float | None
+    period_s: float
+    consumed_total: int
+    consumed_by: dict[str, int]
+    granted_by: dict[str, int]
+    waiting: dict[str, int]
+    rate_limited: int
+    synced_at: float | None
+    in_flight: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Ticket:
+    """One granted request, until its envelope comes back."""
+
+    owner: TokenScheduler
+    consumer: str
+    cost: int
+    charge: float  # virtual time charged: cost / weight at grant
+    weight: float
+    granted_at: float
+    synced: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    consumer: str
+    cost: int
+    seq: int
+    fut: asyncio.Future[_Ticket] = field(repr=False)
+
+
+# The ticket of the request the current task was granted: the client calls
+# ``acquire`` and then ``sync`` in the same task, which pairs each envelope
+# with its own request even when responses come back out of order.
+_TICKET: ContextVar[_Ticket | None] = ContextVar("dealsd_tokens_ticket", default=None)
+
+
+class TokenScheduler:
+    """Weighted-fair, cancellation-safe access to one Keepa key's token balance."""
+
+    def __init__(
+        self, *, clock: Clock, weights: Mapping[str, float], batch_minutes: float = 1.0
+    ) -> None:
+        self._clock = clock
+        self._weights: dict[str, float] = {}
+        self.set_weights(weights)
+        self._batch_minutes = batch_minutes
+        # The model (monotonic time only).
+        self._synced = False
+        self._synced_wall: float | None = None
+        self._balance = 0.0
+        self._rate = 0.0
+        self._period = DEFAULT_PERIOD_S
+        self._period_seen = 0.0
+        self._next_step: float | None = None
+        self._last_ts: int | None = None
+        self._probe: _Ticket | None = None
+        self._probe_at: float | None = None
+        self._in_flight: list[_Ticket] = []
+        # Fairness.
+        self._vtime = 0.0
+        self._finish: dict[str, float] = {}
+        self._queues: dict[str, deque[_Waiter]] = {}
+        self._seq = itertools.count()
+        # One timer, to the moment the model next allows a grant.
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_at: float | None = None
+        # Accounting.
+        self._consumed_total = 0
+        self._consumed_by: dict[str, int] = {}
+        self._granted_by: dict[str, int] = {}
+        self._rate_limited = 0
+        self._cost_per_item: dict[str, float] = {}
+
+    # -- configuration -------------------------------------------------------
+
+    def set_weights(self, weights: Mapping[str, float]) -> None:
+        """Replace the consumer weights (SIGHUP); unknown consumers weigh 1."""
+        for name, weight in weights.items():
+            if not weight > 0:
+                raise ValueError(f"token weight for {name!r} must be > 0, got {weight!r}")
+        self._weights = dict(weights)
+
+    def _weight(self, consumer: str) -> float:
+        return self._weights.get(consumer, 1.0)
+
+    # -- the server's truth --------------------------------------------------
+
+    def sync(self, envelope: Envelope) -> None:
+        """Take balance, rate and next refill from a response's envelope."""
+        now = self._clock.monotonic()
+        ticket = self._take_ticket()
+        consumed = max(0, envelope.tokens_consumed)
+        self._consumed_total += consumed
+        who = ticket.consumer if ticket is not None else "unattributed"
+        self._consumed_by[who] = self._consumed_by.get(who, 0) + consumed
+        if ticket is not None and ticket.cost != consumed:
+            # Charge the consumer for what the request really cost (a 429 costs
+            # nothing and its retry is charged again), so a low estimate does
+            # not buy a larger share.
+            delta = (consumed - ticket.cost) / ticket.weight
+            self._finish[ticket.consumer] = self._finish.get(ticket.consumer, 0.0) + delta
+        self._expire(now)
+        if self._is_stale(envelope):
+            log.debug("tokens.stale_envelope", timestamp=envelope.timestamp)
+        else:
+            self._apply(envelope, now)
+        self._dispatch()
+
+    def _apply(self, envelope: Envelope, now: float) -> None:
+        if envelope.refill_in > 0 and envelope.refill_in / 1000.0 > self._period_seen:
+            self._period_seen = envelope.refill_in / 1000.0
+            period = round_period(self._period_seen)
+            if period != self._period:
+                log.info("tokens.period_learned", period_s=period, old_s=self._period)
+                self._period = period
+        rate = float(envelope.refill_rate)
+        if self._synced and rate != self._rate:
+            log.info("tokens.refill_rate_changed", old=self._rate, new=rate)
+        predicted = self._balance
+        # Requests still in flight were deducted locally but may not be in the
+        # server's number yet; subtracting them again at worst under-predicts
+        # until their own envelopes arrive, which is the safe side.
+        pending = sum(t.cost for t in self._in_flight)
+        self._balance = float(envelope.tokens_left - pending)
+        if self._synced and abs(predicted - self._balance) > max(rate, 10.0):
+            log.debug("tokens.resync", predicted=round(predicted, 1), server=envelope.tokens_left)
+        self._rate = rate
+        refill_in = envelope.refill_in / 1000.0
+        self._next_step = now + (refill_in if refill_in > 0 else self._period)
+        self._last_ts = envelope.timestamp
+        self._synced = True
+        self._synced_wall = self._clock.now()
+
+    def _is_stale(self, envelope: Envelope) -> bool:
+        if self._last_ts is None:
+            return False
+        behind = self._last_ts - envelope.timestamp
+        return 0 < behind <= STALE_WINDOW_MS
+
+    def _take_ticket(self) -> _Ticket | None:
+        ticket = _TICKET.get()
+        if ticket is not None and ticket.owner is self:
+            if ticket.synced:
+                return None  # this task's request was answered already: an extra envelope
+            _TICKET.set(None)
+        elif self._in_flight:
+            # An envelope from a task that did not acquire (or a client that
+            # syncs from another task): assume the oldest request answered.
+            ticket = self._in_flight[0]
+        else:
+            return None
+        ticket.synced = True
+        if ticket in self._in_flight:
+            self._in_flight.remove(ticket)
+        return ticket
+
+    def note_rate_limited(self) -> None:
+        """Count a 429: the server's balance is <= 0 until the next refill."""
+        self._rate_limited += 1
+        self._advance(self._clock.monotonic())
+        self._balance = min(self._balance, 0.0)
+        log.info("tokens.rate_limited", count=self._rate_limited)
+        self._dispatch()
+
+    # -- the model between responses -----------------------------------------
+
+    def _advance(self, now: float) -> None:
+        """Add the refills whose steps have passed since the last look."""
+        if self._next_step is None or now + EPS < self._next_step:
+            return
+        steps = math.floor((now + EPS - self._next_step) / self._period) + 1
+        cap = CAP_PERIODS * self._rate
+        # The cap stops refills; it never takes away a balance the server reported.
+        self._balance = max(self._balance, min(cap, self._balance + steps * self._rate))
+        self._next_step += steps * self._period
+
+    def _expire(self, now: float) -> None:
+        max_age = max(IN_FLIGHT_MAX_AGE_S, 2 * self._period)
+        while self._in_flight and now - self._in_flight[0].granted_at > max_age:
+            lost = self._in_flight.pop(0)
+            if lost is self._probe:
+                self._probe = None
+            log.debug("tokens.in_flight_expired", consumer=lost.consumer, cost=lost.cost)
+
+    def _time_to_balance(self, target: float, now: float) -> float:
+        """Seconds until the predicted balance reaches ``target`` (inf if never)."""
+        if self._balance + 1e-9 >= target:
+            return 0.0
+        if self._next_step is None or self._rate <= 0:
+            return math.inf
+        steps = math.ceil((target - self._balance - 1e-9) / self._rate)
+        return max(0.0, self._next_step + (steps - 1) * self._period - now)
+
+    def _probe_wait(self, now: float) -> float:
+        """Unsynced (or no refill at all): one request per period teaches the state.
+
+        A 429 costs nothing, so the probe is cheap; one per period keeps a
+        refused key from spinning.
+        """
+        if self._probe_at is None:
+            return 0.0
+        return max(0.0, self._probe_at + self._period - now)
+
+    def _grant_wait(self, now: float, ahead: float = 0.0) -> float:
+        wait = self._time_to_balance(1.0 + ahead, now)
+        if math.isinf(wait) or not self._synced:
+            wait = min(wait, self._probe_wait(now))
+        return wait
+
+    # -- acquiring -------------------------------------------------------------
+
+    async def acquire(self, consumer: str, cost: int) -> None:
+        """Wait for ``consumer``'s turn and a balance >= 1, then deduct ``cost``."""
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        previous = _TICKET.get()
+        if previous is not None and previous.owner is self and not previous.synced:
+            # This task was granted before and never synced: that request got
+            # no response (timeout, reset), so it is no longer in flight.
+            self._forget(previous)
+        fut: asyncio.Future[_Ticket] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(consumer, cost, next(self._seq), fut)
+        self._queues.setdefault(consumer, deque()).append(waiter)
+        self._dispatch()
+        try:
+            ticket = await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                # Granted, but cancelled before it could run: give back what it took.
+                self._refund(fut.result())
+            else:
+                queue = self._queues.get(consumer)
+                if queue is not None and waiter in queue:
+                    queue.remove(waiter)
+            self._dispatch()
+            raise
+        _TICKET.set(ticket)
+
+    def _forget(self, ticket: _Ticket) -> None:
+        ticket.synced = True
+        if ticket in self._in_flight:
+            self._in_flight.remove(ticket)
+        if ticket is self._probe:
+            self._probe = None
+            self._probe_at = None
+
+    def _refund(self, ticket: _Ticket) -> None:
+        self._forget(ticket)
+        self._balance += ticket.cost
+        self._granted_by[ticket.consumer] -= ticket.cost
+        self._finish[ticket.consumer] = self._finish.get(ticket.consumer, 0.0) - ticket.charge
+
+    def _start_tag(self, consumer: str) -> float:
+        return max(self._vtime, self._finish.get(consumer, self._vtime))
+
+    def _head(self) -> _Waiter | None:
+        """The waiter whose consumer has the lowest start tag (ties: oldest)."""
+        best: _Waiter | None = None
+        best_key = (math.inf, math.inf)
+        for queue in self._queues.values():
+            if not queue:
+                continue
+            key = (self._start_tag(queue[0].consumer), float(queue[0].seq))
+            if key < best_key:
+                best, best_key = queue[0], key
+        return best
+
+    def _dispatch(self) -> None:
+        """Grant every waiter the model allows now, then arm the one timer."""
+        now = self._clock.monotonic()
+        self._advance(now)
+        while (head := self._head()) is not None and self._grant_wait(now) <= 0:
+            self._queues[head.consumer].popleft()
+            self._grant(head, now)
+        self._arm_timer(now)
+
+    def _grant(self, waiter: _Waiter, now: float) -> None:
+        weight = self._weight(waiter.consumer)
+        start = self._start_tag(waiter.consumer)
+        charge = waiter.cost / weight
+        self._vtime = start
+        self._finish[waiter.consumer] = start + charge
+        ticket = _Ticket(self, waiter.consumer, waiter.cost, charge, weight, now)
+        if self._balance < 1.0:
+            self._probe, self._probe_at = ticket, now
+        self._balance -= waiter.cost
+        self._in_flight.append(ticket)
+        self._granted_by[waiter.consumer] = self._granted_by.get(waiter.consumer, 0) + waiter.cost
+        waiter.fut.set_result(ticket)
+
+    def _arm_timer(self, now: float) -> None:
+        at: float | None = None
+        if self._head() is not None:
+            wait = self._grant_wait(now)
+            at = None if math.isinf(wait) else now + wait
+        if at == self._timer_at and (at is None or self._timer is not None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = asyncio.get_running_loop().create_task(self._fire(at - now))
+
+    async def _fire(self, delay: float) -> None:
+        await self._clock.sleep(delay)
+        self._timer = None
+        self._timer_at = None
+        self._dispatch()
+
+    # -- sizing and reporting --------------------------------------------------
+
+    def observe(self, consumer: str, items: int, tokens: int) -> None:
+        """Record what ``items`` really cost, for batch sizing (an EWMA per item)."""
+        if items <= 0 or tokens < 0:
+            return
+        per_item = tokens / items
+        old = self._cost_per_item.get(consumer)
+        self._cost_per_item[consumer] = (
+            per_item if old is None else EWMA_ALPHA * per_item + (1 - EWMA_ALPHA) * old
+        )
+
+    def cost_per_item(self, consumer: str) -> float | None:
+        return self._cost_per_item.get(consumer)
+
+    def batch_size(self, consumer: str, *, lo: int, hi: int, default_cost: float) -> int:
+        """Items whose expected cost fits ``batch_minutes`` of refill, within [lo, hi]."""
+        per_item = self._cost_per_item.get(consumer, default_cost)
+        if self._rate <= 0:
+            return lo
+        budget = self._batch_minutes * self._rate
+        n = math.floor(budget / per_item + 1e-9) if per_item > 0 else hi
+        return max(lo, min(hi, n))
+
+    def expected_wait(self, consumer: str, cost: int = 0) -> float:
+        """Seconds until ``consumer`` could be granted, by the model (inf: unknown)."""
+        now = self._clock.monotonic()
+        self._advance(now)
+        mine = self._start_tag(consumer)
+        ahead = 0.0
+        # Other consumers' queued requests whose start tags come first go first.
+        for name, queue in self._queues.items():
+            if name == consumer or not queue:
+                continue
+            tag = self._start_tag(name)
+            weight = self._weight(name)
+            for waiter in queue:
+                if tag > mine:
+                    break
+                ahead += waiter.cost
+                tag += waiter.cost / weight
+        return self._grant_wait(now, ahead)
+
+    def snapshot(self) -> TokenSnapshot:
+        now = self._clock.monotonic()
+        self._advance(now)
+        return TokenSnapshot(
+            balance=self._balance,
+            refill_rate=self._rate,
+            refill_in_s=None if self._next_step is None else max(0.0, self._next_step - now),
+            period_s=self._period,
+            consumed_total=self._consumed_total,
+            consumed_by=dict(self._consumed_by),
+            granted_by=dict(self._granted_by),
+            waiting={name: len(q) for name, q in self._queues.items() if q},
+            rate_limited=self._rate_limited,
+            synced_at=self._synced_wall,
+            in_flight=len(self._in_flight),
+        )
