@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -221,3 +224,26 @@ def test_from_env_reads_os_environ(
     n.watchdog()
     assert rx.recv() == b"WATCHDOG=1"
     n.close()
+
+
+def test_sent_by_the_main_process_itself(path_socket: tuple[str, Receiver]) -> None:
+    """NotifyAccess=main: systemd accepts a datagram only if the kernel-attached
+    sender PID is the service's main PID. Another process sends READY=1 via
+    from_env(); the credentials must name that very process."""
+    address, rx = path_socket
+    rx.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    script = "from dealsd.notify import Notifier; print(Notifier.from_env().ready())"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env={**os.environ, "NOTIFY_SOCKET": address},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, _ = proc.communicate(timeout=30)
+    assert out.strip() == "True"
+    msg, ancdata, _flags, _addr = rx.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+    assert msg == b"READY=1"
+    [(level, kind, data)] = ancdata
+    assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)
+    pid, _uid, _gid = struct.unpack("3i", data[:12])
+    assert pid == proc.pid
