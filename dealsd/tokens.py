@@ -47,6 +47,10 @@ IN_FLIGHT_MAX_AGE_S = 120.0
 # from a slower, earlier request: its balance is stale. Far older means the
 # server clock was reset, and the envelope is believed.
 STALE_WINDOW_MS = 120_000
+# After its answer, a consumer that is behind keeps its turn this long (a
+# fraction of the period, capped) so it can store the result and ask again.
+GRACE_PERIODS = 0.1
+GRACE_MAX_S = 2.0
 # Timers may fire a hair early; a step this close counts as reached.
 EPS = 1e-3
 # "Nice" periods to round a learned period up to: refillIn counts down from the
@@ -66,6 +70,14 @@ def round_period(seen_s: float) -> float:
         if nice >= floor:
             return nice
     return seen_s
+
+
+def snap_period(spacing_s: float) -> float:
+    """A measured spacing between refills, snapped to a nice value within 2 %."""
+    for nice in _NICE:
+        if abs(nice - spacing_s) <= 0.02 * nice:
+            return nice
+    return spacing_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +101,12 @@ class _Ticket:
 
     owner: TokenScheduler
     consumer: str
-    cost: int
-    charge: float  # virtual time charged: cost / weight at grant
+    cost: int  # as estimated by the caller
+    expected: float  # the estimate times what this consumer's estimates really cost
+    charge: float  # virtual time charged: expected / weight at grant
     weight: float
     granted_at: float
+    task: asyncio.Task[object] | None = field(repr=False, default=None)
     synced: bool = False
 
 
@@ -102,6 +116,7 @@ class _Waiter:
     cost: int
     seq: int
     fut: asyncio.Future[_Ticket] = field(repr=False)
+    task: asyncio.Task[object] | None = field(repr=False, default=None)
 
 
 # The ticket of the request the current task was granted: the client calls
@@ -126,7 +141,19 @@ class TokenScheduler:
         self._balance = 0.0
         self._rate = 0.0
         self._period = DEFAULT_PERIOD_S
+        # Period evidence: refillIn never exceeds the period (a lower bound),
+        # and two distinct refill instants are a whole number of periods apart
+        # (the smallest spacing seen is an upper bound, soon the period itself).
         self._period_seen = 0.0
+        self._spacing: float | None = None
+        self._last_instant: float | None = None
+        self._probe_due = False
+        # Tokens the model added at a refill step are a prediction until an
+        # envelope confirms them: the first request after a step goes alone (a
+        # scout), so another user of the key or a plan cut costs one 429, not
+        # one per concurrent request.
+        self._scout_due = False
+        self._scout: _Ticket | None = None
         self._next_step: float | None = None
         self._last_ts: int | None = None
         self._probe: _Ticket | None = None
@@ -136,6 +163,7 @@ class TokenScheduler:
         self._vtime = 0.0
         self._finish: dict[str, float] = {}
         self._queues: dict[str, deque[_Waiter]] = {}
+        self._answered: dict[str, float] = {}  # consumer -> when its last answer came
         self._seq = itertools.count()
         # One timer, to the moment the model next allows a grant.
         self._timer: asyncio.Task[None] | None = None
@@ -146,6 +174,7 @@ class TokenScheduler:
         self._granted_by: dict[str, int] = {}
         self._rate_limited = 0
         self._cost_per_item: dict[str, float] = {}
+        self._ratio: dict[str, float] = {}  # consumer -> EWMA of real cost / estimate
 
     # -- configuration -------------------------------------------------------
 
@@ -167,14 +196,19 @@ class TokenScheduler:
         ticket = self._take_ticket()
         consumed = max(0, envelope.tokens_consumed)
         self._consumed_total += consumed
-        who = ticket.consumer if ticket is not None else "unattributed"
-        self._consumed_by[who] = self._consumed_by.get(who, 0) + consumed
-        if ticket is not None and ticket.cost != consumed:
+        if ticket is not None or consumed:
+            who = ticket.consumer if ticket is not None else "unattributed"
+            self._consumed_by[who] = self._consumed_by.get(who, 0) + consumed
+        if ticket is not None:
+            self._answered[ticket.consumer] = now
+        if ticket is not None:
             # Charge the consumer for what the request really cost (a 429 costs
             # nothing and its retry is charged again), so a low estimate does
             # not buy a larger share.
-            delta = (consumed - ticket.cost) / ticket.weight
+            delta = (consumed - ticket.expected) / ticket.weight
             self._finish[ticket.consumer] = self._finish.get(ticket.consumer, 0.0) + delta
+            if consumed > 0 and ticket.cost > 0:
+                self._learn_ratio(ticket.consumer, consumed / ticket.cost)
         self._expire(now)
         if self._is_stale(envelope):
             log.debug("tokens.stale_envelope", timestamp=envelope.timestamp)
@@ -182,13 +216,33 @@ class TokenScheduler:
             self._apply(envelope, now)
         self._dispatch()
 
+    def _learn_period(self, refill_in: float, now: float) -> None:
+        if refill_in <= 0:
+            return
+        self._period_seen = max(self._period_seen, refill_in)
+        instant = now + refill_in
+        if self._last_instant is not None:
+            spacing = abs(instant - self._last_instant)
+            # Closer than half the longest refillIn is the same refill seen
+            # through different latencies, not a new one.
+            if spacing > max(0.5 * self._period_seen, 0.002):
+                if self._spacing is None or spacing < self._spacing:
+                    self._spacing = spacing
+                self._last_instant = instant
+        else:
+            self._last_instant = instant
+        if self._spacing is None:
+            # One refill seen: refillIn alone can be far below the period, and
+            # under-estimating it over-predicts the balance.
+            period = max(DEFAULT_PERIOD_S, round_period(self._period_seen))
+        else:
+            period = max(self._period_seen, snap_period(self._spacing))
+        if period != self._period:
+            log.info("tokens.period_learned", period_s=round(period, 4), old_s=self._period)
+            self._period = period
+
     def _apply(self, envelope: Envelope, now: float) -> None:
-        if envelope.refill_in > 0 and envelope.refill_in / 1000.0 > self._period_seen:
-            self._period_seen = envelope.refill_in / 1000.0
-            period = round_period(self._period_seen)
-            if period != self._period:
-                log.info("tokens.period_learned", period_s=period, old_s=self._period)
-                self._period = period
+        self._learn_period(envelope.refill_in / 1000.0, now)
         rate = float(envelope.refill_rate)
         if self._synced and rate != self._rate:
             log.info("tokens.refill_rate_changed", old=self._rate, new=rate)
@@ -196,14 +250,16 @@ class TokenScheduler:
         # Requests still in flight were deducted locally but may not be in the
         # server's number yet; subtracting them again at worst under-predicts
         # until their own envelopes arrive, which is the safe side.
-        pending = sum(t.cost for t in self._in_flight)
-        self._balance = float(envelope.tokens_left - pending)
+        pending = sum(t.expected for t in self._in_flight)
+        self._balance = envelope.tokens_left - pending
         if self._synced and abs(predicted - self._balance) > max(rate, 10.0):
             log.debug("tokens.resync", predicted=round(predicted, 1), server=envelope.tokens_left)
         self._rate = rate
         refill_in = envelope.refill_in / 1000.0
         self._next_step = now + (refill_in if refill_in > 0 else self._period)
         self._last_ts = envelope.timestamp
+        self._probe_due = False
+        self._scout_due = False
         self._synced = True
         self._synced_wall = self._clock.now()
 
@@ -249,6 +305,9 @@ class TokenScheduler:
         # The cap stops refills; it never takes away a balance the server reported.
         self._balance = max(self._balance, min(cap, self._balance + steps * self._rate))
         self._next_step += steps * self._period
+        if self._spacing is None:
+            self._probe_due = True
+        self._scout_due = True
 
     def _expire(self, now: float) -> None:
         max_age = max(IN_FLIGHT_MAX_AGE_S, 2 * self._period)
@@ -279,9 +338,60 @@ class TokenScheduler:
 
     def _grant_wait(self, now: float, ahead: float = 0.0) -> float:
         wait = self._time_to_balance(1.0 + ahead, now)
-        if math.isinf(wait) or not self._synced:
-            wait = min(wait, self._probe_wait(now))
+        if wait <= 0:
+            scout = self._scout
+            if scout is None or scout.synced or scout not in self._in_flight:
+                return 0.0
+            # Wait for the scout's envelope (at most a period if it is lost).
+            return max(0.0, scout.granted_at + self._period - now)
+        if not self._synced or self._rate <= 0:
+            return min(wait, self._probe_wait(now))
+        if self._spacing is None and self._next_step is not None:
+            # The period is still a guess (an accelerated simulator may refill
+            # every 100 ms): once a refill step has passed, one request may try;
+            # at worst a free 429, whose envelope shows the second refill.
+            if self._probe_due:
+                return 0.0
+            return min(wait, max(0.0, self._next_step - now))
         return wait
+
+    def _hold(self, head: _Waiter, now: float) -> float:
+        """Seconds to hold ``head`` for a consumer that is behind and in flight.
+
+        A consumer with one request at a time is not in the queue while its
+        request runs; if the head would spend the balance below 1 meanwhile,
+        that consumer comes back to a deficit every time and never reaches its
+        weight. So the head waits for a consumer whose start tag is lower than
+        its own while that consumer's request is in flight (at most one
+        period) and for a short grace after its answer (time to store what it
+        got and ask again).
+        """
+        if self._balance - self._expected(head.consumer, head.cost) >= 1.0:
+            return 0.0
+        mine = self._start_tag(head.consumer)
+        hold = 0.0
+        for ticket in self._in_flight:
+            if ticket.consumer == head.consumer or self._queues.get(ticket.consumer):
+                continue
+            left = ticket.granted_at + self._period - now
+            if left > 0 and self._start_tag(ticket.consumer) < mine - 1e-9:
+                hold = max(hold, left)
+        grace = min(GRACE_PERIODS * self._period, GRACE_MAX_S)
+        for consumer, answered_at in self._answered.items():
+            if consumer == head.consumer or self._queues.get(consumer):
+                continue
+            left = answered_at + grace - now
+            if left > 0 and self._start_tag(consumer) < mine - 1e-9:
+                hold = max(hold, left)
+        return hold
+
+    def _next_wait(self, now: float) -> float | None:
+        """Seconds until the head may be granted; None if nobody waits."""
+        head = self._head()
+        if head is None:
+            return None
+        wait = self._grant_wait(now)
+        return wait if wait > 0 else self._hold(head, now)
 
     # -- acquiring -------------------------------------------------------------
 
@@ -290,12 +400,21 @@ class TokenScheduler:
         if cost < 0:
             raise ValueError(f"cost must be >= 0, got {cost}")
         previous = _TICKET.get()
-        if previous is not None and previous.owner is self and not previous.synced:
+        task = asyncio.current_task()
+        if (
+            previous is not None
+            and previous.owner is self
+            and previous.task is task
+            and not previous.synced
+        ):
             # This task was granted before and never synced: that request got
-            # no response (timeout, reset), so it is no longer in flight.
+            # no response (timeout, reset), so it is no longer in flight. (A
+            # child task inherits the ticket in its context but is not a retry.)
             self._forget(previous)
         fut: asyncio.Future[_Ticket] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(consumer, cost, next(self._seq), fut)
+        # An idle consumer's usage is lifted to V as it becomes active again.
+        self._finish[consumer] = self._start_tag(consumer)
+        waiter = _Waiter(consumer, cost, next(self._seq), fut, task)
         self._queues.setdefault(consumer, deque()).append(waiter)
         self._dispatch()
         try:
@@ -322,12 +441,37 @@ class TokenScheduler:
 
     def _refund(self, ticket: _Ticket) -> None:
         self._forget(ticket)
-        self._balance += ticket.cost
+        self._balance += ticket.expected
         self._granted_by[ticket.consumer] -= ticket.cost
         self._finish[ticket.consumer] = self._finish.get(ticket.consumer, 0.0) - ticket.charge
 
+    def _active(self, consumer: str, now: float) -> bool:
+        """Waiting, in flight, or just answered (and about to ask again)."""
+        if self._queues.get(consumer) or any(t.consumer == consumer for t in self._in_flight):
+            return True
+        grace = min(GRACE_PERIODS * self._period, GRACE_MAX_S)
+        return self._answered.get(consumer, -math.inf) + grace > now
+
     def _start_tag(self, consumer: str) -> float:
-        return max(self._vtime, self._finish.get(consumer, self._vtime))
+        """The consumer's weighted usage; an idle one comes back level with ``V``.
+
+        An active consumer keeps a lag it built up between two requests (it was
+        in flight when another was granted), so it is served first next time.
+        """
+        finish = self._finish.get(consumer, self._vtime)
+        if self._active(consumer, self._clock.monotonic()):
+            return finish
+        return max(self._vtime, finish)
+
+    def _expected(self, consumer: str, cost: int) -> float:
+        return cost * self._ratio.get(consumer, 1.0)
+
+    def _learn_ratio(self, consumer: str, ratio: float) -> None:
+        ratio = min(max(ratio, 0.1), 50.0)
+        old = self._ratio.get(consumer)
+        if old is not None:
+            ratio = EWMA_ALPHA * ratio + (1 - EWMA_ALPHA) * old
+        self._ratio[consumer] = ratio
 
     def _head(self) -> _Waiter | None:
         """The waiter whose consumer has the lowest start tag (ties: oldest)."""
@@ -345,7 +489,7 @@ class TokenScheduler:
         """Grant every waiter the model allows now, then arm the one timer."""
         now = self._clock.monotonic()
         self._advance(now)
-        while (head := self._head()) is not None and self._grant_wait(now) <= 0:
+        while (head := self._head()) is not None and self._next_wait(now) == 0:
             self._queues[head.consumer].popleft()
             self._grant(head, now)
         self._arm_timer(now)
@@ -353,22 +497,27 @@ class TokenScheduler:
     def _grant(self, waiter: _Waiter, now: float) -> None:
         weight = self._weight(waiter.consumer)
         start = self._start_tag(waiter.consumer)
-        charge = waiter.cost / weight
-        self._vtime = start
+        expected = self._expected(waiter.consumer, waiter.cost)
+        charge = expected / weight
+        self._vtime = max(self._vtime, start)
         self._finish[waiter.consumer] = start + charge
-        ticket = _Ticket(self, waiter.consumer, waiter.cost, charge, weight, now)
+        ticket = _Ticket(
+            self, waiter.consumer, waiter.cost, expected, charge, weight, now, waiter.task
+        )
         if self._balance < 1.0:
             self._probe, self._probe_at = ticket, now
-        self._balance -= waiter.cost
+        # Any request after a step will show the next refill instant.
+        self._probe_due = False
+        if self._scout_due:
+            self._scout, self._scout_due = ticket, False
+        self._balance -= expected
         self._in_flight.append(ticket)
         self._granted_by[waiter.consumer] = self._granted_by.get(waiter.consumer, 0) + waiter.cost
         waiter.fut.set_result(ticket)
 
     def _arm_timer(self, now: float) -> None:
-        at: float | None = None
-        if self._head() is not None:
-            wait = self._grant_wait(now)
-            at = None if math.isinf(wait) else now + wait
+        wait = self._next_wait(now)
+        at = None if wait is None or math.isinf(wait) else now + wait
         if at == self._timer_at and (at is None or self._timer is not None):
             return
         if self._timer is not None:
@@ -423,8 +572,8 @@ class TokenScheduler:
             for waiter in queue:
                 if tag > mine:
                     break
-                ahead += waiter.cost
-                tag += waiter.cost / weight
+                ahead += self._expected(name, waiter.cost)
+                tag += self._expected(name, waiter.cost) / weight
         return self._grant_wait(now, ahead)
 
     def snapshot(self) -> TokenSnapshot:
