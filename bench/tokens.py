@@ -1,0 +1,223 @@
+"""Token scheduler benchmark: two saturated consumers against the real simulator.
+
+The real ``KeepaClient`` talks HTTP over loopback to ``dealsd.simulator`` in
+accelerated time (a refill "minute" of 0.1 s), through one ``TokenScheduler``
+with weights upserter 1, backfiller 3. Three runs: a steady plan, a plan
+change 5 -> 25 -> 5, and another user spending from the same key. Figures:
+tokens generated and consumed, utilization, 429s, each consumer's share
+against its weight, the longest wait for a grant.
+
+    .venv/bin/python -m bench.tokens          # this file's table
+    .venv/bin/python -m bench                 # every bench module
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+
+from bench import Row
+from dealsd.clock import SystemClock
+from dealsd.keepa import KeepaClient, KeepaError, ProductParams
+from dealsd.simulator import SimOptions, Simulator
+from dealsd.tokens import TokenScheduler
+
+PERIOD_S = 0.1  # one accelerated Keepa "minute"
+WEIGHTS = {"upserter": 1.0, "backfiller": 3.0}
+SELECTION: dict[str, object] = {"priceTypes": [2], "dateRange": 1, "sortType": 4}
+
+
+class TimedScheduler(TokenScheduler):
+    """The real scheduler, timing how long each grant took to come."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.longest_wait = 0.0
+        self.waits = 0
+
+    async def acquire(self, consumer: str, cost: int) -> None:
+        started = time.monotonic()
+        await super().acquire(consumer, cost)
+        self.longest_wait = max(self.longest_wait, time.monotonic() - started)
+        self.waits += 1
+
+
+@dataclass
+class Outcome:
+    name: str
+    generated: int
+    consumed: int
+    available: int
+    final_balance: int
+    other_spent: int
+    rate_limited: int
+    events: int  # plan changes and other-user spends the scheduler had to absorb
+    by: dict[str, int] = field(default_factory=dict)
+    longest_wait_s: float = 0.0
+    errors: int = 0
+
+    @property
+    def utilization(self) -> float:
+        # A final deficit is tokens borrowed from the future, not waste.
+        used = self.consumed + self.other_spent + min(self.final_balance, 0)
+        return used / self.available if self.available else 0.0
+
+    def share(self, consumer: str) -> float:
+        total = sum(self.by.values())
+        return self.by.get(consumer, 0) / total if total else 0.0
+
+
+async def _upserter(client: KeepaClient, errors: list[BaseException]) -> None:
+    page = 0
+    while True:
+        try:
+            await client.deals(SELECTION, page, consumer="upserter")
+        except KeepaError as exc:
+            errors.append(exc)
+        page = (page + 1) % 5
+
+
+async def _backfiller(
+    client: KeepaClient, tokens: TokenScheduler, errors: list[BaseException]
+) -> None:
+    params = ProductParams()
+    serial = 0
+    while True:
+        n = tokens.batch_size(
+            "backfiller", lo=1, hi=100, default_cost=client.estimate_product_cost(params, 1)
+        )
+        asins = [f"B0BENCH{(serial + i) % 10_000:04d}" for i in range(n)]
+        serial += n
+        try:
+            page = await client.products(asins, params, consumer="backfiller")
+        except KeepaError as exc:
+            errors.append(exc)
+            continue
+        tokens.observe("backfiller", len(asins), page.tokens_consumed)
+
+
+def _stat(stats: object, *names: str) -> int:
+    """A counter from ``Simulator.stats()``, under the first name it has."""
+    for name in names:
+        value = stats.get(name) if isinstance(stats, dict) else getattr(stats, name, None)
+        if isinstance(value, int | float):
+            return int(value)
+    return 0
+
+
+async def scenario(
+    name: str,
+    *,
+    rate: int,
+    periods: int,
+    initial: int,
+    plan_changes: list[tuple[float, int]] | None = None,
+    other_per_period: int = 0,
+) -> Outcome:
+    sim = Simulator(
+        SimOptions(
+            refill_rate=rate,
+            refill_period_s=PERIOD_S,
+            initial_tokens=initial,
+            plan_changes=plan_changes or [],
+            other_consumer_per_period=other_per_period,
+        )
+    )
+    base_url = await sim.start("127.0.0.1", 0)
+    clock = SystemClock()
+    tokens = TimedScheduler(clock=clock, weights=WEIGHTS, batch_minutes=1.0)
+    errors: list[BaseException] = []
+    try:
+        async with KeepaClient(
+            base_url=base_url, api_key="bench-key", domain=1, tokens=tokens, clock=clock,
+            connect_timeout_s=5.0, read_timeout_s=10.0, max_attempts=5,
+        ) as client:
+            workers = [
+                asyncio.create_task(_upserter(client, errors)),
+                asyncio.create_task(_backfiller(client, tokens, errors)),
+            ]
+            await asyncio.sleep(periods * PERIOD_S)
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+        stats = sim.stats()
+    finally:
+        await sim.stop()
+    snap = tokens.snapshot()
+    generated = _stat(stats, "generated", "tokens_generated")
+    return Outcome(
+        name=name,
+        generated=generated,
+        consumed=_stat(stats, "consumed", "tokens_consumed"),
+        available=initial + generated,
+        final_balance=_stat(stats, "balance", "tokens_left"),
+        other_spent=_stat(stats, "other_consumed", "other_spent"),
+        rate_limited=_stat(stats, "rate_limited", "status_429", "refused"),
+        events=len(plan_changes or []) + (periods if other_per_period else 0),
+        by={k: v for k, v in snap.consumed_by.items() if k in WEIGHTS},
+        longest_wait_s=tokens.longest_wait,
+        errors=len(errors),
+    )
+
+
+def rows(out: Outcome) -> list[Row]:
+    p = out.name
+    result = [
+        Row(f"{p}: tokens generated / consumed", "-", f"{out.generated} / {out.consumed}", True),
+        Row(f"{p}: utilization", ">= 0.99", f"{out.utilization:.3f}", out.utilization >= 0.99),
+    ]
+    if out.events:
+        goal, ok = f"<= {out.events} (1 per event)", out.rate_limited <= out.events
+    else:
+        goal, ok = "0", out.rate_limited == 0
+    result.append(Row(f"{p}: 429 responses", goal, str(out.rate_limited), ok))
+    total_weight = sum(WEIGHTS.values())
+    for consumer, weight in WEIGHTS.items():
+        want, got = weight / total_weight, out.share(consumer)
+        result.append(
+            Row(
+                f"{p}: {consumer} share (weight {weight:g})",
+                f"{want:.0%} +- 5 pts",
+                f"{got:.1%}",
+                abs(got - want) <= 0.05,
+            )
+        )
+    result.append(
+        Row(
+            f"{p}: longest wait for a grant",
+            "-",
+            f"{out.longest_wait_s:.3f} s ({out.longest_wait_s / PERIOD_S:.1f} periods)",
+            True,
+        )
+    )
+    result.append(Row(f"{p}: calls failed after retries", "0", str(out.errors), out.errors == 0))
+    return result
+
+
+async def _all() -> list[Row]:
+    steady = await scenario("steady 20/period", rate=20, periods=200, initial=20)
+    plans = await scenario(
+        "plan 5->25->5",
+        rate=5,
+        periods=300,
+        initial=5,
+        plan_changes=[(100 * PERIOD_S, 25), (200 * PERIOD_S, 5)],
+    )
+    other = await scenario(
+        "other key user", rate=25, periods=200, initial=25, other_per_period=5
+    )
+    return [row for out in (steady, plans, other) for row in rows(out)]
+
+
+def run() -> list[Row]:
+    return asyncio.run(_all())
+
+
+if __name__ == "__main__":
+    from bench.__main__ import table
+
+    got = run()
+    print(table([("tokens", r) for r in got]))
+    sys.exit(0 if all(r.ok for r in got) else 1)
