@@ -39,6 +39,9 @@ log = structlog.get_logger(__name__)
 DEFAULT_PERIOD_S = 60.0
 CAP_PERIODS = 60  # Keepa lets unused tokens expire after 60 refills.
 EWMA_ALPHA = 0.3
+# Another user of the key is learned slowly: a one-off spend should barely move
+# the model, a steady one should be absorbed within a few tens of periods.
+DRAIN_ALPHA = 0.1
 # A granted request whose response never came (timeout, cancelled caller) stops
 # counting as in flight after this long, so a lost request cannot depress the
 # balance forever.
@@ -93,6 +96,7 @@ class TokenSnapshot:
     rate_limited: int
     synced_at: float | None
     in_flight: int = 0
+    other_use_per_period: float = 0.0  # learned spending by other users of the key
 
 
 @dataclass(slots=True, eq=False)
@@ -154,6 +158,15 @@ class TokenScheduler:
         # one per concurrent request.
         self._scout_due = False
         self._scout: _Ticket | None = None
+        # A ledger of the server's numbers between envelopes: what refills and
+        # our own consumption explain, and the rest (another user of the key),
+        # learned as a drain per period and taken off the predicted refill.
+        self._ledger_left: int | None = None
+        self._ledger_instant: float | None = None
+        self._ledger_rate = 0.0
+        self._ledger_consumed = 0
+        self._drain_raw = 0.0
+        self._drain_bucket = 0.0
         self._next_step: float | None = None
         self._last_ts: int | None = None
         self._probe: _Ticket | None = None
@@ -193,15 +206,16 @@ class TokenScheduler:
     def sync(self, envelope: Envelope) -> None:
         """Take balance, rate and next refill from a response's envelope."""
         now = self._clock.monotonic()
+        self._advance(now)  # so the prediction compared with the truth is current
         ticket = self._take_ticket()
         consumed = max(0, envelope.tokens_consumed)
         self._consumed_total += consumed
+        self._ledger_consumed += consumed
         if ticket is not None or consumed:
             who = ticket.consumer if ticket is not None else "unattributed"
             self._consumed_by[who] = self._consumed_by.get(who, 0) + consumed
         if ticket is not None:
             self._answered[ticket.consumer] = now
-        if ticket is not None:
             # Charge the consumer for what the request really cost (a 429 costs
             # nothing and its retry is charged again), so a low estimate does
             # not buy a larger share.
@@ -241,9 +255,40 @@ class TokenScheduler:
             log.info("tokens.period_learned", period_s=round(period, 4), old_s=self._period)
             self._period = period
 
+    def _learn_drain(self, envelope: Envelope, now: float, rate: float) -> None:
+        """Tokens the server lost between two envelopes that we did not spend."""
+        instant = now + envelope.refill_in / 1000.0 if envelope.refill_in > 0 else None
+        prev_left, prev_instant = self._ledger_left, self._ledger_instant
+        if (
+            prev_left is not None
+            and prev_instant is not None
+            and instant is not None
+            and self._spacing is not None  # refills can only be counted at a known period
+            and rate == self._ledger_rate
+        ):
+            refills = round((instant - prev_instant) / self._period)
+            if refills >= 0 and prev_left + refills * rate <= CAP_PERIODS * rate:
+                self._drain_bucket += (
+                    prev_left + refills * rate - envelope.tokens_left - self._ledger_consumed
+                )
+                if refills >= 1:
+                    # Responses still in flight show up as drain in one bucket
+                    # and give it back in a later one, so samples stay signed.
+                    sample = min(max(self._drain_bucket / refills, -rate), rate)
+                    self._drain_raw += DRAIN_ALPHA * (sample - self._drain_raw)
+                    self._drain_bucket = 0.0
+        self._ledger_left, self._ledger_instant = envelope.tokens_left, instant
+        self._ledger_rate, self._ledger_consumed = rate, 0
+
+    def _refill_per_step(self) -> float:
+        """The predicted refill per step: the plan's rate less the learned drain."""
+        drain = min(max(self._drain_raw, 0.0), 0.9 * self._rate)
+        return self._rate - drain
+
     def _apply(self, envelope: Envelope, now: float) -> None:
         self._learn_period(envelope.refill_in / 1000.0, now)
         rate = float(envelope.refill_rate)
+        self._learn_drain(envelope, now, rate)
         if self._synced and rate != self._rate:
             log.info("tokens.refill_rate_changed", old=self._rate, new=rate)
         predicted = self._balance
@@ -303,7 +348,8 @@ class TokenScheduler:
         steps = math.floor((now + EPS - self._next_step) / self._period) + 1
         cap = CAP_PERIODS * self._rate
         # The cap stops refills; it never takes away a balance the server reported.
-        self._balance = max(self._balance, min(cap, self._balance + steps * self._rate))
+        refill = steps * self._refill_per_step()
+        self._balance = max(self._balance, min(cap, self._balance + refill))
         self._next_step += steps * self._period
         if self._spacing is None:
             self._probe_due = True
@@ -323,7 +369,7 @@ class TokenScheduler:
             return 0.0
         if self._next_step is None or self._rate <= 0:
             return math.inf
-        steps = math.ceil((target - self._balance - 1e-9) / self._rate)
+        steps = math.ceil((target - self._balance - 1e-9) / self._refill_per_step())
         return max(0.0, self._next_step + (steps - 1) * self._period - now)
 
     def _probe_wait(self, now: float) -> float:
@@ -591,4 +637,5 @@ class TokenScheduler:
             rate_limited=self._rate_limited,
             synced_at=self._synced_wall,
             in_flight=len(self._in_flight),
+            other_use_per_period=self._rate - self._refill_per_step(),
         )

@@ -434,6 +434,28 @@ async def test_another_user_of_the_key_is_absorbed_at_the_next_response() -> Non
     assert key.consumed >= key.generated - 600 - 100
 
 
+async def test_steady_other_user_is_learned_as_a_drain() -> None:
+    clock = FakeClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    key = KeepaKey(clock, rate=25, balance=25)
+    workers = [Worker("upserter", 5, latency=0.4), Worker("backfiller", 20, latency=1.5)]
+    tasks = start(sched, key, clock, *workers)
+
+    async def dashboard() -> None:  # spends 15 of the 25 each period, mid-period
+        await clock.sleep(30)
+        while True:
+            key.spend(15)
+            await clock.sleep(60)
+
+    tasks.append(asyncio.create_task(dashboard()))
+    await run(clock, 2 * 3600, tasks)
+    await stop(tasks)
+    assert sched.snapshot().other_use_per_period == pytest.approx(15, abs=3)
+    # Without the drain model a scout met a 429 at nearly every refill (~120).
+    assert key.refused <= 12
+    assert key.consumed == pytest.approx(10 * 120, rel=0.05)  # what the other user left
+
+
 async def test_local_drift_and_plan_upgrade_do_not_livelock() -> None:
     # FIELD_NOTES 4: local -229 while Keepa says -104, then a plan upgrade.
     clock = FakeClock()
