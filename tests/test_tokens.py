@@ -380,18 +380,19 @@ async def test_idle_consumer_comes_back_without_banked_credit() -> None:
     sched = TokenScheduler(clock=clock, weights={"upserter": 1, "backfiller": 1})
     key = KeepaKey(clock, rate=25, balance=25)
     back = Worker("backfiller", 10, latency=0.5)
-    tasks = start(sched, key, clock, back)
-    await run(clock, 4 * 3600, tasks)  # the upserter idles for four hours
     up = Worker("upserter", 10, latency=0.5)
-    tasks += start(sched, key, clock, up)
-    before = sched.snapshot().consumed_by.get("backfiller", 0)
+    tasks = start(sched, key, clock, back, up)
+    await run(clock, 3600, tasks)
+    await stop(tasks[1:])  # the upserter idles for four hours
+    await run(clock, 4 * 3600, tasks[:1])
+    tasks = tasks[:1] + start(sched, key, clock, up)
+    before = dict(sched.snapshot().consumed_by)
     await run(clock, 3600, tasks)
     await stop(tasks)
-    gained = sched.snapshot().consumed_by["backfiller"] - before
+    after = sched.snapshot().consumed_by
+    gained = {name: after[name] - before[name] for name in after}
     # Not a four-hour monopoly for the returning consumer: an even split now.
-    assert gained / (gained + sched.snapshot().consumed_by["upserter"]) == pytest.approx(
-        0.5, abs=0.05
-    )
+    assert gained["upserter"] / sum(gained.values()) == pytest.approx(0.5, abs=0.05)
 
 
 # -- plans, lies and other users -----------------------------------------------
