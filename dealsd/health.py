@@ -1,0 +1,331 @@
+"""Health from progress, not from existence (FIELD_NOTES items 2 and 6).
+
+Each worker reports what it does (``running``, ``waiting_for_tokens``,
+``backing_off``, ``stopped``) and every bit of progress it makes. Whether it is
+*stalled* is never reported: it is derived here from how long the worker has
+gone without progress, against a window built from the worker's own schedule
+(its ``expected_round_s``), the token wait it said it expects, and a margin.
+A slow plan therefore reads as slow, not stalled, and a dead loop reads as
+stalled however alive its task looks.
+
+A worker with nothing to do makes *idle progress*: a round that looked for
+work and found none is a sign of life.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dealsd.clock import Clock
+
+
+class State(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    WAITING_FOR_TOKENS = "waiting_for_tokens"
+    BACKING_OFF = "backing_off"
+    STALLED = "stalled"
+    STOPPED = "stopped"
+
+
+# Worst first: what the one-line summary shows when workers disagree.
+_SEVERITY = {
+    State.STALLED: 5,
+    State.BACKING_OFF: 4,
+    State.STOPPED: 3,
+    State.WAITING_FOR_TOKENS: 2,
+    State.STARTING: 1,
+    State.RUNNING: 0,
+}
+
+
+class WriterStatsLike(Protocol):
+    """What health needs from ``store.writer_stats()``."""
+
+    @property
+    def queue_len(self) -> int: ...
+
+    @property
+    def last_commit_at(self) -> float | None: ...
+
+
+@dataclass(slots=True)
+class _Worker:
+    name: str
+    expected_round_s: float
+    registered_mono: float
+    state: State = State.STARTING
+    last_progress_mono: float | None = None
+    last_progress_at: float | None = None  # wall clock, for people and the db
+    progress_total: int = 0
+    progress_what: str = "items"
+    idle: bool = False
+    token_wait_s: float = 0.0
+    wait_since_mono: float = 0.0
+    backoff_reason: str | None = None
+    next_try_mono: float | None = None
+    next_try_at: float | None = None
+    restarts: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """One worker as seen now; ``state`` already says ``stalled`` if it is."""
+
+    name: str
+    state: State
+    expected_round_s: float
+    stall_after_s: float
+    last_progress_at: float | None
+    progress_total: int
+    progress_what: str
+    idle: bool
+    token_wait_s: float
+    backoff_reason: str | None
+    next_try_at: float | None
+    restarts: int
+    last_error: str | None
+    last_error_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSnapshot:
+    at: float
+    healthy: bool
+    causes: tuple[str, ...]
+    workers: tuple[WorkerRow, ...]
+    writer_queue: int | None = None
+    writer_last_commit_at: float | None = None
+    counts: dict[str, float] = field(default_factory=dict)
+
+    def worker(self, name: str) -> WorkerRow:
+        for row in self.workers:
+            if row.name == name:
+                return row
+        raise KeyError(name)
+
+    @property
+    def worst_state(self) -> State | None:
+        if not self.workers:
+            return None
+        return max((w.state for w in self.workers), key=lambda s: _SEVERITY[s])
+
+
+class Health:
+    """Progress and states per worker, and the verdict ``healthy``.
+
+    ``margin_s`` and ``margin_factor`` widen each stall window: the window is
+    ``(expected_round_s + token wait) * (1 + margin_factor) + margin_s``.
+    ``writer_bound_s`` is how long queued writes may wait for a commit.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        writer_stats: Callable[[], WriterStatsLike] | None = None,
+        margin_s: float = 60.0,
+        margin_factor: float = 0.5,
+        writer_bound_s: float = 60.0,
+    ) -> None:
+        self._clock = clock
+        self._writer_stats = writer_stats
+        self._margin_s = margin_s
+        self._margin_factor = margin_factor
+        self._writer_bound_s = writer_bound_s
+        self._workers: dict[str, _Worker] = {}
+        self._access_denied: str | None = None
+        self._counts: dict[str, float] = {}
+        # The writer's last commit in monotonic time: a wall-clock jump must not
+        # make a committing writer look stuck.
+        self._writer_seen_commit: float | None = None
+        self._writer_seen_mono = clock.monotonic()
+
+    # -- reports from workers -------------------------------------------------
+
+    def register(self, name: str, *, expected_round_s: float) -> None:
+        if name not in self._workers:
+            self._workers[name] = _Worker(name, expected_round_s, self._clock.monotonic())
+        else:
+            self._workers[name].expected_round_s = expected_round_s
+
+    def set_expected_round(self, name: str, expected_round_s: float) -> None:
+        self._w(name).expected_round_s = expected_round_s
+
+    def progress(self, name: str, n: int = 1, what: str = "pages", *, idle: bool = False) -> None:
+        """Record progress; ``idle=True`` (or n=0 with idle) is a round that found no work."""
+        w = self._w(name)
+        w.last_progress_mono = self._clock.monotonic()
+        w.last_progress_at = self._clock.now()
+        w.progress_total += max(0, n)
+        w.progress_what = what
+        w.idle = idle and n == 0
+        if w.state in (State.STARTING, State.BACKING_OFF, State.WAITING_FOR_TOKENS):
+            w.state = State.RUNNING
+        w.backoff_reason = None
+        w.next_try_mono = w.next_try_at = None
+
+    def running(self, name: str) -> None:
+        w = self._w(name)
+        w.state = State.RUNNING
+        w.token_wait_s = 0.0
+        w.backoff_reason = None
+        w.next_try_mono = w.next_try_at = None
+
+    def waiting_for_tokens(self, name: str, expected_wait_s: float) -> None:
+        w = self._w(name)
+        w.state = State.WAITING_FOR_TOKENS
+        w.token_wait_s = max(0.0, expected_wait_s)
+        w.wait_since_mono = self._clock.monotonic()
+
+    def backing_off(self, name: str, reason: str, next_try_in_s: float) -> None:
+        w = self._w(name)
+        w.state = State.BACKING_OFF
+        w.backoff_reason = reason
+        w.next_try_mono = self._clock.monotonic() + next_try_in_s
+        w.next_try_at = self._clock.now() + next_try_in_s
+
+    def stopped(self, name: str) -> None:
+        self._w(name).state = State.STOPPED
+
+    def restarted(self, name: str, error: str) -> None:
+        w = self._w(name)
+        w.restarts += 1
+        w.last_error = error
+        w.last_error_at = self._clock.now()
+
+    def error(self, name: str, error: str) -> None:
+        """A failure inside a round that the worker handled itself (counted, not a restart)."""
+        w = self._w(name)
+        w.last_error = error
+        w.last_error_at = self._clock.now()
+
+    def access_denied(self, detail: str) -> None:
+        self._access_denied = detail
+
+    def access_granted(self) -> None:
+        self._access_denied = None
+
+    def note_counts(self, **counts: float) -> None:
+        """Figures for the summary line (deals, pending, tokens), set by the daemon."""
+        self._counts.update(counts)
+
+    # -- questions -------------------------------------------------------------
+
+    def last_success_at(self, name: str) -> float | None:
+        """Wall time of the worker's last progress, None if it never made any."""
+        w = self._workers.get(name)
+        return None if w is None else w.last_progress_at
+
+    def seconds_since_success(self, name: str) -> float | None:
+        """Monotonic seconds since the last progress (since registration if none)."""
+        w = self._workers.get(name)
+        if w is None:
+            return None
+        since = w.last_progress_mono if w.last_progress_mono is not None else w.registered_mono
+        return self._clock.monotonic() - since
+
+    def has_succeeded(self, name: str) -> bool:
+        w = self._workers.get(name)
+        return w is not None and w.last_progress_mono is not None
+
+    def expected_round_s(self, name: str) -> float | None:
+        w = self._workers.get(name)
+        return None if w is None else w.expected_round_s
+
+    def stall_window_s(self, name: str) -> float:
+        return self._window(self._w(name))
+
+    def snapshot(self) -> HealthSnapshot:
+        now_mono = self._clock.monotonic()
+        rows = tuple(self._row(w, now_mono) for w in self._workers.values())
+        causes: list[str] = []
+        if self._access_denied is not None:
+            causes.append(f"keepa access denied: {self._access_denied}")
+        for row in rows:
+            if row.state is State.STALLED:
+                causes.append(f"{row.name} stalled: no progress for over {row.stall_after_s:.0f}s")
+        queue_len: int | None = None
+        last_commit: float | None = None
+        if self._writer_stats is not None:
+            stats = self._writer_stats()
+            queue_len, last_commit = stats.queue_len, stats.last_commit_at
+            if last_commit != self._writer_seen_commit:
+                self._writer_seen_commit = last_commit
+                self._writer_seen_mono = now_mono
+            waited = now_mono - self._writer_seen_mono
+            if queue_len > 0 and waited > self._writer_bound_s:
+                causes.append(f"writer stuck: {queue_len} queued, no commit for {waited:.0f}s")
+        return HealthSnapshot(
+            at=self._clock.now(),
+            healthy=not causes,
+            causes=tuple(causes),
+            workers=rows,
+            writer_queue=queue_len,
+            writer_last_commit_at=last_commit,
+            counts=dict(self._counts),
+        )
+
+    def summary_line(self, snap: HealthSnapshot | None = None) -> str:
+        """One line for systemd STATUS= and the periodic info log."""
+        snap = snap or self.snapshot()
+        parts: list[str] = []
+        c = snap.counts
+        if "deals" in c:
+            parts.append(f"deals={int(c['deals'])}")
+        if "pending" in c:
+            parts.append(f"pending={int(c['pending'])}")
+        if "tokens" in c:
+            parts.append(f"tokens={int(c['tokens'])}")
+        worst = snap.worst_state
+        parts.append(f"workers={worst.value if worst else 'none'}")
+        parts.append("healthy" if snap.healthy else "UNHEALTHY: " + "; ".join(snap.causes))
+        return " ".join(parts)
+
+    # -- internals ------------------------------------------------------------
+
+    def _w(self, name: str) -> _Worker:
+        try:
+            return self._workers[name]
+        except KeyError:
+            raise KeyError(f"worker {name!r} not registered with health") from None
+
+    def _window(self, w: _Worker) -> float:
+        base = w.expected_round_s + w.token_wait_s
+        return base * (1.0 + self._margin_factor) + self._margin_s
+
+    def _row(self, w: _Worker, now_mono: float) -> WorkerRow:
+        window = self._window(w)
+        state = w.state
+        if state is not State.STOPPED:
+            since = w.last_progress_mono if w.last_progress_mono is not None else w.registered_mono
+            deadline = since + window
+            if state is State.WAITING_FOR_TOKENS:
+                # A wait the scheduler announced is allowed in full, counted from
+                # when it began, not from the last progress.
+                deadline = max(deadline, w.wait_since_mono + w.token_wait_s + self._margin_s)
+            # Backing off never widens the window: a worker failing every round
+            # is exactly the dead loop this must catch, however busy it looks.
+            if now_mono > deadline:
+                state = State.STALLED
+        return WorkerRow(
+            name=w.name,
+            state=state,
+            expected_round_s=w.expected_round_s,
+            stall_after_s=window,
+            last_progress_at=w.last_progress_at,
+            progress_total=w.progress_total,
+            progress_what=w.progress_what,
+            idle=w.idle,
+            token_wait_s=w.token_wait_s,
+            backoff_reason=w.backoff_reason,
+            next_try_at=w.next_try_at,
+            restarts=w.restarts,
+            last_error=w.last_error,
+            last_error_at=w.last_error_at,
+        )

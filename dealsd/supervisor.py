@@ -1,0 +1,229 @@
+"""The one worker loop: rounds, sleeps, the error policy, restarts, stopping.
+
+Every worker is a plain object with ``name``, ``expected_round_s`` and
+``async def round() -> RoundResult``. The loop around it lives here once:
+a round that raises is logged (its traceback once per distinct error, then
+only counted, FIELD_NOTES item 7), and the worker is run again after an
+exponential backoff (1 s doubling to 60 s, reset after a healthy stretch),
+seconds rather than the old system's 30 minutes (item 10).
+
+Stopping is graceful then firm: the stop event ends every sleep at once and
+lets rounds in flight finish for ``grace_s``; what is still running after that
+is cancelled. ``CancelledError`` is never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from dealsd.clock import Clock, sleep_or_stop
+from dealsd.health import Health
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """What one round did and how long to wait before the next.
+
+    ``progressed`` counts units of real work (pages, products, rows); ``idle``
+    says the round looked for work and found none, which is a sign of life
+    too. A round with neither (a batch that failed and was skipped) is not
+    progress: repeated, it makes the worker read as stalled.
+    """
+
+    sleep_s: float
+    progressed: int = 0
+    what: str = "items"
+    idle: bool = False
+
+
+class Worker(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def expected_round_s(self) -> float: ...
+
+    async def round(self) -> RoundResult: ...
+
+
+OnRestart = Callable[[str, str], Awaitable[None]]
+
+
+class _ErrorLog:
+    """Say each distinct error once with its traceback, then only count it."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def report(self, worker: str, exc: BaseException, retry_in_s: float) -> None:
+        key = f"{worker}:{type(exc).__name__}:{exc}"
+        count = self._seen.get(key, 0) + 1
+        self._seen[key] = count
+        if count == 1:
+            log.error(
+                "worker_failed",
+                worker=worker,
+                error=_describe(exc),
+                retry_in_s=round(retry_in_s, 1),
+                traceback="".join(traceback.format_exception(exc)).rstrip(),
+            )
+        elif count & (count - 1) == 0:
+            # Powers of two: a persistent fault stays visible without flooding.
+            log.warning(
+                "worker_failed_again",
+                worker=worker,
+                error=_describe(exc),
+                repeats=count,
+                retry_in_s=round(retry_in_s, 1),
+            )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Supervisor:
+    """Runs workers as tasks, restarts the ones that raise, stops them all."""
+
+    def __init__(
+        self,
+        *,
+        workers: Sequence[Worker],
+        clock: Clock,
+        health: Health,
+        stop: asyncio.Event | None = None,
+        on_restart: OnRestart | None = None,
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 60.0,
+        reset_after_s: float = 300.0,
+    ) -> None:
+        self._workers = list(workers)
+        self._clock = clock
+        self._health = health
+        self.stop_event = stop if stop is not None else asyncio.Event()
+        self._on_restart = on_restart
+        self._base = backoff_base_s
+        self._cap = backoff_cap_s
+        self._reset_after = reset_after_s
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._errors = _ErrorLog()
+        self.restarts: dict[str, int] = {w.name: 0 for w in self._workers}
+        for w in self._workers:
+            health.register(w.name, expected_round_s=w.expected_round_s)
+
+    @property
+    def tasks(self) -> dict[str, asyncio.Task[None]]:
+        return dict(self._tasks)
+
+    def start(self) -> None:
+        for w in self._workers:
+            if w.name not in self._tasks:
+                self._tasks[w.name] = asyncio.create_task(self._loop(w), name=f"worker:{w.name}")
+
+    def backoff_s(self, failures: int) -> float:
+        """Delay before the next try after ``failures`` consecutive failures (>= 1)."""
+        return float(min(self._cap, self._base * 2 ** max(0, failures - 1)))
+
+    async def _loop(self, worker: Worker) -> None:
+        name = worker.name
+        failures = 0
+        last_failure = 0.0
+        try:
+            while not self.stop_event.is_set():
+                self._health.running(name)
+                # The worker may change its schedule live (SIGHUP): keep health's
+                # stall window in step with it.
+                self._health.set_expected_round(name, worker.expected_round_s)
+                try:
+                    result = await worker.round()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    last_failure = self._clock.monotonic()
+                    delay = self.backoff_s(failures)
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    self._errors.report(name, exc, delay)
+                    self._health.restarted(name, _describe(exc))
+                    self._health.backing_off(name, _describe(exc), delay)
+                    await self._record_restart(name, _describe(exc))
+                    if await sleep_or_stop(self._clock, self.stop_event, delay):
+                        break
+                    continue
+                if result.progressed > 0 or result.idle:
+                    self._health.progress(name, result.progressed, result.what, idle=result.idle)
+                if failures and self._clock.monotonic() - last_failure >= self._reset_after:
+                    log.info("worker_recovered", worker=name, after_failures=failures)
+                    failures = 0
+                if await sleep_or_stop(self._clock, self.stop_event, result.sleep_s):
+                    break
+        finally:
+            self._health.stopped(name)
+
+    async def _record_restart(self, name: str, error: str) -> None:
+        if self._on_restart is None:
+            return
+        try:
+            await self._on_restart(name, error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Counting a restart must not become a second failure of the worker.
+            log.warning("restart_not_recorded", worker=name, error=_describe(exc))
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Set the stop event, give rounds in flight ``grace_s``, cancel the rest."""
+        self.stop_event.set()
+        pending = [t for t in self._tasks.values() if not t.done()]
+        if pending:
+            # The grace period is measured on the injected clock, like every wait.
+            timer = asyncio.ensure_future(self._clock.sleep(grace_s))
+            try:
+                all_done = asyncio.ensure_future(asyncio.wait(pending))
+                await asyncio.wait({timer, all_done}, return_when=asyncio.FIRST_COMPLETED)
+                all_done.cancel()
+            finally:
+                timer.cancel()
+            still = [t for t in pending if not t.done()]
+            if still:
+                log.warning(
+                    "workers_cancelled",
+                    workers=sorted(t.get_name() for t in still),
+                    grace_s=grace_s,
+                )
+                self.cancel_now()
+        await self._reap()
+
+    def cancel_now(self) -> None:
+        """Cancel every worker task at once (a second SIGTERM)."""
+        self.stop_event.set()
+        for t in self._tasks.values():
+            if not t.done():
+                t.cancel()
+
+    async def _reap(self) -> None:
+        # Collect every task's outcome so nothing ends silently: an error
+        # escaping the loop itself (a bug here, not in a worker) is logged.
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks)
+        for name, t in self._tasks.items():
+            if t.cancelled():
+                continue
+            exc = t.exception()
+            if exc is not None:
+                log.error("worker_loop_crashed", worker=name, error=_describe(exc))
+
+    async def wait(self) -> None:
+        """Wait until every worker loop has ended."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks.values()))
