@@ -1,8 +1,110 @@
-"""Command line: `dealsd run | status | check-config | demo | simulator`."""
+"""Command line: `dealsd run | status | check-config | demo | simulator`.
+
+Nothing imports this module; it only parses arguments, loads the config and
+hands over to the part that does the work. A bad config exits 78 (EX_CONFIG,
+which the systemd unit lists in RestartPreventExitStatus: restarting cannot
+fix a typo) with the file, the key and what is wrong.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+EX_CONFIG = 78
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dealsd", description="Keeps a SQLite database of Amazon deals fed from Keepa."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", help="config file (default: $DEALSD_CONFIG, /etc/dealsd/config.toml)")
+    st = sub.add_parser("status", help="show what the daemon is doing (exit 0 healthy)")
+    st.add_argument("--config", help="config file naming the database")
+    st.add_argument("--database", help="read this database directly instead")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    cc = sub.add_parser("check-config", help="validate the config file (exit 78 if invalid)")
+    cc.add_argument("--config")
+    demo = sub.add_parser("demo", help="run dealsd against the built-in Keepa simulator")
+    demo.add_argument("--seconds", type=float, default=30.0, help="how long to run (default 30)")
+    # Listed for --help only: its arguments belong to the simulator's own parser.
+    sub.add_parser("simulator", help="serve the local Keepa simulator (see: dealsd simulator -h)")
+    return p
+
+
+def _config_error(exc: Exception) -> int:
+    print(f"dealsd: config error: {exc}", file=sys.stderr)
+    return EX_CONFIG
+
+
+def _run(config_arg: str | None) -> int:
+    from dealsd.clock import SystemClock
+    from dealsd.config import ConfigError, load_api_key, load_config, resolve_config_path
+    from dealsd.daemon import run_daemon
+    from dealsd.logs import configure_logging
+    from dealsd.notify import Notifier
+
+    try:
+        path = resolve_config_path(config_arg)
+        cfg = load_config(path)
+        api_key = load_api_key(cfg)
+    except ConfigError as exc:
+        return _config_error(exc)
+    configure_logging(cfg.log.level, cfg.log.format)
+    notifier = Notifier.from_env()
+    try:
+        return asyncio.run(
+            run_daemon(
+                cfg, api_key=api_key, clock=SystemClock(), notifier=notifier, config_path=path
+            )
+        )
+    finally:
+        notifier.close()
+
+
+def _status(config_arg: str | None, database: str | None, as_json: bool) -> int:
+    from dealsd.config import ConfigError, load_config, resolve_config_path
+    from dealsd.status import EXIT_NO_DATABASE, run_status
+
+    if database is not None:
+        return run_status(Path(database), as_json=as_json)
+    try:
+        cfg = load_config(resolve_config_path(config_arg))
+    except ConfigError as exc:
+        print(f"dealsd status: config error: {exc}", file=sys.stderr)
+        return EXIT_NO_DATABASE
+    return run_status(Path(cfg.database.path), as_json=as_json)
+
+
+def _check_config(config_arg: str | None) -> int:
+    from dealsd.config import ConfigError, check_config, resolve_config_path
+
+    try:
+        path = resolve_config_path(config_arg)
+    except ConfigError as exc:
+        return _config_error(exc)
+    return check_config(path)
+
 
 def main(argv: list[str] | None = None) -> int:
-    print("dealsd: not yet")
-    return 1
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulator"]:
+        from dealsd.simulator import main as simulator_main
+
+        return simulator_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args.config)
+    if args.command == "status":
+        return _status(args.config, args.database, args.json)
+    if args.command == "check-config":
+        return _check_config(args.config)
+    if args.command == "demo":
+        from dealsd.demo import run_demo
+
+        return run_demo(seconds=args.seconds)
+    raise AssertionError(args.command)  # argparse refuses unknown commands first

@@ -1,0 +1,283 @@
+"""The backfiller: buys /product data for deals, one batch per round.
+
+Work comes in this order: deals never backfilled, newest first; then deals
+whose derived columns are older than ``refresh_after_h``, refreshed with the
+cheap stats-only parameters (no history, offers, rating or buy box). The batch
+size follows the refill rate and the cost per product actually observed
+(``tokens.batch_size``; FIELD_NOTES item 5), not a fixed number.
+
+Each product is its own write (its payload compressed off the event loop),
+so a crash loses at most the batch in flight; what is stored is never bought
+again. Products Keepa does not return, or returns as invalid (productType 4),
+are retried later with a growing delay and given up after ``max_attempts``. A
+failing batch costs that batch only; an AccessDenied stops spending for a
+long while and makes the daemon unhealthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from dealsd import mapping, queries
+from dealsd.clock import Clock, iso_utc
+from dealsd.config import BackfillerConfig
+from dealsd.health import Health
+from dealsd.keepa import (
+    AccessDenied,
+    KeepaClient,
+    KeepaError,
+    ProductParams,
+    RequestRejected,
+)
+from dealsd.payloads import PRODUCT_TYPE_INVALID, PayloadError, Product
+from dealsd.store import Store
+from dealsd.supervisor import RoundResult
+from dealsd.tokens import TokenScheduler
+
+log = structlog.get_logger(__name__)
+
+ACCESS_DENIED_BACKOFF_S = 600.0
+# After a failed batch: soon enough to catch a passing fault, slow enough that
+# a persistent one does not spin.
+FAILED_BATCH_PAUSE_S = 10.0
+_PRICE_COLUMNS = ("current_amazon_cents", "current_new_cents", "current_used_cents")
+
+
+def product_params(cfg: BackfillerConfig) -> ProductParams:
+    """The full backfill's /product parameters, from the config."""
+    return ProductParams(
+        history=cfg.history,
+        days=cfg.days,
+        stats=cfg.stats,
+        offers=cfg.offers,
+        only_live_offers=cfg.only_live_offers,
+        rating=cfg.rating,
+        buybox=cfg.buybox,
+        update=cfg.update,
+    )
+
+
+class Backfiller:
+    name = "backfiller"
+
+    def __init__(
+        self,
+        *,
+        client: KeepaClient,
+        tokens: TokenScheduler,
+        store: Store,
+        clock: Clock,
+        config: BackfillerConfig,
+        price_type: int,
+        profit: mapping.ProfitSettings,
+        health: Health,
+    ) -> None:
+        self._client = client
+        self._tokens = tokens
+        self._store = store
+        self._clock = clock
+        self._cfg = config
+        self._price_type = price_type
+        self._profit = profit
+        self._health = health
+        self.failed_batches = 0
+        self.given_up = 0
+
+    @property
+    def expected_round_s(self) -> float:
+        return float(self._cfg.idle_s)
+
+    def reconfigure(
+        self, *, config: BackfillerConfig, price_type: int, profit: mapping.ProfitSettings
+    ) -> None:
+        self._cfg = config
+        self._price_type = price_type
+        self._profit = profit
+
+    async def round(self) -> RoundResult:
+        cfg = self._cfg
+        now_s = self._clock.now()
+        now = iso_utc(now_s)
+        full = product_params(cfg)
+        size = self._tokens.batch_size(
+            self.name,
+            lo=cfg.min_batch,
+            hi=cfg.max_batch,
+            default_cost=self._client.estimate_product_cost(full, 1),
+        )
+        rows: Sequence[Any] = await self._store.read(
+            lambda c: queries.pending_backfill(
+                c, now=now, max_attempts=cfg.max_attempts, limit=size
+            )
+        )
+        refresh = False
+        params = full
+        if not rows:
+            older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
+            rows = await self._store.read(
+                lambda c: queries.due_refresh(c, older_than=older, limit=size)
+            )
+            refresh, params = True, full.stats_only()
+        if not rows:
+            # Nothing to do is a sign of life, not a stall.
+            return RoundResult(sleep_s=float(cfg.idle_s), idle=True)
+        asins = [r.asin for r in rows]
+        buy_costs = {
+            r.asin: mapping.buy_cost_cents(
+                {c: getattr(r, c, None) for c in _PRICE_COLUMNS}, self._price_type
+            )
+            for r in rows
+        }
+        cost = self._client.estimate_product_cost(params, len(asins))
+        wait = self._tokens.expected_wait(self.name, cost)
+        if wait > 1.0:
+            self._health.waiting_for_tokens(self.name, wait)
+        try:
+            page = await self._client.products(asins, params, consumer=self.name)
+        except AccessDenied as exc:
+            self._health.access_denied(str(exc))
+            self._health.backing_off(self.name, "keepa access denied", ACCESS_DENIED_BACKOFF_S)
+            log.error("backfiller_access_denied", error=str(exc))
+            return RoundResult(sleep_s=ACCESS_DENIED_BACKOFF_S)
+        except RequestRejected as exc:
+            # Keepa refused this batch itself: an ASIN it will never accept
+            # must not block the queue, so each one is retried later on its own clock.
+            self._batch_failed(exc, len(asins))
+            for asin in asins:
+                await self._failure(asin, f"rejected: {exc}", refresh=refresh)
+            return RoundResult(sleep_s=FAILED_BATCH_PAUSE_S)
+        except (KeepaError, PayloadError) as exc:
+            self._batch_failed(exc, len(asins))
+            return RoundResult(sleep_s=FAILED_BATCH_PAUSE_S)
+        self._health.access_granted()
+        self._health.running(self.name)
+        returned = max(1, len(page.items))
+        per_product = round(page.tokens_consumed / returned)
+        stored = 0
+        for item in page.items:
+            product = item.value
+            if product.product_type == PRODUCT_TYPE_INVALID:
+                await self._failure(product.asin, "invalid product (productType 4)", refresh=refresh)
+                continue
+            payload = None if refresh else await asyncio.to_thread(zlib.compress, item.raw, 6)
+            columns = self._columns(product, buy_costs.get(product.asin), refresh=refresh)
+            fetched_at = iso_utc(self._clock.now())
+            await self._store.write(
+                self._product_writer(product, fetched_at, per_product, payload, columns)
+            )
+            stored += 1
+            self._health.progress(self.name, 1, "products")
+        for skipped in page.skipped:
+            if skipped.asin is not None:
+                await self._failure(skipped.asin, f"malformed: {skipped.reason}", refresh=refresh)
+        for asin in page.missing:
+            await self._failure(asin, "not returned by keepa", refresh=refresh)
+        await self._store.write(
+            lambda c: queries.record_tokens(
+                c,
+                at=now,
+                consumer=self.name,
+                endpoint="product",
+                items=len(page.items),
+                tokens=page.tokens_consumed,
+            )
+        )
+        log.info(
+            "backfill_batch",
+            mode="refresh" if refresh else "backfill",
+            asked=len(asins),
+            stored=stored,
+            missing=len(page.missing),
+            skipped=len(page.skipped),
+            tokens=page.tokens_consumed,
+        )
+        if stored == 0:
+            # Everything failed and was rescheduled: that was still work done.
+            self._health.progress(self.name, 0, "products", idle=True)
+        # More work may be waiting: the token scheduler paces the next batch.
+        return RoundResult(sleep_s=0.0)
+
+    def _columns(
+        self, product: Product, buy_cost: int | None, *, refresh: bool
+    ) -> dict[str, object]:
+        columns = mapping.product_columns(product)
+        columns.update(mapping.estimate(columns, buy_cost_cents=buy_cost, profit=self._profit))
+        stamp = iso_utc(self._clock.now())
+        columns["refreshed_at" if refresh else "backfilled_at"] = stamp
+        return columns
+
+    def _product_writer(
+        self,
+        product: Product,
+        fetched_at: str,
+        tokens_spent: int,
+        payload: bytes | None,
+        columns: dict[str, object],
+    ) -> Callable[[sqlite3.Connection], bool]:
+        def write(conn: sqlite3.Connection) -> bool:
+            return queries.store_product(
+                conn,
+                asin=product.asin,
+                fetched_at=fetched_at,
+                keepa_last_update=mapping.keepa_time_iso(product.last_update),
+                tokens_spent=tokens_spent,
+                payload_zlib=payload,
+                columns=columns,
+            )
+
+        return write
+
+    def _batch_failed(self, exc: BaseException, size: int) -> None:
+        self.failed_batches += 1
+        self._health.error(self.name, f"{type(exc).__name__}: {exc}")
+        log.warning(
+            "backfill_batch_failed",
+            error=f"{type(exc).__name__}: {exc}",
+            batch=size,
+            failed_batches=self.failed_batches,
+        )
+
+    async def _failure(self, asin: str, reason: str, *, refresh: bool) -> None:
+        now_s = self._clock.now()
+        now = iso_utc(now_s)
+        if refresh:
+            # A refresh that fails keeps the columns it has; it is simply
+            # not due again until refresh_after_h has passed once more.
+            await self._store.write(
+                lambda c: queries.store_product(
+                    c,
+                    asin=asin,
+                    fetched_at=now,
+                    keepa_last_update=None,
+                    tokens_spent=0,
+                    payload_zlib=None,
+                    columns={"refreshed_at": now},
+                )
+            )
+            return
+        cfg = self._cfg
+
+        def write(conn: sqlite3.Connection) -> int:
+            found = conn.execute(
+                "SELECT backfill_attempts FROM deals WHERE asin = ?", (asin,)
+            ).fetchone()
+            attempts = int(found[0]) if found else 0
+            retry_at: str | None = None
+            if attempts + 1 < cfg.max_attempts:
+                retry_at = iso_utc(now_s + cfg.retry_base_s * 2**attempts)
+            return queries.record_backfill_failure(
+                conn, asin=asin, reason=reason, retry_at=retry_at, now=now
+            )
+
+        attempts = await self._store.write(write)
+        if attempts >= cfg.max_attempts:
+            self.given_up += 1
+            log.warning("backfill_gave_up", asin=asin, reason=reason, attempts=attempts)
+        else:
+            log.info("backfill_retry_later", asin=asin, reason=reason, attempts=attempts)

@@ -1,0 +1,377 @@
+"""The daemon: everything put together, started, watched and stopped.
+
+``run_daemon`` takes the instance lock, opens the store (migrations), builds
+the token scheduler, the Keepa client, health, the workers and their
+supervisor, then tells systemd it is ready. While it runs it keeps systemd's
+STATUS= line current, pets the watchdog only while health says healthy (a
+stalled daemon gets restarted by systemd instead of looking alive), and writes
+the health snapshot into the database every few seconds so `dealsd status`
+can read it from another process.
+
+Signals: SIGTERM/SIGINT stop gracefully (rounds in flight finish, the writer
+drains, HTTP and the database close, ``stopped_at`` is written) and exit 0; a
+second one cancels what is still running at once. SIGHUP reloads the config
+file and applies what may change live, or keeps the running config if the new
+file is invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+
+from dealsd import queries
+from dealsd.backfiller import Backfiller
+from dealsd.clock import Clock, iso_utc, sleep_or_stop
+from dealsd.config import Config, ConfigError, diff_live, load_config
+from dealsd.health import Health, HealthSnapshot, State, WorkerRow
+from dealsd.janitor import Janitor
+from dealsd.keepa import KeepaClient
+from dealsd.lock import AlreadyRunning, InstanceLock
+from dealsd.notify import Notifier
+from dealsd.store import Store
+from dealsd.supervisor import Supervisor
+from dealsd.tokens import TokenScheduler
+from dealsd.upserter import Upserter, price_type
+
+log = structlog.get_logger(__name__)
+
+EX_OK = 0
+EX_SOFTWARE = 70
+EX_DATAERR = 65  # the database file is not ours to use (not SQLite, schema too new)
+EX_TEMPFAIL = 75  # another instance holds the lock
+SNAPSHOT_EVERY_S = 5.0
+SUMMARY_LOG_EVERY_S = 60.0
+STOP_GRACE_S = 10.0
+
+
+def worker_detail(row: WorkerRow) -> str | None:
+    """A few words on why a worker is in its state, for `dealsd status`."""
+    if row.state is State.WAITING_FOR_TOKENS:
+        return f"expected wait {row.token_wait_s:.0f}s"
+    if row.state is State.BACKING_OFF:
+        nxt = f", next try {iso_utc(row.next_try_at)}" if row.next_try_at else ""
+        return f"{row.backoff_reason}{nxt}"
+    if row.state is State.STALLED:
+        return f"no progress within {row.stall_after_s:.0f}s"
+    if row.idle:
+        return "idle: no work"
+    return None
+
+
+def worker_row(row: WorkerRow, now: str) -> dict[str, object]:
+    return {
+        "name": row.name,
+        "state": row.state.value,
+        "detail": worker_detail(row),
+        "last_progress_at": iso_utc(row.last_progress_at) if row.last_progress_at else None,
+        "progress_total": row.progress_total,
+        "last_error": row.last_error,
+        "last_error_at": iso_utc(row.last_error_at) if row.last_error_at else None,
+        "updated_at": now,
+    }
+
+
+class Daemon:
+    """The running parts and the loop that watches them; built by ``run_daemon``."""
+
+    def __init__(
+        self,
+        *,
+        cfg: Config,
+        config_path: Path | None,
+        clock: Clock,
+        notifier: Notifier,
+        store: Store,
+        tokens: TokenScheduler,
+        client: KeepaClient,
+        stop: asyncio.Event,
+        snapshot_every_s: float,
+        health_margin_s: float,
+    ) -> None:
+        self.cfg = cfg
+        self._config_path = config_path
+        self._clock = clock
+        self._notifier = notifier
+        self._store = store
+        self._tokens = tokens
+        self.stop = stop
+        self._snapshot_every_s = snapshot_every_s
+        self._wake = asyncio.Event()
+        self._reload_requested = False
+        self._signals = 0
+        self.health = Health(
+            clock=clock, writer_stats=store.writer_stats, margin_s=health_margin_s
+        )
+        sel = cfg.upserter.selection
+        self.upserter = Upserter(
+            client=client, tokens=tokens, store=store, clock=clock, config=cfg.upserter,
+            domain=cfg.keepa.domain, profit=cfg.profit, health=self.health, stop=stop,
+        )  # fmt: skip
+        self.backfiller = Backfiller(
+            client=client, tokens=tokens, store=store, clock=clock, config=cfg.backfiller,
+            price_type=price_type(sel), profit=cfg.profit, health=self.health,
+        )  # fmt: skip
+        self.janitor = Janitor(
+            store=store, clock=clock, config=cfg.janitor, health=self.health, stop=stop
+        )
+        self.supervisor = Supervisor(
+            workers=[self.upserter, self.backfiller, self.janitor],
+            clock=clock,
+            health=self.health,
+            stop=stop,
+            on_restart=self._record_restart,
+        )
+        self.started_at = iso_utc(clock.now())
+        self._last_status: str | None = None
+        self._last_healthy: bool | None = None
+
+    # -- signals --------------------------------------------------------------
+
+    def on_stop_signal(self, signame: str) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stopping", signal=signame)
+            self._notifier.stopping()
+            self.stop.set()
+        else:
+            log.warning("stopping_now", signal=signame)
+            self.supervisor.cancel_now()
+        self._wake.set()
+
+    def on_reload_signal(self) -> None:
+        self._reload_requested = True
+        self._wake.set()
+
+    async def _record_restart(self, name: str, error: str) -> None:
+        now = iso_utc(self._clock.now())
+        await self._store.write(lambda c: queries.bump_restarts(c, name, now))
+
+    # -- the watch loop -------------------------------------------------------
+
+    async def run(self) -> None:
+        self.supervisor.start()
+        await self.write_snapshot()
+        self._notifier.ready(status=self._last_status)
+        log.info("ready", database=str(self.cfg.database.path), pid=os.getpid())
+        wd = self._notifier.watchdog_interval_s()
+        tick = min(self._snapshot_every_s, wd) if wd else self._snapshot_every_s
+        last_log = self._clock.monotonic()
+        while not self.stop.is_set():
+            await sleep_or_stop(self._clock, self._wake, tick)
+            self._wake.clear()
+            if self.stop.is_set():
+                break
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            snap = await self.write_snapshot()
+            if snap.healthy:
+                self._notifier.watchdog()
+            if self._clock.monotonic() - last_log >= SUMMARY_LOG_EVERY_S:
+                last_log = self._clock.monotonic()
+                log.info("summary", status=self.health.summary_line(snap))
+
+    async def write_snapshot(self, *, stopped: bool = False) -> HealthSnapshot:
+        """Refresh counts, write the workers/daemon rows, update STATUS= if it changed."""
+        now_s = self._clock.now()
+        try:
+            summary: Mapping[str, Any] = await self._store.read(
+                lambda c: queries.status_summary(c, now=now_s)
+            )
+            deals = summary.get("deals", {})
+            if isinstance(deals, Mapping):
+                self.health.note_counts(
+                    deals=float(deals.get("total", 0) or 0),
+                    pending=float(deals.get("pending_backfill", 0) or 0),
+                )
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("status_counts_failed", error=str(exc))
+        tok = self._tokens.snapshot()
+        self.health.note_counts(tokens=tok.balance)
+        snap = self.health.snapshot()
+        line = self.health.summary_line(snap)
+        if line != self._last_status:
+            self._last_status = line
+            self._notifier.status(line)
+        if snap.healthy != self._last_healthy:
+            if self._last_healthy is not None:
+                event = log.info if snap.healthy else log.warning
+                event("health_changed", healthy=snap.healthy, causes=list(snap.causes))
+            self._last_healthy = snap.healthy
+        now = iso_utc(now_s)
+        stats = self._store.writer_stats()
+        daemon_row: dict[str, object] = {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "heartbeat_at": now,
+            "stopped_at": now if stopped else None,
+            "healthy": int(snap.healthy),
+            "snapshot": json.dumps(
+                {
+                    "status": line,
+                    "causes": list(snap.causes),
+                    "heartbeat_s": self._snapshot_every_s,
+                    "tokens": {
+                        "balance": tok.balance,
+                        "refill_rate": tok.refill_rate,
+                        "period_s": tok.period_s,
+                        "consumed_total": tok.consumed_total,
+                        "consumed_by": tok.consumed_by,
+                        "waiting": tok.waiting,
+                        "rate_limited": tok.rate_limited,
+                    },
+                    "writer": {
+                        "queue": stats.queue_len,
+                        "commits": stats.commits,
+                        "last_commit_at": (
+                            iso_utc(stats.last_commit_at) if stats.last_commit_at else None
+                        ),
+                        "busy_since": getattr(stats, "busy_since", None),
+                        "last_error": getattr(stats, "last_error", None),
+                    },
+                }
+            ),
+        }
+        rows = [worker_row(w, now) for w in snap.workers]
+
+        def write(conn: sqlite3.Connection) -> None:
+            for row in rows:
+                queries.write_worker(conn, row)
+            queries.write_daemon(conn, daemon_row)
+
+        await self._store.write(write)
+        return snap
+
+    # -- SIGHUP ---------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Apply what may change live from the config file; keep running on a bad file."""
+        self._notifier.reloading()
+        try:
+            if self._config_path is None:
+                log.warning("reload_ignored", reason="no config file to reload from")
+                return
+            try:
+                new = load_config(self._config_path)
+            except ConfigError as exc:
+                log.error("reload_rejected", error=str(exc), keeping="running config")
+                return
+            changes, need_restart = diff_live(self.cfg, new)
+            for key in need_restart:
+                log.warning("config_change_needs_restart", key=key)
+            # Settings that need a restart keep their running values until then.
+            new = msgspec.structs.replace(new, keepa=self.cfg.keepa, database=self.cfg.database)
+            for change in changes:
+                log.info("config_changed", key=change.key, old=change.old, new=change.new)
+            self.apply(new)
+        finally:
+            self._notifier.ready(status=self._last_status)
+
+    def apply(self, new: Config) -> None:
+        self.cfg = new
+        sel = new.upserter.selection
+        self.upserter.reconfigure(config=new.upserter, profit=new.profit)
+        self.backfiller.reconfigure(
+            config=new.backfiller, price_type=price_type(sel), profit=new.profit
+        )
+        self.janitor.reconfigure(config=new.janitor)
+        self._tokens.set_weights(dict(new.tokens.weights))
+        set_batch = getattr(self._tokens, "set_batch_minutes", None)
+        if callable(set_batch):
+            set_batch(new.tokens.batch_minutes)
+        try:
+            from dealsd.logs import set_level
+        except ImportError:  # pragma: no cover - logs.py written alongside
+            return
+        set_level(new.log.level)
+
+
+async def run_daemon(
+    cfg: Config,
+    *,
+    api_key: str,
+    clock: Clock,
+    notifier: Notifier,
+    stop: asyncio.Event | None = None,
+    config_path: Path | None = None,
+    install_signals: bool = True,
+    snapshot_every_s: float = SNAPSHOT_EVERY_S,
+    health_margin_s: float = 60.0,
+) -> int:
+    """Run dealsd until stopped; returns the process exit status."""
+    from dealsd.store import NotADatabase, SchemaTooNew
+
+    stop = stop if stop is not None else asyncio.Event()
+    db_path = Path(cfg.database.path)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = InstanceLock(db_path)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:
+        log.error("already_running", pid=exc.pid, database=str(db_path))
+        return EX_TEMPFAIL
+    try:
+        try:
+            store = await Store.open(db_path, clock=clock)
+        except (NotADatabase, SchemaTooNew) as exc:
+            log.error("database_refused", database=str(db_path), error=str(exc))
+            return EX_DATAERR
+        tokens = TokenScheduler(
+            clock=clock, weights=dict(cfg.tokens.weights), batch_minutes=cfg.tokens.batch_minutes
+        )
+        try:
+            async with KeepaClient(
+                base_url=cfg.keepa.base_url,
+                api_key=api_key,
+                domain=cfg.keepa.domain,
+                tokens=tokens,
+                clock=clock,
+                connect_timeout_s=cfg.keepa.connect_timeout_s,
+                read_timeout_s=cfg.keepa.read_timeout_s,
+                max_attempts=cfg.keepa.max_attempts,
+            ) as client:
+                daemon = Daemon(
+                    cfg=cfg,
+                    config_path=config_path,
+                    clock=clock,
+                    notifier=notifier,
+                    store=store,
+                    tokens=tokens,
+                    client=client,
+                    stop=stop,
+                    snapshot_every_s=snapshot_every_s,
+                    health_margin_s=health_margin_s,
+                )
+                installed = _install_signals(daemon) if install_signals else []
+                try:
+                    await daemon.run()
+                finally:
+                    await daemon.supervisor.stop(grace_s=STOP_GRACE_S)
+                    await daemon.write_snapshot(stopped=True)
+                    for sig in installed:
+                        asyncio.get_running_loop().remove_signal_handler(sig)
+        finally:
+            # Drains and commits whatever the workers queued before returning.
+            await store.close()
+        log.info("stopped")
+        return EX_OK
+    finally:
+        lock.release()
+
+
+def _install_signals(daemon: Daemon) -> list[signal.Signals]:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.on_stop_signal, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, daemon.on_reload_signal)
+    return [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]

@@ -1,0 +1,138 @@
+"""`dealsd demo`: the real daemon against the built-in Keepa simulator.
+
+Nothing is faked beyond Keepa itself: the simulator serves HTTP on a free
+loopback port with an accelerated refill (a Keepa "minute" lasts one second),
+and the daemon is the same ``run_daemon`` that systemd runs, with a real
+config file, lock, SQLite database, token scheduler and workers. Progress is
+printed while it runs; the database is kept so it can be inspected after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from dealsd import queries
+from dealsd.clock import SystemClock
+from dealsd.config import load_config
+from dealsd.daemon import run_daemon
+from dealsd.notify import Notifier
+from dealsd.simulator import SimOptions, Simulator
+
+# One Keepa minute per second at 20 tokens/minute: a first fill and a good
+# part of the backfill happen within the default 30 s.
+DEMO_PERIOD_S = 1.0
+DEMO_REFILL = 20
+DEMO_CATALOGUE = 1500
+
+CONFIG_TEMPLATE = """\
+# Written by `dealsd demo`: the daemon against the local simulator.
+[keepa]
+base_url = "{base_url}"
+
+[database]
+path = "{db}"
+
+[upserter]
+interval_s = 5
+
+[backfiller]
+idle_s = 2
+
+[janitor]
+interval_s = 60
+
+[log]
+level = "warning"
+format = "console"
+"""
+
+
+def _counts(db: Path) -> dict[str, Any]:
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2.0)
+    try:
+        conn.row_factory = sqlite3.Row
+        summary = queries.status_summary(conn, now=time.time())
+        deals = summary.get("deals") or {}
+        return dict(deals)
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
+
+
+def _line(elapsed: float, db: Path, sim: Simulator) -> str:
+    d = _counts(db)
+    st = sim.stats()
+    return (
+        f"[{elapsed:5.1f}s] deals {d.get('total', 0):>5}  backfilled {d.get('backfilled', 0):>5}"
+        f"  pending {d.get('pending_backfill', 0):>5}"
+        f"  tokens spent {st.get('tokens_consumed', 0):>5}"
+        f"  generated {st.get('tokens_generated', 0):>5}"
+    )
+
+
+async def _demo(seconds: float, out: TextIO) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="dealsd-demo-"))
+    db = workdir / "deals.db"
+    sim = Simulator(
+        SimOptions(
+            refill_rate=DEMO_REFILL,
+            refill_period_s=DEMO_PERIOD_S,
+            catalogue_size=DEMO_CATALOGUE,
+        )
+    )
+    base_url = await sim.start("127.0.0.1", 0)
+    config_path = workdir / "config.toml"
+    config_path.write_text(CONFIG_TEMPLATE.format(base_url=base_url, db=db))
+    cfg = load_config(config_path)
+    print(f"dealsd demo: simulator at {base_url}, database {db}, {seconds:g} s", file=out)
+    stop = asyncio.Event()
+    started = time.monotonic()
+    daemon = asyncio.create_task(
+        run_daemon(
+            cfg,
+            api_key="demo-key",
+            clock=SystemClock(),
+            notifier=Notifier(None),
+            stop=stop,
+            config_path=config_path,
+            snapshot_every_s=1.0,
+        )
+    )
+    try:
+        while not daemon.done() and time.monotonic() - started < seconds:
+            await asyncio.wait({daemon}, timeout=min(2.0, seconds))
+            print(_line(time.monotonic() - started, db, sim), file=out, flush=True)
+        stop.set()
+        code = await daemon
+    finally:
+        stop.set()
+        if not daemon.done():
+            daemon.cancel()
+        await sim.stop()
+    st = sim.stats()
+    d = _counts(db)
+    print(
+        f"dealsd demo: done in {time.monotonic() - started:.1f}s (daemon exit {code}): "
+        f"{d.get('total', 0)} deals stored, {d.get('backfilled', 0)} backfilled, "
+        f"{st.get('tokens_consumed', 0)} tokens spent of {st.get('tokens_generated', 0)} generated",
+        file=out,
+    )
+    print(f"database: {db}", file=out)
+    print(f"inspect it: dealsd status --database {db}", file=out)
+    return 0 if code == 0 else code
+
+
+def run_demo(*, seconds: float = 30.0, out: TextIO = sys.stdout) -> int:
+    from dealsd.logs import configure_logging
+
+    configure_logging("warning", "console")
+    return asyncio.run(_demo(seconds, out))

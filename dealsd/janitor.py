@@ -1,0 +1,107 @@
+"""The janitor: removes deals Keepa has stopped listing, and old ledger rows.
+
+A deal not seen for ``grace_h`` hours is gone from Keepa's results and is
+deleted, in chunks so no single transaction holds the writer for long.
+
+The old system's janitor kept deleting while ingestion was down and drained
+the dashboard to zero (FIELD_NOTES item 6). "Not seen" only means "gone" when
+the upserter is actually looking, so this janitor prunes only while the
+upserter has succeeded recently (within twice its interval plus the backoff
+of a failed round), and pauses — saying so once — otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from dealsd import queries
+from dealsd.clock import Clock, iso_utc
+from dealsd.config import JanitorConfig
+from dealsd.health import Health
+from dealsd.store import Store
+from dealsd.supervisor import RoundResult
+
+log = structlog.get_logger(__name__)
+
+LEDGER_KEEP_S = 7 * 86_400.0
+# The upserter may fail a round and wait out the supervisor's backoff (up to
+# 60 s) before it succeeds again: that alone is no outage.
+FAILED_ROUND_GRACE_S = 60.0
+
+
+class Janitor:
+    name = "janitor"
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        config: JanitorConfig,
+        health: Health,
+        watch: str = "upserter",
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._cfg = config
+        self._health = health
+        self._watch = watch
+        self._stop = stop
+        self._paused = False
+        self.deleted_total = 0
+
+    @property
+    def expected_round_s(self) -> float:
+        return float(self._cfg.interval_s)
+
+    def reconfigure(self, *, config: JanitorConfig) -> None:
+        self._cfg = config
+
+    def ingestion_healthy(self) -> bool:
+        """True when the watched worker has succeeded recently enough to trust "not seen"."""
+        if not self._health.has_succeeded(self._watch):
+            return False
+        interval = self._health.expected_round_s(self._watch) or 0.0
+        since = self._health.seconds_since_success(self._watch)
+        return since is not None and since <= 2 * interval + FAILED_ROUND_GRACE_S
+
+    async def round(self) -> RoundResult:
+        cfg = self._cfg
+        if not self.ingestion_healthy():
+            if not self._paused:
+                self._paused = True
+                log.warning(
+                    "janitor_paused",
+                    reason=f"{self._watch} has not succeeded recently",
+                    since_s=self._health.seconds_since_success(self._watch),
+                )
+            # Deliberately waiting is alive: the upserter's own stall says what is wrong.
+            return RoundResult(sleep_s=float(cfg.interval_s), idle=True)
+        if self._paused:
+            self._paused = False
+            log.info("janitor_resumed")
+        now_s = self._clock.now()
+        # The cutoff is taken from the upserter's last success, not from now
+        # alone: a wall clock that jumps forward must not age every deal at once.
+        seen = self._health.last_success_at(self._watch) or now_s
+        cutoff = iso_utc(min(now_s, seen) - cfg.grace_h * 3600.0)
+        deleted = 0
+        while True:
+            n = await self._store.write(
+                lambda c: queries.prune_stale(c, older_than=cutoff, limit=cfg.chunk)
+            )
+            deleted += n
+            if n < cfg.chunk or (self._stop is not None and self._stop.is_set()):
+                break
+            if not self.ingestion_healthy():
+                break
+        ledger_cutoff = iso_utc(now_s - LEDGER_KEEP_S)
+        await self._store.write(lambda c: queries.prune_ledger(c, older_than=ledger_cutoff))
+        self.deleted_total += deleted
+        if deleted:
+            log.info("janitor_pruned", deleted=deleted, older_than=cutoff)
+            return RoundResult(sleep_s=float(cfg.interval_s), progressed=deleted, what="deals")
+        return RoundResult(sleep_s=float(cfg.interval_s), idle=True)
