@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dealsd.clock import FakeClock
+from dealsd.clock import Clock, FakeClock, SystemClock
 from dealsd.payloads import Envelope
 from dealsd.tokens import TokenScheduler, round_period
 
@@ -24,7 +24,7 @@ class KeepaKey:
     """Keepa's balance for one key, on the fake clock."""
 
     def __init__(
-        self, clock: FakeClock, *, rate: int, balance: int = 0, period: float = 60.0,
+        self, clock: Clock, *, rate: int, balance: int = 0, period: float = 60.0,
         phase: float = 17.0,
     ) -> None:
         self.clock = clock
@@ -82,7 +82,7 @@ class Worker:
     rate_limited: int = 0
 
 
-async def work(sched: TokenScheduler, key: KeepaKey, clock: FakeClock, w: Worker) -> None:
+async def work(sched: TokenScheduler, key: KeepaKey, clock: Clock, w: Worker) -> None:
     """A saturated consumer: acquire, send, sync, again; like KeepaClient does."""
     while True:
         t0 = clock.monotonic()
@@ -546,3 +546,19 @@ async def test_expected_wait_counts_the_waiters_ahead() -> None:
     assert sched.expected_wait("backfiller", 20) == pytest.approx(10)
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
+
+
+async def test_real_clock_accelerated_period_is_learned_and_timers_fire() -> None:
+    # The one test on real time: asyncio timers, not FakeClock, drive the waits.
+    clock = SystemClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    key = KeepaKey(clock, rate=20, balance=20, period=0.05, phase=0.02)
+    up, back = Worker("upserter", 5, latency=0.002), Worker("backfiller", 10, latency=0.004)
+    tasks = [asyncio.create_task(work(sched, key, clock, w)) for w in (up, back)]
+    await asyncio.sleep(1.5)
+    await stop(tasks)
+    snap = sched.snapshot()
+    assert snap.period_s == pytest.approx(0.05)
+    assert up.grants and back.grants
+    assert key.refused <= 1  # the period guess at startup, at most
+    assert snap.consumed_total >= key.generated * 0.8
