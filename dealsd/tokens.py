@@ -3,20 +3,27 @@
 The balance lives on Keepa's side and is shared by everything using the key, so
 the local model is only a prediction between responses: every envelope
 (``sync``) replaces it with the server's numbers. Between responses the model
-adds ``refill_rate`` at each refill step (the first at sync time + ``refillIn``,
-then one per learned period) up to Keepa's cap of 60 x the rate.
+adds the refill at each step (the first at sync time + ``refillIn``, then one
+per learned period) up to Keepa's cap of 60 x the rate. The period is learned
+from the envelopes (``refillIn`` bounds it below, the spacing of refill instants
+pins it), so a simulator with 100 ms "minutes" needs no configuration. Spending
+by another user of the key shows as a drain in the server's ledger and is
+taken off the predicted refill. No threshold anywhere is tied to a plan.
 
 Keepa runs a request whenever the balance is >= 1, whatever it costs, so a
 request waits for a balance >= 1 and for its turn, never for its full cost
 (waiting for the full cost is what starved the 100-token backfill batches in
-the old system). Each grant deducts its estimated cost at once, so concurrent
+the old system). Each grant deducts its expected cost at once, so concurrent
 acquirers do not all fire on the same token; the next envelope corrects it.
+Tokens that exist only in the prediction are spent by one request at a time
+(a scout) until an envelope confirms them, so a wrong prediction costs one 429.
 
-Turns are start-time fair queuing: each consumer carries a virtual finish tag
-(tokens granted / weight); a waiting consumer's start tag is
-``max(V, finish)`` where ``V`` is the start tag of the last grant, so the
-lowest weighted usage goes first and an idle consumer comes back level with
-the others instead of with banked credit.
+Turns are start-time fair queuing on weighted usage (tokens charged / weight,
+the real cost once the envelope says it): the waiting consumer with the lowest
+usage goes first. A consumer coming back from idle is lifted to the virtual
+time ``V`` (the start tag of the last grant), so it banks no credit; an active
+one keeps its lag, and a head that would spend the balance away from a
+behind consumer whose request is in flight waits for it briefly.
 """
 
 from __future__ import annotations
