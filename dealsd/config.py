@@ -1,0 +1,521 @@
+"""The configuration: one TOML file, one frozen Struct per table, refused when wrong.
+
+Every setting has its home here (schema, default, range) and in the commented
+sample ``config.toml`` at the repository root. A bad file is refused with one
+line naming the file, the dotted key and what is wrong in an operator's words,
+because the daemon exits 78 (EX_CONFIG) on it and systemd will not restart it:
+that line is all the operator gets. The API key never lives in this file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import stat
+import sys
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Annotated, Any, Literal, get_args, get_origin
+
+import msgspec
+from msgspec import Meta
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "EX_CONFIG",
+    "LIVE_KEYS",
+    "BackfillerConfig",
+    "Change",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "JanitorConfig",
+    "KeepaConfig",
+    "LogConfig",
+    "ProfitConfig",
+    "TokensConfig",
+    "UpserterConfig",
+    "check_config",
+    "diff_live",
+    "load_api_key",
+    "load_config",
+    "resolve_config_path",
+]
+
+EX_CONFIG = 78  # sysexits.h: the unit's RestartPreventExitStatus, a restart cannot fix a typo
+DEFAULT_CONFIG_PATH = Path("/etc/dealsd/config.toml")
+CREDENTIAL_NAME = "keepa_api_key"  # LoadCredential=keepa_api_key:/path in the unit
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+BatchSize = Annotated[int, Meta(ge=1, le=100)]  # Keepa's /product takes at most 100 ASINs
+# Keepa's domain ids: 7 does not exist (KEEPA_API.md, "Domains").
+Domain = Literal[1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]
+HttpUrl = Annotated[str, Meta(pattern=r"^https?://[^\s/]+", description="an http(s):// URL")]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+
+CONSUMERS = ("upserter", "backfiller")  # who spends tokens
+
+
+def default_selection() -> dict[str, Any]:
+    """KEEPA_API.md's realistic selection: used books on amazon.com, biggest drops first."""
+    return {
+        "includeCategories": [283155],
+        "priceTypes": [2],
+        "salesRankRange": [10000, 10000000],
+        "currentRange": [2000, 45100],
+        "deltaPercentRange": [10, 100],
+        "minRating": 10,
+        "warehouseConditions": [2, 3, 4, 5],
+        "sortType": 4,
+        "isRangeEnabled": True,
+        "isFilterEnabled": True,
+        "singleVariation": True,
+    }
+
+
+def default_weights() -> dict[str, float]:
+    return {"upserter": 1.0, "backfiller": 3.0}
+
+
+class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Options inherited by every table: immutable, and a typo is an error."""
+
+
+class KeepaConfig(_Table, frozen=True):
+    base_url: HttpUrl = "https://api.keepa.com"
+    domain: Domain = 1
+    api_key_file: NonEmpty | None = None
+    connect_timeout_s: PositiveFloat = 10.0
+    read_timeout_s: PositiveFloat = 60.0
+    max_attempts: PositiveInt = 5
+
+
+class DatabaseConfig(_Table, frozen=True):
+    path: NonEmpty = "/var/lib/dealsd/deals.db"
+
+
+class UpserterConfig(_Table, frozen=True):
+    interval_s: PositiveInt = 300
+    # 10,000 results per query / 150 deals per page.
+    max_pages_per_run: Annotated[int, Meta(ge=1, le=67)] = 67
+    selection: dict[str, Any] = msgspec.field(default_factory=default_selection)
+
+
+class BackfillerConfig(_Table, frozen=True):
+    history: bool = True
+    days: NonNegativeInt = 0
+    stats: NonNegativeInt = 180
+    offers: Annotated[int, Meta(ge=0, le=100)] = 0
+    only_live_offers: bool = False
+    rating: bool = False
+    buybox: bool = False
+    update: Annotated[int, Meta(ge=-1)] = -1
+    refresh_after_h: PositiveFloat = 24.0
+    min_batch: BatchSize = 1
+    max_batch: BatchSize = 100
+    idle_s: PositiveFloat = 30.0
+    max_attempts: PositiveInt = 5
+    retry_base_s: PositiveFloat = 300.0
+
+
+class JanitorConfig(_Table, frozen=True):
+    grace_h: PositiveFloat = 72.0
+    interval_s: PositiveInt = 600
+    chunk: PositiveInt = 500
+
+
+class TokensConfig(_Table, frozen=True):
+    weights: dict[str, PositiveFloat] = msgspec.field(default_factory=default_weights)
+    batch_minutes: PositiveFloat = 1.0
+
+
+class ProfitConfig(_Table, frozen=True):
+    reference: Literal["used", "new", "buy_box", "amazon"] = "used"
+    referral_fee_pct: Annotated[float, Meta(ge=0, le=100)] = 15.0
+    fba_fee_cents: NonNegativeInt = 0
+    extra_cost_cents: NonNegativeInt = 0
+
+
+class LogConfig(_Table, frozen=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "journal", "console", "json"] = "auto"
+
+
+class Config(_Table, frozen=True):
+    keepa: KeepaConfig = msgspec.field(default_factory=KeepaConfig)
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    upserter: UpserterConfig = msgspec.field(default_factory=UpserterConfig)
+    backfiller: BackfillerConfig = msgspec.field(default_factory=BackfillerConfig)
+    janitor: JanitorConfig = msgspec.field(default_factory=JanitorConfig)
+    tokens: TokensConfig = msgspec.field(default_factory=TokensConfig)
+    profit: ProfitConfig = msgspec.field(default_factory=ProfitConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+
+
+# -- errors -------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """A config the daemon refuses: ``str()`` is "<path>: <key>: <what is wrong>"."""
+
+    def __init__(self, path: str | os.PathLike[str], key: str | None, message: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.key:
+            return f"{self.path}: {self.key}: {self.message}"
+        return f"{self.path}: {self.message}"
+
+
+_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "object": "a table",
+    "array": "a list",
+}
+
+
+def _unwrap(tp: Any) -> tuple[Any, list[Meta]]:
+    """The bare type under ``Annotated`` and ``X | None``, and its constraints."""
+    metas: list[Meta] = []
+    if get_origin(tp) is Annotated:
+        metas = [m for m in tp.__metadata__ if isinstance(m, Meta)]
+        tp = get_args(tp)[0]
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _unwrap(args[0])
+    return tp, metas
+
+
+def _field_type(root: type, parts: list[str]) -> Any:
+    """The declared type at a dotted path, or None when the path leaves the schema."""
+    tp: Any = root
+    for part in parts:
+        tp, _ = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            tp = typing.get_type_hints(tp, include_extras=True).get(part)
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        else:
+            return None
+    return tp
+
+
+def _describe(tp: Any) -> str | None:
+    bare, metas = _unwrap(tp)
+    if get_origin(bare) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(bare))
+    if (isinstance(bare, type) and issubclass(bare, msgspec.Struct)) or get_origin(bare) is dict:
+        return "a table"
+    word = _WORDS.get(getattr(bare, "__name__", ""))
+    if word is None:
+        return None
+    for m in metas:
+        if m.description:
+            return m.description
+        lo = m.ge if m.ge is not None else m.gt
+        if lo is not None and m.le is not None:
+            return f"{word} from {lo:g} to {m.le:g}"
+        bounds = [
+            f"{op} {v:g}" for op, v in ((">=", m.ge), (">", m.gt), ("<=", m.le)) if v is not None
+        ]
+        if bounds:
+            return f"{word} {' and '.join(bounds)}"
+        if m.min_length:
+            return f"a non-empty {word.removeprefix('a ')}"
+    return word
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+def _lookup(raw: Any, parts: list[str]) -> Any:
+    for part in parts:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def translate(
+    path: Path, exc: msgspec.ValidationError, raw: dict[str, Any], root: type
+) -> ConfigError:
+    """msgspec's "Expected `int` >= 1 - at `$.upserter.interval_s`", in an operator's words."""
+    text = str(exc)
+    what, _, where = text.partition(" - at `$")
+    where = where.rstrip("`")
+    in_dict = where.endswith("[...]")
+    parts = [p for p in where.removesuffix("[...]").split(".") if p]
+    if in_dict:
+        # A dict entry: msgspec does not say which one, so find the entry that fails.
+        table, dict_type = _lookup(raw, parts), _field_type(root, parts)
+        for k, v in table.items() if isinstance(table, dict) else ():
+            try:
+                msgspec.convert({k: v}, dict_type)
+            except msgspec.ValidationError:
+                parts.append(str(k))
+                break
+    unknown = re.match(r"Object contains unknown field `(.+)`", what)
+    if unknown:
+        name = unknown.group(1)
+        known = list(getattr(_unwrap(_field_type(root, parts))[0], "__struct_fields__", ()))
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        return ConfigError(path, ".".join([*parts, name]), f"unknown key (typo?){hint}")
+    expected = _describe(_field_type(root, parts))
+    key = ".".join(parts) or None
+    if expected is None:
+        return ConfigError(path, key, what)
+    return ConfigError(path, key, f"expected {expected}, got {_show(_lookup(raw, parts))}")
+
+
+# -- loading ------------------------------------------------------------------
+
+
+def resolve_config_path(arg: str | None, env: Mapping[str, str] = os.environ) -> Path:
+    """``--config``, then ``$DEALSD_CONFIG``, then /etc/dealsd/config.toml."""
+    if arg is not None:
+        if not arg.strip():
+            raise ConfigError("--config", None, "empty path")
+        return Path(arg)
+    from_env = env.get("DEALSD_CONFIG", "").strip()
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def _read_bytes(path: Path, what: str = "config file") -> bytes:
+    # stat first: opening a FIFO would block the daemon until something writes it.
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(path, None, f"no such {what}") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read the {what}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(path, None, f"is a directory, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(path, None, f"not a regular file (expected a {what})")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read the {what}: {exc.strerror}") from None
+
+
+def _parse(path: Path, data: bytes) -> dict[str, Any]:
+    if not data.strip():
+        raise ConfigError(path, None, "empty config file")
+    try:
+        # utf-8-sig: a byte-order mark left by a Windows editor is harmless.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        bad = data[exc.start]
+        raise ConfigError(
+            path, None, f"not UTF-8 text (byte 0x{bad:02x} on line {line}); save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+
+
+def _reject_api_key(path: Path, raw: Mapping[str, Any]) -> None:
+    for table, entries in (("", raw), ("keepa.", raw.get("keepa"))):
+        if not isinstance(entries, Mapping):
+            continue
+        for name in ("api_key", "key"):
+            if name in entries:
+                raise ConfigError(
+                    path,
+                    f"{table}{name}",
+                    "the API key does not belong in config.toml: put it in a file named "
+                    "by [keepa] api_key_file, a systemd credential "
+                    f"(LoadCredential={CREDENTIAL_NAME}:...) or $KEEPA_API_KEY",
+                )
+
+
+def _check_selection(path: Path, sel: Mapping[str, Any]) -> None:
+    for name, value in sel.items():
+        key = f"upserter.selection.{name}"
+        if name in ("page", "domainId"):
+            hint = "[keepa] domain" if name == "domainId" else "the upserter while paging"
+            raise ConfigError(path, key, f"dealsd sets {name} itself (from {hint}); remove it")
+        if not re.fullmatch(r"[a-z][A-Za-z0-9]*", name):
+            camel = re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name.lower())
+            raise ConfigError(
+                path, key, f"Keepa's selection keys are camelCase (did you mean {camel}?)"
+            )
+        bad = _not_json(value)
+        if bad is not None:
+            raise ConfigError(path, key, f"{bad} cannot be sent to Keepa (JSON has no such type)")
+    types = sel.get("priceTypes")
+    if types is None:
+        raise ConfigError(
+            path, "upserter.selection.priceTypes", "missing: Keepa needs exactly one price type"
+        )
+    if (
+        not isinstance(types, list)
+        or len(types) != 1
+        or isinstance(types[0], bool)
+        or not isinstance(types[0], int)
+        or not 0 <= types[0] <= 35
+    ):
+        raise ConfigError(
+            path,
+            "upserter.selection.priceTypes",
+            f"expected a list of exactly one price type (0..35, e.g. [2] for used), got {types!r}",
+        )
+
+
+def _not_json(value: Any) -> str | None:
+    """The TOML type a JSON body cannot carry (dates and times), if any."""
+    if isinstance(value, dict):
+        return next((b for v in value.values() if (b := _not_json(v))), None)
+    if isinstance(value, list):
+        return next((b for v in value if (b := _not_json(v))), None)
+    if isinstance(value, str | int | float | bool):
+        return None
+    return f"a TOML {type(value).__name__}"
+
+
+def _check(path: Path, cfg: Config) -> Config:
+    b = cfg.backfiller
+    if 0 < b.offers < 20:
+        raise ConfigError(
+            path, "backfiller.offers", f"expected 0 (no offers) or 20..100, got {b.offers}"
+        )
+    if b.min_batch > b.max_batch:
+        raise ConfigError(
+            path,
+            "backfiller.min_batch",
+            f"must not exceed backfiller.max_batch ({b.max_batch}), got {b.min_batch}",
+        )
+    _check_selection(path, cfg.upserter.selection)
+    for name in cfg.tokens.weights:
+        if name not in CONSUMERS:
+            raise ConfigError(
+                path, f"tokens.weights.{name}", "unknown consumer (expected upserter or backfiller)"
+            )
+    # A consumer left out keeps its default share rather than a share of zero.
+    weights = {**default_weights(), **cfg.tokens.weights}
+    return msgspec.structs.replace(cfg, tokens=msgspec.structs.replace(cfg.tokens, weights=weights))
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, parse and validate the config file; ``ConfigError`` says what is wrong."""
+    p = Path(path)
+    raw = _parse(p, _read_bytes(p))
+    _reject_api_key(p, raw)
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise translate(p, exc, raw, Config) from None
+    return _check(p, cfg)
+
+
+def load_api_key(cfg: Config, env: Mapping[str, str] = os.environ) -> str:
+    """The Keepa key: systemd credential, then [keepa] api_key_file, then $KEEPA_API_KEY."""
+    sources: list[Path] = []
+    cred_dir = env.get("CREDENTIALS_DIRECTORY", "").strip()
+    if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).exists():
+        sources.append(Path(cred_dir) / CREDENTIAL_NAME)
+    if cfg.keepa.api_key_file is not None:
+        sources.append(Path(cfg.keepa.api_key_file))
+    if sources:
+        return _key_from(sources[0], _read_bytes(sources[0], "API key file"))
+    key = env.get("KEEPA_API_KEY", "").strip()
+    if key:
+        return key
+    raise ConfigError(
+        "config",
+        "keepa.api_key",
+        "no API key: set a systemd credential ($CREDENTIALS_DIRECTORY/"
+        f"{CREDENTIAL_NAME}), [keepa] api_key_file, or $KEEPA_API_KEY",
+    )
+
+
+def _key_from(path: Path, data: bytes) -> str:
+    try:
+        key = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(path, "keepa.api_key", "API key file is not text") from None
+    if not key:
+        raise ConfigError(path, "keepa.api_key", "API key file is empty")
+    if any(c.isspace() for c in key):
+        # Never echo the content: it is (most of) a secret.
+        raise ConfigError(path, "keepa.api_key", "API key file holds more than one word")
+    return key
+
+
+# -- SIGHUP -------------------------------------------------------------------
+
+# What a reload applies live (dotted prefixes). [keepa] and [database] shape the
+# HTTP session and the open database; log.format the installed handler: they
+# wait for a restart.
+LIVE_KEYS: frozenset[str] = frozenset(
+    {"upserter", "backfiller", "janitor", "tokens", "profit", "log.level"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    key: str
+    old: Any
+    new: Any
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def _is_live(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in LIVE_KEYS)
+
+
+def diff_live(old: Config, new: Config) -> tuple[list[Change], list[str]]:
+    """(changes a reload applies, keys that changed but need a restart)."""
+    a = _flatten(msgspec.to_builtins(old), "", {})
+    b = _flatten(msgspec.to_builtins(new), "", {})
+    live: list[Change] = []
+    restart: list[str] = []
+    for key in [*a, *(k for k in b if k not in a)]:
+        before, after = a.get(key), b.get(key)
+        if before == after and (key in a) == (key in b):
+            continue
+        if _is_live(key):
+            live.append(Change(key, before, after))
+        else:
+            restart.append(key)
+    return live, restart
+
+
+def check_config(
+    path: str | os.PathLike[str], *, out: IO[str] | None = None, err: IO[str] | None = None
+) -> int:
+    """``dealsd check-config``: 0 and "config OK: <path>", or the error and 78."""
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        print(f"dealsd: config error: {exc}", file=err or sys.stderr)
+        return EX_CONFIG
+    print(f"config OK: {path}", file=out or sys.stdout)
+    return 0
