@@ -163,7 +163,8 @@ class Backfiller:
         for item in page.items:
             product = item.value
             if product.product_type == PRODUCT_TYPE_INVALID:
-                await self._failure(product.asin, "invalid product (productType 4)", refresh=refresh)
+                reason = "invalid product (productType 4)"
+                await self._failure(product.asin, reason, refresh=refresh)
                 continue
             payload = None if refresh else await asyncio.to_thread(zlib.compress, item.raw, 6)
             columns = self._columns(product, buy_costs.get(product.asin), refresh=refresh)

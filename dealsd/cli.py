@@ -22,7 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--config", help="config file (default: $DEALSD_CONFIG, /etc/dealsd/config.toml)")
+    run.add_argument(
+        "--config", help="config file (default: $DEALSD_CONFIG, then /etc/dealsd/config.toml)"
+    )
     st = sub.add_parser("status", help="show what the daemon is doing (exit 0 healthy)")
     st.add_argument("--config", help="config file naming the database")
     st.add_argument("--database", help="read this database directly instead")

@@ -150,7 +150,7 @@ class Upserter:
             }
             if finished and pass_max >= 0:
                 checkpoints[watermark_name] = str(pass_max)
-            tokens_spent = result.envelope.tokens_consumed
+            tokens_spent = result.envelope.tokens_consumed if result.envelope else 0
             counts = await self._store.write(
                 self._page_writer(rows, checkpoints, seen_at, ptype, tokens_spent)
             )
@@ -168,7 +168,7 @@ class Upserter:
                 break
             page += 1
         if pages:
-            log.info("upserter_round", pages=pages, finished=finished, next_page=None if finished else page + 1)
+            log.info("upserter_round", pages=pages, finished=finished)
         sleep = float(cfg.interval_s) if finished or pages == 0 else CONTINUE_PASS_S
         return RoundResult(sleep_s=sleep)
 
@@ -187,9 +187,9 @@ class Upserter:
             # A deal already backfilled has its averages: the new current price
             # changes what buying it costs, so profit and margin follow now.
             current: Mapping[str, object] = by_asin.get(existing["asin"]) or {
-                k: existing[k] for k in existing.keys()  # noqa: SIM118 - sqlite3.Row
+                k: existing[k] for k in existing.keys()
             }
-            columns = {k: existing[k] for k in existing.keys()}  # noqa: SIM118
+            columns = {k: existing[k] for k in existing.keys()}
             return mapping.estimate(
                 columns, buy_cost_cents=mapping.buy_cost_cents(current, ptype), profit=profit
             )
