@@ -1,0 +1,373 @@
+"""Every query the daemon and ``dealsd status`` run, as plain functions.
+
+Each takes a ``sqlite3.Connection`` and is called inside ``store.write(fn)``
+(the writer's group transaction: no function here commits) or
+``store.read(fn)``. They work whatever the connection's ``row_factory``.
+Column names are checked against the schema, so a misspelt column raises
+instead of silently writing nothing (FIELD_NOTES item 8).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dealsd import schema
+from dealsd.clock import iso_utc
+
+DEAL_FEED_COLUMNS: tuple[str, ...] = (
+    "domain_id",
+    "title",
+    "image_url",
+    "root_category",
+    "current_amazon_cents",
+    "current_new_cents",
+    "current_used_cents",
+    "current_sales_rank",
+    "keepa_last_update",
+    "deal_json",
+)
+_NEVER_WRITTEN_BY_COLUMNS = frozenset({"asin", "first_seen_at"})
+_WORKER_COLUMNS = frozenset(
+    {"name", "state", "detail", "last_progress_at", "progress_total", "restarts",
+     "last_error", "last_error_at", "updated_at"}
+)  # fmt: skip
+_DAEMON_COLUMNS = frozenset(
+    {"pid", "started_at", "heartbeat_at", "stopped_at", "healthy", "snapshot"}
+)
+BACKFILLER = "backfiller"  # the consumer whose ledger gives the cost per product
+_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
+
+# Feed columns follow the newest Keepa data only: a page fetched later that
+# carries an older snapshot of a deal (paging while deals change) must not
+# roll the row back. last_seen_at moves forward whatever the data's age.
+_NEWER = (
+    "(deals.keepa_last_update IS NULL"
+    " OR excluded.keepa_last_update >= deals.keepa_last_update)"
+)
+UPSERT_DEAL_SQL = (
+    "INSERT INTO deals (asin, "
+    + ", ".join(DEAL_FEED_COLUMNS)
+    + ", first_seen_at, last_seen_at) VALUES (:asin, "
+    + ", ".join(f":{c}" for c in DEAL_FEED_COLUMNS)
+    + ", :first_seen_at, :last_seen_at) ON CONFLICT (asin) DO UPDATE SET "
+    + ", ".join(
+        f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE deals.{c} END" for c in DEAL_FEED_COLUMNS
+    )
+    + ", last_seen_at = max(deals.last_seen_at, excluded.last_seen_at)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertCounts:
+    new: int
+    updated: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    """A deal to fetch from /product, with the prices that set its buy cost."""
+
+    asin: str
+    current_amazon_cents: int | None
+    current_new_cents: int | None
+    current_used_cents: int | None
+
+
+def _writable_deal_columns() -> frozenset[str]:
+    return frozenset(schema.table_columns("deals")) - _NEVER_WRITTEN_BY_COLUMNS
+
+
+def _check(names: Iterable[str], allowed: Iterable[str], table: str) -> list[str]:
+    names = list(names)
+    unknown = sorted(set(names) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {table} column(s): {', '.join(unknown)}")
+    return names
+
+
+def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, tuple(row), strict=True)) for row in cur.fetchall()]
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _merge(rows: Sequence[Mapping[str, object]]) -> dict[str, Mapping[str, object]]:
+    """One row per asin: the newest keepa_last_update wins (later rows win ties)."""
+    merged: dict[str, Mapping[str, object]] = {}
+    for row in rows:
+        asin = str(row["asin"])
+        old = merged.get(asin)
+        if old is not None and str(old.get("keepa_last_update") or "") > str(
+            row.get("keepa_last_update") or ""
+        ):
+            continue
+        merged[asin] = row
+    return merged
+
+
+def upsert_deals(
+    conn: sqlite3.Connection,
+    rows: Sequence[Mapping[str, object]],
+    *,
+    checkpoints: Mapping[str, str],
+    now: str,
+    recompute: Callable[[sqlite3.Row], Mapping[str, object]] | None = None,
+) -> UpsertCounts:
+    """Insert or update deals from the feed, and save ``checkpoints`` with them.
+
+    ``rows`` carry the feed columns (``DEAL_FEED_COLUMNS`` plus ``asin`` and
+    ``last_seen_at``, which defaults to ``now``). ``first_seen_at`` is set on
+    insert only; backfill, stats and estimate columns are left alone, except
+    that for an updated row already backfilled ``recompute(row)`` (the row as
+    it now is) may return columns to write, e.g. the profit estimate.
+    """
+    merged = _merge(rows)
+    existing: dict[str, bool] = {}
+    asins = list(merged)
+    for chunk in _chunks(asins):
+        marks = ",".join("?" * len(chunk))
+        for asin, backfilled in conn.execute(
+            f"SELECT asin, backfilled_at IS NOT NULL FROM deals WHERE asin IN ({marks})", chunk
+        ):
+            existing[asin] = bool(backfilled)
+    params = []
+    for asin, row in merged.items():
+        p: dict[str, object] = {c: row.get(c) for c in DEAL_FEED_COLUMNS}
+        p["asin"] = asin
+        p["first_seen_at"] = now
+        p["last_seen_at"] = row.get("last_seen_at") or now
+        params.append(p)
+    conn.executemany(UPSERT_DEAL_SQL, params)
+    if recompute is not None:
+        _recompute(conn, [a for a, b in existing.items() if b], recompute)
+    if checkpoints:
+        set_checkpoints(conn, checkpoints, now)
+    return UpsertCounts(new=len(merged) - len(existing), updated=len(existing))
+
+
+def _recompute(
+    conn: sqlite3.Connection,
+    asins: Sequence[str],
+    recompute: Callable[[sqlite3.Row], Mapping[str, object]],
+) -> None:
+    allowed = _writable_deal_columns()
+    for chunk in _chunks(asins):
+        cur = conn.cursor()
+        cur.row_factory = sqlite3.Row
+        marks = ",".join("?" * len(chunk))
+        for row in cur.execute(f"SELECT * FROM deals WHERE asin IN ({marks})", chunk).fetchall():
+            cols = dict(recompute(row))
+            if not cols:
+                continue
+            names = _check(cols, allowed, "deals")
+            sets = ", ".join(f"{n} = ?" for n in names)
+            conn.execute(
+                f"UPDATE deals SET {sets} WHERE asin = ?", [*cols.values(), row["asin"]]
+            )
+
+
+def set_checkpoints(conn: sqlite3.Connection, items: Mapping[str, str], now: str) -> None:
+    """Save named values (upserter watermark, page cursor) with their time."""
+    conn.executemany(
+        "INSERT INTO checkpoints (name, value, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        [(k, v, now) for k, v in items.items()],
+    )
+
+
+def get_checkpoints(conn: sqlite3.Connection) -> dict[str, str]:
+    return {str(n): str(v) for n, v in conn.execute("SELECT name, value FROM checkpoints")}
+
+
+_PENDING_COLS = "asin, current_amazon_cents, current_new_cents, current_used_cents"
+
+
+def pending_backfill(
+    conn: sqlite3.Connection, *, now: str, max_attempts: int, limit: int
+) -> list[PendingRow]:
+    """Never-backfilled deals due now, newest Keepa update first."""
+    cur = conn.execute(
+        f"SELECT {_PENDING_COLS} FROM deals "
+        "WHERE backfilled_at IS NULL "
+        "AND (backfill_retry_at IS NULL OR backfill_retry_at <= ?) AND backfill_attempts < ? "
+        "ORDER BY keepa_last_update DESC LIMIT ?",
+        (now, max_attempts, limit),
+    )
+    return [PendingRow(*tuple(r)) for r in cur.fetchall()]
+
+
+def due_refresh(conn: sqlite3.Connection, *, older_than: str, limit: int) -> list[PendingRow]:
+    """Backfilled deals whose data (refresh, else backfill) is older than ``older_than``.
+
+    Oldest first.
+    """
+    cur = conn.execute(
+        f"SELECT {_PENDING_COLS} FROM deals WHERE backfilled_at IS NOT NULL "
+        "AND COALESCE(refreshed_at, backfilled_at) < ? "
+        "ORDER BY COALESCE(refreshed_at, backfilled_at) LIMIT ?",
+        (older_than, limit),
+    )
+    return [PendingRow(*tuple(r)) for r in cur.fetchall()]
+
+
+def store_product(
+    conn: sqlite3.Connection,
+    *,
+    asin: str,
+    fetched_at: str,
+    keepa_last_update: str | None,
+    tokens_spent: int,
+    payload_zlib: bytes | None,
+    columns: Mapping[str, object],
+) -> bool:
+    """Write a product's derived columns (and its history when ``payload_zlib``).
+
+    The caller puts ``backfilled_at`` or ``refreshed_at`` in ``columns``. Clears
+    any backfill error and retry time. False, writing nothing, when the deal
+    is gone (pruned while its product was being fetched).
+    """
+    names = _check(columns, _writable_deal_columns(), "deals")
+    sets = [f"{n} = ?" for n in names] + ["backfill_error = NULL", "backfill_retry_at = NULL"]
+    cur = conn.execute(
+        f"UPDATE deals SET {', '.join(sets)} WHERE asin = ?", [*columns.values(), asin]
+    )
+    if cur.rowcount == 0:
+        return False
+    if payload_zlib is not None:
+        conn.execute(
+            "INSERT INTO product_history (asin, fetched_at, keepa_last_update, tokens_spent, "
+            "payload) VALUES (?, ?, ?, ?, ?) ON CONFLICT (asin) DO UPDATE SET "
+            "fetched_at = excluded.fetched_at, keepa_last_update = excluded.keepa_last_update, "
+            "tokens_spent = excluded.tokens_spent, payload = excluded.payload",
+            (asin, fetched_at, keepa_last_update, tokens_spent, payload_zlib),
+        )
+    return True
+
+
+def record_backfill_failure(
+    conn: sqlite3.Connection, *, asin: str, reason: str, retry_at: str | None, now: str
+) -> int:
+    """Count a failed backfill; ``retry_at`` None means given up. Returns attempts (0: no deal).
+
+    ``now`` is not stored by schema v1 (the failure time is the writer's
+    commit time); it stays in the signature so a later column needs no
+    change at the callers.
+    """
+    del now
+    row = conn.execute(
+        "UPDATE deals SET backfill_attempts = backfill_attempts + 1, backfill_error = ?, "
+        "backfill_retry_at = ? WHERE asin = ? RETURNING backfill_attempts",
+        (reason, retry_at, asin),
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def prune_stale(conn: sqlite3.Connection, *, older_than: str, limit: int) -> int:
+    """Delete up to ``limit`` deals not seen since ``older_than`` (history cascades)."""
+    cur = conn.execute(
+        "DELETE FROM deals WHERE asin IN (SELECT asin FROM deals WHERE last_seen_at < ? "
+        "ORDER BY last_seen_at LIMIT ?)",
+        (older_than, limit),
+    )
+    return cur.rowcount
+
+
+def record_tokens(
+    conn: sqlite3.Connection, *, at: str, consumer: str, endpoint: str, items: int, tokens: int
+) -> None:
+    """One ledger row per paid request."""
+    conn.execute(
+        "INSERT INTO token_ledger (at, consumer, endpoint, items, tokens) VALUES (?, ?, ?, ?, ?)",
+        (at, consumer, endpoint, items, tokens),
+    )
+
+
+def prune_ledger(conn: sqlite3.Connection, *, older_than: str) -> int:
+    return conn.execute("DELETE FROM token_ledger WHERE at < ?", (older_than,)).rowcount
+
+
+def write_worker(conn: sqlite3.Connection, row: Mapping[str, object]) -> None:
+    """Upsert one worker's row (needs name, state, updated_at); ``restarts`` is kept."""
+    names = _check(row, _WORKER_COLUMNS, "workers")
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "name")
+    conn.execute(
+        f"INSERT INTO workers ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+        f"ON CONFLICT (name) DO UPDATE SET {updates}",
+        list(row.values()),
+    )
+
+
+def bump_restarts(conn: sqlite3.Connection, name: str, now: str) -> None:
+    conn.execute(
+        "INSERT INTO workers (name, state, restarts, updated_at) VALUES (?, 'starting', 1, ?) "
+        "ON CONFLICT (name) DO UPDATE SET restarts = restarts + 1, "
+        "updated_at = excluded.updated_at",
+        (name, now),
+    )
+
+
+def write_daemon(conn: sqlite3.Connection, row: Mapping[str, object]) -> None:
+    """Upsert the single daemon row (id 1) with the given columns."""
+    names = _check(row, _DAEMON_COLUMNS, "daemon")
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names) or "id = id"
+    conn.execute(
+        f"INSERT INTO daemon (id{''.join(', ' + n for n in names)}) "
+        f"VALUES (1{', ?' * len(names)}) ON CONFLICT (id) DO UPDATE SET {updates}",
+        list(row.values()),
+    )
+
+
+def _one(conn: sqlite3.Connection, sql: str, *params: object) -> Any:
+    return conn.execute(sql, params).fetchone()[0]
+
+
+def status_summary(conn: sqlite3.Connection, *, now: float) -> dict[str, Any]:
+    """Everything ``dealsd status`` shows from the database; every query uses an index."""
+    hour_ago, day_ago = iso_utc(now - 3600), iso_utc(now - 86400)
+    gave_up_where = "backfill_attempts > 0 AND backfill_retry_at IS NULL"
+    deals = {
+        "total": _one(conn, "SELECT count(*) FROM deals"),
+        "backfilled": _one(conn, "SELECT count(*) FROM deals WHERE backfilled_at IS NOT NULL"),
+        "pending_backfill": _one(
+            conn,
+            "SELECT count(*) FROM deals "
+            f"WHERE backfilled_at IS NULL AND NOT ({gave_up_where})",
+        ),
+        "gave_up": _one(
+            conn,
+            "SELECT count(*) FROM deals "
+            f"WHERE backfilled_at IS NULL AND {gave_up_where}",
+        ),
+        "added_last_hour": _one(
+            conn, "SELECT count(*) FROM deals WHERE first_seen_at >= ?", hour_ago
+        ),
+        "added_last_day": _one(
+            conn, "SELECT count(*) FROM deals WHERE first_seen_at >= ?", day_ago
+        ),
+        "newest_keepa_update": _one(conn, "SELECT max(keepa_last_update) FROM deals"),
+    }
+    spent = _one(conn, "SELECT coalesce(sum(tokens), 0) FROM token_ledger WHERE at >= ?", hour_ago)
+    tokens, items = tuple(
+        conn.execute(
+            "SELECT coalesce(sum(tokens), 0), coalesce(sum(items), 0) FROM token_ledger "
+            "WHERE at >= ? AND consumer = ? AND endpoint = 'product'",
+            (day_ago, BACKFILLER),
+        ).fetchone()
+    )
+    daemon = _dicts(conn.execute("SELECT * FROM daemon WHERE id = 1"))
+    return {
+        "deals": deals,
+        "tokens": {
+            "spent_last_hour": int(spent),
+            "per_product": round(tokens / items, 2) if items else None,
+        },
+        "workers": _dicts(conn.execute("SELECT * FROM workers ORDER BY name")),
+        "daemon": daemon[0] if daemon else None,
+    }

@@ -1,0 +1,189 @@
+"""The database schema: one forward-only list of migrations, one version number.
+
+``MIGRATIONS[i]`` takes a database from ``PRAGMA user_version`` i to i+1.
+A migration is never edited once released: a change is a new entry. The
+table and column names are a contract with dashboard authors
+(``docs/schema.md``); renaming one breaks their queries.
+
+Every query the daemon and ``dealsd status`` run has an index (see
+``tests/test_queries.py``, which checks each query plan), because a deals
+table of 100k rows scanned every few seconds by ``status`` would cost more
+than the ingestion itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Sequence
+
+_V1 = """
+CREATE TABLE deals (
+    asin                  TEXT PRIMARY KEY,
+    domain_id             INTEGER NOT NULL,
+    title                 TEXT,
+    image_url             TEXT,
+    root_category         INTEGER,
+    current_amazon_cents  INTEGER,
+    current_new_cents     INTEGER,
+    current_used_cents    INTEGER,
+    current_sales_rank    INTEGER,
+    keepa_last_update     TEXT,
+    first_seen_at         TEXT NOT NULL,
+    last_seen_at          TEXT NOT NULL,
+    backfilled_at         TEXT,
+    refreshed_at          TEXT,
+    deal_json             TEXT,
+    avg30_new_cents       INTEGER,
+    avg90_new_cents       INTEGER,
+    avg180_new_cents      INTEGER,
+    avg365_new_cents      INTEGER,
+    avg30_used_cents      INTEGER,
+    avg90_used_cents      INTEGER,
+    avg180_used_cents     INTEGER,
+    avg365_used_cents     INTEGER,
+    avg90_amazon_cents    INTEGER,
+    avg90_buy_box_cents   INTEGER,
+    avg90_sales_rank      INTEGER,
+    sales_rank_drops_30   INTEGER,
+    sales_rank_drops_90   INTEGER,
+    sales_rank_drops_180  INTEGER,
+    sales_rank_drops_365  INTEGER,
+    offer_count_new       INTEGER,
+    offer_count_used      INTEGER,
+    buy_box_cents         INTEGER,
+    fba_fee_cents         INTEGER,
+    referral_fee_pct      REAL,
+    expected_sale_cents   INTEGER,
+    profit_cents          INTEGER,
+    margin_pct            REAL,
+    backfill_attempts     INTEGER NOT NULL DEFAULT 0,
+    backfill_retry_at     TEXT,
+    backfill_error        TEXT
+);
+
+-- The backfill queue, newest first: only never-backfilled rows are in it,
+-- and attempts/retry_at ride along so the filter needs no table lookup.
+CREATE INDEX deals_pending_backfill
+    ON deals (keepa_last_update DESC, backfill_attempts, backfill_retry_at)
+    WHERE backfilled_at IS NULL;
+-- Refresh order (oldest data first) and the "backfilled" count.
+CREATE INDEX deals_refresh_due
+    ON deals (COALESCE(refreshed_at, backfilled_at))
+    WHERE backfilled_at IS NOT NULL;
+CREATE INDEX deals_backfilled_at ON deals (backfilled_at);
+-- The janitor's "not seen for grace_h".
+CREATE INDEX deals_last_seen_at ON deals (last_seen_at);
+-- "Added in the last hour/day".
+CREATE INDEX deals_first_seen_at ON deals (first_seen_at);
+-- "Newest deal" (max) and dashboards sorting by freshness.
+CREATE INDEX deals_keepa_last_update ON deals (keepa_last_update);
+
+CREATE TABLE product_history (
+    asin              TEXT PRIMARY KEY REFERENCES deals (asin) ON DELETE CASCADE,
+    fetched_at        TEXT,
+    keepa_last_update TEXT,
+    tokens_spent      INTEGER,
+    payload           BLOB
+);
+
+CREATE TABLE checkpoints (
+    name       TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+CREATE TABLE workers (
+    name             TEXT PRIMARY KEY,
+    state            TEXT NOT NULL,
+    detail           TEXT,
+    last_progress_at TEXT,
+    progress_total   INTEGER NOT NULL DEFAULT 0,
+    restarts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    last_error_at    TEXT,
+    updated_at       TEXT NOT NULL
+);
+
+CREATE TABLE daemon (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    pid          INTEGER,
+    started_at   TEXT,
+    heartbeat_at TEXT,
+    stopped_at   TEXT,
+    healthy      INTEGER,
+    snapshot     TEXT
+);
+
+CREATE TABLE token_ledger (
+    id       INTEGER PRIMARY KEY,
+    at       TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    items    INTEGER NOT NULL,
+    tokens   INTEGER NOT NULL
+);
+CREATE INDEX token_ledger_at ON token_ledger (at);
+"""
+
+MIGRATIONS: list[str] = [_V1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(Exception):
+    """The file was written by a newer dealsd: refuse it rather than guess."""
+
+    def __init__(self, found: int, supported: int) -> None:
+        super().__init__(
+            f"database schema version {found} is newer than this dealsd supports "
+            f"({supported}); upgrade dealsd"
+        )
+        self.found = found
+        self.supported = supported
+
+
+@functools.cache
+def table_columns(table: str) -> tuple[str, ...]:
+    """The columns of ``table`` at SCHEMA_VERSION, read from the migrations themselves."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript("".join(MIGRATIONS))
+        cols = tuple(str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})"))
+    finally:
+        conn.close()
+    if not cols:
+        raise KeyError(table)
+    return cols
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[str] = MIGRATIONS) -> int:
+    """Bring ``conn``'s database to ``len(migrations)`` in ONE transaction; return the old version.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``). Either every
+    step and the new ``user_version`` commit together or nothing changes, so
+    a crash or a bad step never leaves a half-migrated file. A version newer
+    than ``migrations`` raises ``SchemaTooNew`` before anything is written.
+    """
+    found = user_version(conn)
+    target = len(migrations)
+    if found > target:
+        raise SchemaTooNew(found, target)
+    if found == target:
+        return found
+    # executescript would COMMIT on its own first (Python 3.11), so the
+    # script carries its own BEGIN/COMMIT; a failure leaves the BEGIN open
+    # and it is rolled back below.
+    steps = "".join(migrations[i] for i in range(found, target))
+    try:
+        conn.executescript(
+            f"BEGIN IMMEDIATE;\n{steps}\nPRAGMA user_version = {int(target)};\nCOMMIT;"
+        )
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found
