@@ -345,3 +345,18 @@ def test_buy_cost_from_current_array() -> None:
 def test_buy_cost_from_row_read_back_with_null() -> None:
     assert mapping.buy_cost_cents({"current_used_cents": None}, 2) is None
     assert mapping.buy_cost_cents({}, 2) is None
+
+
+def test_every_mapped_column_exists_in_the_schema(tmp_path: Path) -> None:
+    """The names here and the `deals` table must agree (FIELD_NOTES 8): checked
+    on a real database file migrated by the real schema."""
+    from dealsd import schema
+
+    conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    try:
+        schema.apply_migrations(conn)
+        table = {str(r[1]) for r in conn.execute("PRAGMA table_info(deals)")}
+    finally:
+        conn.close()
+    for names in (mapping.DEAL_COLUMNS, mapping.PRODUCT_COLUMNS, mapping.ESTIMATE_COLUMNS):
+        assert set(names) <= table, set(names) - table
