@@ -186,6 +186,16 @@ class Catalogue:
             self._bytes.pop(deal["asin"], None)
         for _ in range(new):
             self._add(self._new_deal(minute))
+        if minute % 60 == 0:
+            # Deals past the 12 h window are never listed again: drop them so a
+            # long accelerated run does not grow without bound.
+            cutoff = minute - LISTED_FOR_MINUTES
+            gone = [d for d in self.deals if d["lastUpdate"] < cutoff]
+            if gone:
+                self.deals = [d for d in self.deals if d["lastUpdate"] >= cutoff]
+                for d in gone:
+                    self.by_asin.pop(d["asin"], None)
+                    self._bytes.pop(d["asin"], None)
 
     # reading ----------------------------------------------------------------------
     def deal_bytes(self, deal: Mapping[str, Any]) -> bytes:

@@ -11,6 +11,8 @@ import asyncio
 import signal
 import sys
 
+import structlog
+
 from dealsd.simulator.options import Faults, SimOptions
 from dealsd.simulator.server import Simulator
 
@@ -95,6 +97,9 @@ async def _serve(options: SimOptions, host: str, port: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not structlog.is_configured():
+        # stdout carries the URL line a parent process reads; logs go to stderr.
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     try:
         return asyncio.run(_serve(options_from_args(args), args.host, args.port))
     except OSError as exc:  # the port is taken, the host does not resolve

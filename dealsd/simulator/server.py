@@ -125,6 +125,7 @@ class Simulator:
 
     @property
     def keepa_minute(self) -> int:
+        self.bucket.advance()
         return self.start_minute + self.bucket.counters.steps
 
     # control and stats ------------------------------------------------------------
@@ -358,9 +359,7 @@ class Simulator:
             request.transport.abort()  # no status line, no body: a reset
         return "reset"
 
-    async def _truncate(
-        self, request: web.Request, full: web.Response
-    ) -> str:
+    async def _truncate(self, request: web.Request, full: web.Response) -> str:
         body = bytes(full.body) if isinstance(full.body, bytes | bytearray) else b""
         resp = web.StreamResponse(status=200, headers=full.headers)
         resp.content_length = len(body)  # promise all of it, send half
