@@ -216,7 +216,8 @@ class Catalogue:
         date_range = int(selection.get("dateRange", 0) or 0)
         if not 0 <= date_range <= 3:
             date_range = 0
-        deals = self.listed()
+        # A deal is listed under a price type only if it has that price now.
+        deals = [d for d in self.listed() if d["current"][pt] > 0]
         if ranges_on:
             deals = [d for d in deals if _in_ranges(d, selection, pt, date_range)]
         include = selection.get("includeCategories") or []

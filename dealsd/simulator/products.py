@@ -9,7 +9,8 @@ seed and ASIN, so an ASIN always gets the same product.
 A product of the large sample is ~600 KB, mostly history. Those big members
 are encoded once per template (and price factor) and spliced in as
 ``msgspec.Raw``, so building a product is encoding a small dict; the finished
-bytes are kept in a byte-bounded LRU so repeated purchases are a lookup.
+bytes, with their deflated form (``gzjoin``), are kept in a byte-bounded LRU
+so a repeated purchase costs neither encoding nor compression.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from importlib import resources
 from typing import Any
 
 import msgspec
+
+from dealsd.simulator.gzjoin import Piece, piece
 
 REAL_ASINS = ("B0D8W1YVBX", "B0F7XPYCSJ")
 PRODUCT_TYPE_INVALID = 4
@@ -90,7 +93,7 @@ class ProductFactory:
         self._real = {t.asin: t for t in self.templates}
         self._raw_members: dict[tuple[str, str], msgspec.Raw] = {}
         self._csv: dict[tuple[str, float, int], msgspec.Raw] = {}
-        self._cache: OrderedDict[tuple[str, bool, bool, int], bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, bool, bool, int], Piece] = OrderedDict()
         self._cache_size = 0
         self._cache_max = cache_bytes
         self.builds = 0
@@ -107,22 +110,28 @@ class ProductFactory:
     def offer_pages(self, asin: str) -> int:
         return 1 + int(unit(self.seed, asin, "offers") * 3)
 
-    def product_bytes(
+    def product_piece(
         self, asin: str, *, history: bool, stats: bool, days: int, title: str | None = None
-    ) -> bytes:
+    ) -> Piece:
+        """The product's JSON and its deflated form, cached."""
         key = (asin, history, stats, days if history else 0)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        data = msgspec.json.encode(self._build(asin, history, stats, days, title))
+        made = piece(msgspec.json.encode(self._build(asin, history, stats, days, title)))
         self.builds += 1
-        self._cache[key] = data
-        self._cache_size += len(data)
+        self._cache[key] = made
+        self._cache_size += len(made.data) + len(made.deflated)
         while self._cache_size > self._cache_max and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
-            self._cache_size -= len(old)
-        return data
+            self._cache_size -= len(old.data) + len(old.deflated)
+        return made
+
+    def product_bytes(
+        self, asin: str, *, history: bool, stats: bool, days: int, title: str | None = None
+    ) -> bytes:
+        return self.product_piece(asin, history=history, stats=stats, days=days, title=title).data
 
     def invalid_bytes(self, asin: str) -> bytes:
         # Keepa's answer for an ASIN it cannot resolve: the product, empty.

@@ -27,6 +27,7 @@ from dealsd.clock import Clock, SystemClock, epoch_to_keepa_minutes, sleep_or_st
 from dealsd.simulator import api
 from dealsd.simulator.bucket import TokenBucket
 from dealsd.simulator.catalogue import Catalogue, RealDeal
+from dealsd.simulator.gzjoin import Piece, gzip_join, piece
 from dealsd.simulator.options import Faults, SimOptions
 from dealsd.simulator.products import ProductFactory
 
@@ -37,6 +38,7 @@ CONTROL_KEYS = frozenset(
      "latency_s", "tokens", "missing_rate", "invalid_rate"}
 )  # fmt: skip
 BIG_BODY = 256 * 1024  # gzip bodies above this in a thread: the loop keeps serving
+_COMMA = piece(b",")
 HTML_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>"
 
 
@@ -215,11 +217,24 @@ class Simulator:
         return False
 
     async def _json(self, status: int, doc: dict[str, Any]) -> web.Response:
-        body = msgspec.json.encode(doc)
-        if len(body) > BIG_BODY:
-            gz = await asyncio.to_thread(gzip.compress, body, 1)
+        products = doc.get("products")
+        if isinstance(products, list):
+            # Products arrive pre-deflated: join them instead of compressing.
+            head = msgspec.json.encode({**doc, "products": []})
+            assert head.endswith(b"[]}")
+            pieces = [piece(head[:-2])]
+            for i, p in enumerate(products):
+                if i:
+                    pieces.append(_COMMA)
+                pieces.append(p)
+            pieces.append(piece(b"]}"))
+            gz = gzip_join(pieces)
         else:
-            gz = gzip.compress(body, 5)
+            body = msgspec.json.encode(doc)
+            if len(body) > BIG_BODY:
+                gz = await asyncio.to_thread(gzip.compress, body, 1)
+            else:
+                gz = gzip.compress(body, 5)
         return web.Response(
             status=status, body=gz,
             headers={"Content-Type": "application/json;charset=utf-8", "Content-Encoding": "gzip"},
@@ -317,7 +332,7 @@ class Simulator:
         if self.bucket.balance < 1:
             raise api.Rejected(429, "tokens", "Not enough tokens")
         opts = self.options
-        out: list[msgspec.Raw] = []
+        out: list[Piece] = []
         cost = 0
         for asin in q.asins:
             if self.products.is_missing(asin, opts.missing_rate):
@@ -326,19 +341,23 @@ class Simulator:
                     self.products_bought[asin] += 1
                 continue
             if self.products.is_invalid(asin, opts.invalid_rate):
-                data = self.products.invalid_bytes(asin)
+                made = piece(self.products.invalid_bytes(asin))
                 item_cost = 1
             else:
                 deal = self.catalogue.by_asin.get(asin)
-                data = self.products.product_bytes(
+                made = self.products.product_piece(
                     asin, history=q.history, stats=q.stats > 0, days=q.days,
                     title=deal["title"] if deal is not None else None,
                 )  # fmt: skip
                 pages = self.products.offer_pages(asin) if q.offers else 0
                 if q.offers:
-                    data = api.with_offers(data, asin, pages, q.offers, self.keepa_minute)
+                    made = piece(
+                        api.with_offers(made.data, asin, pages, q.offers, self.keepa_minute)
+                    )
                 item_cost = q.cost_per_product(pages)
-            out.append(msgspec.Raw(self._maybe_corrupt_product(data)))
+            if self._roll("bad_items", self.options.faults.bad_items):
+                made = piece(api.corrupt_product(made.data, self._item_rng))
+            out.append(made)
             cost += item_cost
             self.products_bought[asin] += 1
         self.bucket.charge(cost)
@@ -347,11 +366,6 @@ class Simulator:
     def _maybe_corrupt_deal(self, data: bytes) -> bytes:
         if self._roll("bad_items", self.options.faults.bad_items):
             return api.corrupt_deal(data, self._item_rng)
-        return data
-
-    def _maybe_corrupt_product(self, data: bytes) -> bytes:
-        if self._roll("bad_items", self.options.faults.bad_items):
-            return api.corrupt_product(data, self._item_rng)
         return data
 
     def _reset(self, request: web.Request) -> str:
