@@ -447,7 +447,7 @@ class KeepaClient:
                 status = resp.status
                 body = await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            failure = _describe(exc)
+            failure = self._scrub(_describe(exc))
         if failure is not None:
             raise _Retry(failure, status=None, envelope=None)
         envelope, error = decode_envelope(body)
