@@ -71,7 +71,6 @@ CREATE INDEX deals_pending_backfill
 CREATE INDEX deals_refresh_due
     ON deals (COALESCE(refreshed_at, backfilled_at))
     WHERE backfilled_at IS NOT NULL;
-CREATE INDEX deals_backfilled_at ON deals (backfilled_at);
 -- The janitor's "not seen for grace_h".
 CREATE INDEX deals_last_seen_at ON deals (last_seen_at);
 -- "Added in the last hour/day".

@@ -466,7 +466,7 @@ class Store:
         if self._full_since is not None:
             log.info("store_full_cleared")
             self._full_since = None
-        self._last_error = None
+        # last_error stays: it is the last one seen, for `dealsd status`.
 
     def _group_failed(self, exc: Exception, jobs: list[_Job[Any]]) -> list[Any]:
         """The whole group was rolled back: every caller gets the same error."""
