@@ -19,6 +19,7 @@ URL) are described, redacted, and never chained.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import re
@@ -57,6 +58,7 @@ RATING_COST = 1
 BUYBOX_COST = 2
 # The part of an error body kept in an exception: enough to read, not a dump.
 DETAIL_MAX = 300
+BIG_BODY = 1 << 20
 
 _KEY_RE = re.compile(r"(?i)\b(key=)[^&\s'\"<>#]*")
 # How Keepa (and the simulator) say "this key is no good", whatever the status.
@@ -462,7 +464,12 @@ class KeepaClient:
             self._raise_for(endpoint, status, body, envelope, error)
         bad: str | None = None
         try:
-            decoded = decode(body)
+            # A 100-product page with history is tens of MB: decoding it in a
+            # thread keeps the loop (and the watchdog) running meanwhile.
+            if len(body) > BIG_BODY:
+                decoded = await asyncio.to_thread(decode, body)
+            else:
+                decoded = decode(body)
         except PayloadError as exc:
             bad = f"bad body ({self._scrub(str(exc))[:DETAIL_MAX]})"
         if bad is not None:
