@@ -82,14 +82,6 @@ def round_period(seen_s: float) -> float:
     return seen_s
 
 
-def snap_period(spacing_s: float) -> float:
-    """A measured spacing between refills, snapped to a nice value within 2 %."""
-    for nice in _NICE:
-        if abs(nice - spacing_s) <= 0.02 * nice:
-            return nice
-    return spacing_s
-
-
 @dataclass(frozen=True, slots=True)
 class TokenSnapshot:
     balance: float
@@ -252,14 +244,19 @@ class TokenScheduler:
                 self._last_instant = instant
         else:
             self._last_instant = instant
+        # refillIn is computed by the server, so unlike the instants it carries
+        # no latency: its maximum, rounded up, is the period. The smallest
+        # spacing of instants (latency-noisy on a 100 ms simulator, so never
+        # trusted below that) only raises it while few refillIns were seen.
+        period = round_period(self._period_seen)
         if self._spacing is None:
             # One refill seen: refillIn alone can be far below the period, and
             # under-estimating it over-predicts the balance.
-            period = max(DEFAULT_PERIOD_S, round_period(self._period_seen))
+            period = max(DEFAULT_PERIOD_S, period)
         else:
-            period = max(self._period_seen, snap_period(self._spacing))
+            period = max(period, self._spacing)
         if period != self._period:
-            log.info("tokens.period_learned", period_s=round(period, 4), old_s=self._period)
+            log.info("tokens.period_learned", period_s=period, old_s=self._period)
             self._period = period
 
     def _learn_drain(self, envelope: Envelope, now: float, rate: float) -> None:
@@ -438,12 +435,31 @@ class TokenScheduler:
                 hold = max(hold, left)
         return hold
 
+    def _overtake_wait(self, head: _Waiter, now: float) -> float:
+        """Seconds ``head`` must wait so it cannot turn another request into a 429.
+
+        Keepa runs requests in the order they arrive, not the order they were
+        granted: a request that takes the balance below 1 could arrive before
+        one granted earlier and leave that one a 429. So it goes only when
+        nothing else is in flight (it is then the last to arrive), or when the
+        balance covers it too. Waits end with those envelopes (or a period).
+        """
+        if self._balance - self._expected(head.consumer, head.cost) >= 1.0:
+            return 0.0
+        if not self._in_flight:
+            return 0.0
+        return max(0.0, max(t.granted_at for t in self._in_flight) + self._period - now)
+
     def _next_wait(self, now: float) -> float | None:
         """Seconds until the head may be granted; None if nobody waits."""
         head = self._head()
         if head is None:
             return None
         wait = self._grant_wait(now)
+        if wait > 0:
+            return wait
+        if self._synced:
+            wait = self._overtake_wait(head, now)
         return wait if wait > 0 else self._hold(head, now)
 
     # -- acquiring -------------------------------------------------------------

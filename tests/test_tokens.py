@@ -269,7 +269,7 @@ async def test_waiter_cancelled_after_its_grant_gives_the_tokens_back() -> None:
 async def test_in_flight_requests_are_not_forgotten_by_an_earlier_envelope() -> None:
     clock = FakeClock()
     sched = TokenScheduler(clock=clock, weights=WEIGHTS)
-    sched.sync(env(6, 60_000, 5, ts=1))
+    sched.sync(env(11, 60_000, 5, ts=1))
     answer: dict[str, asyncio.Future[Envelope]] = {}
 
     async def call(name: str) -> None:
@@ -280,21 +280,35 @@ async def test_in_flight_requests_are_not_forgotten_by_an_earlier_envelope() -> 
     a = asyncio.create_task(call("a"))
     b = asyncio.create_task(call("b"))
     await settle()
-    assert sched.snapshot().in_flight == 2
+    assert sched.snapshot().in_flight == 2  # 11 covers both, in either order
     c = asyncio.create_task(sched.acquire("c", 5))
     await settle()
-    # Keepa ran a (6 -> 1) before b arrived; a's envelope still shows 1.
-    answer["a"].set_result(env(1, 50_000, 5, ts=2, consumed=5))
+    # Keepa ran a (11 -> 6) before b arrived; a's envelope still shows 6.
+    answer["a"].set_result(env(6, 50_000, 5, ts=2, consumed=5))
     await settle()
-    assert not c.done()  # b is still in flight: firing c would meet a 429
-    answer["b"].set_result(env(-4, 50_000, 5, ts=3, consumed=5))
+    assert not c.done()  # b is still in flight: 6 is really 1
+    answer["b"].set_result(env(1, 50_000, 5, ts=3, consumed=5))
     await settle()
-    assert not c.done()
-    assert sched.snapshot().balance == -4
-    await clock.advance(50)
     assert c.done()
+    assert sched.snapshot().balance == -4
     assert sched.snapshot().consumed_by == {"a": 5, "b": 5}
     await asyncio.gather(a, b)
+
+
+async def test_request_that_would_overdraw_waits_for_those_in_flight() -> None:
+    # Keepa serves in arrival order: a big request granted second could arrive
+    # first, take the balance below 1 and leave the earlier small one a 429.
+    clock = FakeClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    sched.sync(env(15, 50_000, 20))
+    await sched.acquire("upserter", 5)  # in flight, never answered here
+    big = asyncio.create_task(sched.acquire("backfiller", 20))
+    await settle()
+    assert not big.done()
+    sched.sync(env(10, 49_000, 20, ts=2, consumed=5))  # the small one's answer
+    await settle()
+    assert big.done()  # last to arrive now: it may overdraw
+    assert sched.snapshot().balance == -10
 
 
 async def test_stale_envelope_counts_but_does_not_rewind_the_balance() -> None:
