@@ -1,0 +1,363 @@
+"""Each query on real rows in a real database, written through the store's writer;
+and every query plan checked to use an index on a deals table of 20k rows."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import zlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from dealsd import mapping, queries, schema
+from dealsd.clock import FakeClock, iso_utc
+from dealsd.payloads import decode_products
+from dealsd.store import Store
+
+T = TypeVar("T")
+NOW = 1_800_000_000.0
+SAMPLES = Path("/work/shared/keepa-samples")
+if not SAMPLES.is_dir():
+    SAMPLES = Path(__file__).resolve().parents[1] / "dealsd" / "samples"
+
+
+def ts(offset_s: float = 0.0) -> str:
+    return iso_utc(NOW + offset_s)
+
+
+def deal(asin: str, *, updated: float = 0.0, seen: float = 0.0, **extra: object) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "asin": asin,
+        "domain_id": 1,
+        "title": f"title {asin}",
+        "current_new_cents": 1000,
+        "current_used_cents": 800,
+        "keepa_last_update": ts(updated),
+        "deal_json": "{}",
+        "last_seen_at": ts(seen),
+    }
+    row.update(extra)
+    return row
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "deals.db", clock=FakeClock(NOW))
+    yield s
+    await s.close()
+
+
+def product(
+    asin: str, cols: Mapping[str, object], *, payload: bytes | None = None
+) -> functools.partial[bool]:
+    return functools.partial(
+        queries.store_product, asin=asin, fetched_at=ts(), keepa_last_update=None,
+        tokens_spent=1, payload_zlib=payload, columns=cols,
+    )  # fmt: skip
+
+
+async def w(store: Store, fn: Callable[[sqlite3.Connection], T]) -> T:
+    return await store.write(fn)
+
+
+async def row(store: Store, asin: str) -> dict[str, Any] | None:
+    def get(c: sqlite3.Connection) -> dict[str, Any] | None:
+        cur = c.execute("SELECT * FROM deals WHERE asin = ?", (asin,))
+        found = cur.fetchone()
+        return (
+            None
+            if found is None
+            else dict(zip([d[0] for d in cur.description], found, strict=True))
+        )
+
+    return await store.read(get)
+
+
+async def upsert(store: Store, rows: list[dict[str, Any]], now: float = 0.0, **kw: Any) -> Any:
+    return await w(
+        store,
+        lambda c: queries.upsert_deals(c, rows, checkpoints=kw.pop("cp", {}), now=ts(now), **kw),
+    )
+
+
+async def test_upsert_counts_merges_and_keeps_first_seen(store: Store) -> None:
+    counts = await upsert(store, [deal("A"), deal("B"), deal("A", updated=-60, title="older")])
+    assert (counts.new, counts.updated) == (2, 0)
+    a = await row(store, "A")
+    assert a is not None and a["title"] == "title A"  # the newest snapshot won the merge
+    counts = await upsert(store, [deal("A", updated=60, seen=60, title="new"), deal("C")], now=60)
+    assert (counts.new, counts.updated) == (1, 1)
+    a = await row(store, "A")
+    assert a is not None
+    assert a["title"] == "new" and a["first_seen_at"] == ts(0) and a["last_seen_at"] == ts(60)
+
+
+async def test_an_older_snapshot_never_rolls_a_deal_back(store: Store) -> None:
+    await upsert(store, [deal("A", updated=100, current_new_cents=500)])
+    await upsert(store, [deal("A", updated=50, seen=200, current_new_cents=999)], now=200)
+    a = await row(store, "A")
+    assert a is not None
+    assert a["current_new_cents"] == 500 and a["keepa_last_update"] == ts(100)
+    assert a["last_seen_at"] == ts(200)  # but it was seen
+
+
+async def test_upsert_leaves_backfill_columns_and_recomputes_backfilled_rows(store: Store) -> None:
+    await upsert(store, [deal("A"), deal("B")])
+    await w(
+        store,
+        lambda c: queries.store_product(
+            c, asin="A", fetched_at=ts(), keepa_last_update=ts(), tokens_spent=7,
+            payload_zlib=None,
+            columns={"backfilled_at": ts(), "avg90_used_cents": 2000, "profit_cents": 1},
+        ),
+    )  # fmt: skip
+    seen: list[str] = []
+
+    def recompute(r: sqlite3.Row) -> dict[str, object]:
+        seen.append(r["asin"])
+        # The row as it is after the upsert: the new price is visible.
+        return {"profit_cents": r["avg90_used_cents"] - r["current_used_cents"]}
+
+    await upsert(store, [deal("A", current_used_cents=1500), deal("B")], recompute=recompute)
+    assert seen == ["A"]  # B is not backfilled: nothing to recompute
+    a = await row(store, "A")
+    assert a is not None
+    assert a["profit_cents"] == 500 and a["avg90_used_cents"] == 2000
+    assert a["backfilled_at"] == ts()
+
+
+async def test_a_failed_upsert_saves_no_checkpoint(store: Store) -> None:
+    await upsert(store, [deal("A"), deal("B")])
+    await w(
+        store,
+        lambda c: queries.store_product(
+            c, asin="A", fetched_at=ts(), keepa_last_update=None, tokens_spent=1,
+            payload_zlib=None, columns={"backfilled_at": ts()},
+        ),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="profitt_cents"):
+        await upsert(
+            store, [deal("A", updated=9)], cp={"wm": "9"}, recompute=lambda r: {"profitt_cents": 1}
+        )
+    assert await store.read(queries.get_checkpoints) == {}
+    a = await row(store, "A")
+    assert a is not None and a["keepa_last_update"] == ts(0)  # rolled back with it
+    await upsert(store, [deal("A", updated=9)], cp={"wm": "9", "cursor": "{}"})
+    await upsert(store, [], cp={"wm": "10"}, now=5)
+    assert await store.read(queries.get_checkpoints) == {"wm": "10", "cursor": "{}"}
+
+
+async def test_pending_backfill_newest_first_due_and_under_attempts(store: Store) -> None:
+    await upsert(store, [deal(f"P{i}", updated=i * 60) for i in range(6)])
+
+    def retry(asin: str, at: str | None) -> functools.partial[int]:
+        return functools.partial(
+            queries.record_backfill_failure, asin=asin, reason="boom", retry_at=at, now=ts()
+        )
+
+    assert await w(store, retry("P5", ts(3600))) == 1  # not due for an hour
+    assert await w(store, retry("P4", ts(-1))) == 1  # due again
+    await w(store, retry("P3", None))
+    assert await w(store, retry("P3", None)) == 2  # gave up
+    assert await w(store, retry("gone", None)) == 0
+    await w(
+        store,
+        lambda c: queries.store_product(
+            c, asin="P2", fetched_at=ts(), keepa_last_update=None, tokens_spent=1,
+            payload_zlib=None, columns={"backfilled_at": ts()},
+        ),
+    )  # fmt: skip
+    got = await store.read(
+        lambda c: queries.pending_backfill(c, now=ts(), max_attempts=2, limit=10)
+    )
+    assert [r.asin for r in got] == ["P4", "P1", "P0"]
+    assert got[0].current_new_cents == 1000 and got[0].current_amazon_cents is None
+    got = await store.read(lambda c: queries.pending_backfill(c, now=ts(), max_attempts=5, limit=2))
+    assert [r.asin for r in got] == ["P4", "P3"]
+
+
+async def test_due_refresh_oldest_data_first(store: Store) -> None:
+    await upsert(store, [deal(a) for a in "ABCD"])
+    for asin, cols in {
+        "A": {"backfilled_at": ts(-300)},
+        "B": {"backfilled_at": ts(-900), "refreshed_at": ts(-100)},
+        "C": {"backfilled_at": ts(-600)},
+    }.items():
+        await w(store, product(asin, cols))
+    got = await store.read(lambda c: queries.due_refresh(c, older_than=ts(-200), limit=10))
+    assert [r.asin for r in got] == ["C", "A"]  # B was refreshed recently, D never backfilled
+
+
+async def test_store_product_writes_real_columns_and_history(store: Store) -> None:
+    raw = (SAMPLES / "product_B0D8W1YVBX.json").read_bytes()
+    [item] = decode_products(raw).items
+    cols = mapping.product_columns(item.value)
+    cols["backfilled_at"] = ts()
+    await upsert(store, [deal("B0D8W1YVBX")])
+    await w(store, lambda c: queries.record_backfill_failure(
+        c, asin="B0D8W1YVBX", reason="x", retry_at=ts(), now=ts()))  # fmt: skip
+    payload = zlib.compress(item.raw)
+    ok = await w(
+        store,
+        lambda c: queries.store_product(
+            c, asin="B0D8W1YVBX", fetched_at=ts(1), keepa_last_update=ts(-5), tokens_spent=7,
+            payload_zlib=payload, columns=cols,
+        ),
+    )  # fmt: skip
+    assert ok is True
+    a = await row(store, "B0D8W1YVBX")
+    assert a is not None
+    assert {k: a[k] for k in cols} == cols
+    assert a["backfill_error"] is None and a["backfill_retry_at"] is None
+    hist = await store.read(
+        lambda c: c.execute(
+            "SELECT fetched_at, tokens_spent, payload FROM product_history"
+        ).fetchone()
+    )
+    assert hist[0] == ts(1) and hist[1] == 7 and zlib.decompress(hist[2]) == item.raw
+    # Pruned meanwhile: nothing is written, not even history.
+    gone = await w(
+        store,
+        lambda c: queries.store_product(
+            c, asin="GONE", fetched_at=ts(), keepa_last_update=None, tokens_spent=7,
+            payload_zlib=payload, columns=cols,
+        ),
+    )  # fmt: skip
+    assert gone is False
+    assert (
+        await store.read(lambda c: c.execute("SELECT count(*) FROM product_history").fetchone()[0])
+        == 1
+    )
+    with pytest.raises(ValueError, match="avg91"):
+        await w(store, lambda c: queries.store_product(
+            c, asin="B0D8W1YVBX", fetched_at=ts(), keepa_last_update=None, tokens_spent=0,
+            payload_zlib=None, columns={"avg91_used_cents": 1}))  # fmt: skip
+
+
+def test_schema_has_every_mapping_column() -> None:
+    cols = set(schema.table_columns("deals"))
+    assert set(mapping.DEAL_COLUMNS) <= cols
+    assert set(mapping.PRODUCT_COLUMNS) <= cols
+    assert set(mapping.ESTIMATE_COLUMNS) <= cols
+
+
+async def test_prune_stale_in_chunks_with_history_cascading(store: Store) -> None:
+    await upsert(store, [deal(f"S{i}", seen=-10_000 - i) for i in range(5)] + [deal("FRESH")])
+    for i in range(5):
+        await w(store, product(f"S{i}", {"backfilled_at": ts()}, payload=b"x"))
+    assert await w(store, lambda c: queries.prune_stale(c, older_than=ts(-5000), limit=3)) == 3
+    assert await w(store, lambda c: queries.prune_stale(c, older_than=ts(-5000), limit=3)) == 2
+    assert await w(store, lambda c: queries.prune_stale(c, older_than=ts(-5000), limit=3)) == 0
+    left = await store.read(
+        lambda c: (
+            [r[0] for r in c.execute("SELECT asin FROM deals")],
+            c.execute("SELECT count(*) FROM product_history").fetchone()[0],
+        )
+    )
+    assert left == (["FRESH"], 0)
+
+
+async def test_workers_daemon_ledger_and_status_summary(store: Store) -> None:
+    await upsert(store, [deal("OLD")], now=-7200)
+    await upsert(store, [deal("A", updated=30), deal("B"), deal("GAVE")], now=-60)
+    await w(store, lambda c: queries.record_backfill_failure(
+        c, asin="GAVE", reason="bad", retry_at=None, now=ts()))  # fmt: skip
+    await w(store, lambda c: queries.store_product(
+        c, asin="A", fetched_at=ts(), keepa_last_update=None, tokens_spent=1,
+        payload_zlib=None, columns={"backfilled_at": ts()}))  # fmt: skip
+    for at, consumer, endpoint, items, tokens in [
+        (ts(-60), "backfiller", "product", 10, 70),
+        (ts(-7200), "backfiller", "product", 10, 90),
+        (ts(-30), "upserter", "deal", 1, 5),
+        (ts(-90_000), "upserter", "deal", 1, 5),
+    ]:
+        spend = functools.partial(
+            queries.record_tokens,
+            at=at, consumer=consumer, endpoint=endpoint, items=items, tokens=tokens,
+        )  # fmt: skip
+        await w(store, spend)
+    assert await w(store, lambda c: queries.prune_ledger(c, older_than=ts(-86_400))) == 1
+    base = {"state": "running", "updated_at": ts(), "progress_total": 3}
+    await w(store, lambda c: queries.write_worker(c, {"name": "upserter", **base}))
+    await w(store, lambda c: queries.bump_restarts(c, "upserter", ts()))
+    await w(store, lambda c: queries.bump_restarts(c, "backfiller", ts()))
+    await w(store, lambda c: queries.write_worker(c, {"name": "upserter", **base, "detail": "x"}))
+    await w(store, lambda c: queries.write_daemon(c, {"pid": 1, "healthy": 1, "snapshot": "{}"}))
+    await w(store, lambda c: queries.write_daemon(c, {"heartbeat_at": ts()}))
+    with pytest.raises(ValueError):
+        await w(store, lambda c: queries.write_worker(c, {"name": "x", "sate": "typo"}))
+    summary = await store.read(lambda c: queries.status_summary(c, now=NOW))
+    assert summary["deals"] == {
+        "total": 4,
+        "backfilled": 1,
+        "pending_backfill": 2,
+        "gave_up": 1,
+        "added_last_hour": 3,
+        "added_last_day": 4,
+        "newest_keepa_update": ts(30),
+    }
+    assert summary["tokens"] == {"spent_last_hour": 75, "per_product": 8.0}
+    workers = {r["name"]: r for r in summary["workers"]}
+    assert workers["upserter"]["restarts"] == 1 and workers["upserter"]["detail"] == "x"
+    assert workers["backfiller"]["restarts"] == 1 and workers["backfiller"]["state"] == "starting"
+    assert summary["daemon"]["pid"] == 1 and summary["daemon"]["heartbeat_at"] == ts()
+
+
+def test_status_summary_on_an_empty_database_and_a_row_factory(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "e.db", isolation_level=None)
+    schema.apply_migrations(conn)
+    conn.row_factory = sqlite3.Row
+    s = queries.status_summary(conn, now=NOW)
+    assert s["deals"]["total"] == 0 and s["daemon"] is None and s["workers"] == []
+    assert s["tokens"] == {"spent_last_hour": 0, "per_product": None}
+    conn.close()
+
+
+class _Spy:
+    """A connection that records every statement, to EXPLAIN them afterwards."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.seen: list[tuple[str, tuple[Any, ...]]] = []
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        self.seen.append((sql, tuple(params)))
+        return self.conn.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_no_query_scans_the_deals_table(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "big.db", isolation_level=None)
+    schema.apply_migrations(conn)
+    conn.execute("BEGIN")
+    queries.upsert_deals(
+        conn,
+        [deal(f"B{i:09d}", updated=-i * 7, seen=-i * 3) for i in range(20_000)],
+        checkpoints={},
+        now=ts(-50_000),
+    )
+    conn.execute("UPDATE deals SET backfilled_at = last_seen_at WHERE rowid % 2 = 0")
+    conn.execute("COMMIT")
+    for analyzed in (False, True):  # as deployed (no statistics), and after ANALYZE
+        if analyzed:
+            conn.execute("ANALYZE")
+        spy = _Spy(conn)
+        c: Any = spy
+        queries.pending_backfill(c, now=ts(), max_attempts=5, limit=100)
+        queries.due_refresh(c, older_than=ts(), limit=100)
+        queries.status_summary(c, now=NOW)
+        queries.prune_stale(c, older_than=ts(-50_000), limit=100)
+        queries.get_checkpoints(c)
+        assert len(spy.seen) >= 12
+        for sql, params in spy.seen:
+            plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            for step in plan:
+                # count(*) may walk an index; nothing may walk the table or sort it.
+                assert not (step.startswith("SCAN deals") and "INDEX" not in step), (sql, plan)
+                assert "TEMP B-TREE" not in step, (sql, plan)
+    conn.close()
