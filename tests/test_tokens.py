@@ -576,3 +576,48 @@ async def test_real_clock_accelerated_period_is_learned_and_timers_fire() -> Non
     assert up.grants and back.grants
     assert key.refused <= 1  # the period guess at startup, at most
     assert snap.consumed_total >= key.generated * 0.8
+
+
+async def test_through_the_real_client_and_simulator_envelopes_pair_with_requests() -> None:
+    # Real HTTP over loopback: the client's acquire/sync pairing (a context
+    # variable per task) charges every token to the consumer that spent it.
+    from dealsd.keepa import KeepaClient, ProductParams
+    from dealsd.simulator import SimOptions, Simulator
+
+    sim = Simulator(SimOptions(refill_rate=10, refill_period_s=0.1, initial_tokens=10))
+    base_url = await sim.start("127.0.0.1", 0)
+    clock = SystemClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    try:
+        async with KeepaClient(
+            base_url=base_url, api_key="test-key", domain=1, tokens=sched, clock=clock,
+            max_attempts=3,
+        ) as client:
+
+            done = asyncio.Event()  # calls finish, so every charge has its envelope
+
+            async def upserter() -> None:
+                while not done.is_set():
+                    await client.deals({"priceTypes": [2]}, 0, consumer="upserter")
+
+            async def backfiller() -> None:
+                n = 0
+                while not done.is_set():
+                    asins = [f"B0TEST{n + i:04d}" for i in range(3)]
+                    n += 3
+                    await client.products(asins, ProductParams(), consumer="backfiller")
+
+            tasks = [asyncio.create_task(upserter()), asyncio.create_task(backfiller())]
+            await asyncio.sleep(1.5)
+            for task in tasks:
+                assert not task.done(), task  # no call failed after its retries
+            done.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        stats = sim.stats()
+    finally:
+        await sim.stop()
+    snap = sched.snapshot()
+    assert stats["rate_limited"] == 0
+    assert snap.period_s == pytest.approx(0.1)
+    assert set(snap.consumed_by) == {"upserter", "backfiller"}  # nothing unattributed
+    assert snap.consumed_total == stats["tokens_consumed"]
