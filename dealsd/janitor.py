@@ -66,7 +66,10 @@ class Janitor:
             return False
         interval = self._health.expected_round_s(self._watch) or 0.0
         since = self._health.seconds_since_success(self._watch)
-        return since is not None and since <= 2 * interval + FAILED_ROUND_GRACE_S
+        # A short interval gets a short grace: an outage is then noticed in
+        # seconds, and "not seen" is never trusted for longer than it should be.
+        grace = min(FAILED_ROUND_GRACE_S, interval)
+        return since is not None and since <= 2 * interval + grace
 
     async def round(self) -> RoundResult:
         cfg = self._cfg

@@ -1,0 +1,355 @@
+"""End to end: the simulator over loopback -> the real daemon -> a real SQLite file.
+
+Time is accelerated in the simulator (a Keepa minute lasts 0.1 s) and the
+daemon's intervals are a second; nothing in between is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dealsd.clock import SystemClock, iso_utc
+from dealsd.config import Config, load_config
+from dealsd.daemon import run_daemon
+from dealsd.notify import Notifier
+from dealsd.simulator import SimOptions, Simulator
+
+PERIOD_S = 0.1
+REAL_ASINS = ("B0D8W1YVBX", "B0F7XPYCSJ")
+SAMPLE = Path("/work/shared/keepa-samples/product_B0D8W1YVBX.json")
+
+
+def write_config(
+    tmp_path: Path, base_url: str, *, max_batch: int = 20, extra: str = ""
+) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[keepa]
+base_url = "{base_url}"
+max_attempts = 2
+read_timeout_s = 5
+connect_timeout_s = 2
+
+[database]
+path = "{tmp_path / 'deals.db'}"
+
+[upserter]
+interval_s = 1
+max_pages_per_run = 67
+
+[upserter.selection]
+priceTypes = [2]
+sortType = 1
+
+[backfiller]
+idle_s = 1
+max_batch = {max_batch}
+retry_base_s = 1
+max_attempts = 2
+
+[janitor]
+interval_s = 1
+grace_h = 1
+
+[tokens]
+batch_minutes = 1.0
+{extra}
+"""
+    )
+    return path
+
+
+def sim_options(**kw: Any) -> SimOptions:
+    base: dict[str, Any] = dict(
+        refill_rate=500,
+        refill_period_s=PERIOD_S,
+        catalogue_size=400,
+        new_deals_per_period=0,
+        changed_deals_per_period=0,
+        missing_rate=0.0,
+        invalid_rate=0.0,
+    )
+    base.update(kw)
+    return SimOptions(**base)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    s = Simulator(sim_options())
+    await s.start("127.0.0.1", 0)
+    yield s
+    await s.stop()
+
+
+def db_query(db: Path, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        conn.row_factory = sqlite3.Row
+        return list(conn.execute(sql, args))
+    finally:
+        conn.close()
+
+
+def counts(db: Path) -> tuple[int, int]:
+    if not db.exists():
+        return 0, 0
+    try:
+        row = db_query(db, "SELECT count(*), count(backfilled_at) FROM deals")[0]
+    except sqlite3.OperationalError:  # not migrated yet
+        return 0, 0
+    return int(row[0]), int(row[1])
+
+
+async def wait_for(pred: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+_RUNNING: list[Running] = []
+
+
+@pytest.fixture(autouse=True)
+async def _finish_daemons() -> AsyncIterator[None]:
+    # A failed assertion must not leave a daemon running into the loop's
+    # teardown, which would cancel its store's writer under it.
+    yield
+    while _RUNNING:
+        d = _RUNNING.pop()
+        if not d.task.done():
+            d.stop.set()
+            await asyncio.wait({d.task}, timeout=20)
+
+
+class Running:
+    """The daemon as a task in this loop, with its stop event."""
+
+    def __init__(self, cfg: Config, path: Path, **kw: Any) -> None:
+        _RUNNING.append(self)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(
+            run_daemon(
+                cfg,
+                api_key="test-key",
+                clock=SystemClock(),
+                notifier=Notifier(None),
+                stop=self.stop,
+                config_path=path,
+                install_signals=False,
+                snapshot_every_s=kw.pop("snapshot_every_s", 0.2),
+                **kw,
+            )
+        )
+
+    async def finish(self) -> int:
+        self.stop.set()
+        return await asyncio.wait_for(self.task, 15)
+
+
+def catalogue_size(sim: Simulator) -> int:
+    return int(sim.options.catalogue_size)
+
+
+async def test_first_run_fills_the_table_and_backfills_it(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, sim.base_url)
+    cfg = load_config(path)
+    db = tmp_path / "deals.db"
+    d = Running(cfg, path)
+    await wait_for(lambda: counts(db)[0] > 0 and counts(db)[0] == counts(db)[1], 15, "backfill")
+    assert await d.finish() == 0
+    total, backfilled = counts(db)
+    assert total == backfilled > 150  # more than one page, all of it backfilled
+    # Each payload is the product exactly as Keepa sent it, zlib-compressed.
+    rows = db_query(db, "SELECT asin, payload FROM product_history LIMIT 5")
+    for r in rows:
+        assert json.loads(zlib.decompress(r["payload"]))["asin"] == r["asin"]
+    # Nothing bought twice in one uninterrupted run.
+    assert max(sim.products_bought.values()) == 1
+    daemon = db_query(db, "SELECT stopped_at, healthy FROM daemon")[0]
+    assert daemon["stopped_at"] is not None
+    ledger = db_query(db, "SELECT endpoint, sum(tokens) FROM token_ledger GROUP BY endpoint")
+    assert {r[0] for r in ledger} == {"deal", "product"}
+
+
+async def test_derived_columns_of_the_real_samples_flow_through(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, sim.base_url)
+    db = tmp_path / "deals.db"
+    d = Running(load_config(path), path)
+
+    def both_backfilled() -> bool:
+        if not db.exists():
+            return False
+        try:
+            rows = db_query(
+                db,
+                "SELECT count(*) FROM deals WHERE asin IN (?, ?) AND backfilled_at IS NOT NULL",
+                REAL_ASINS,
+            )
+        except sqlite3.OperationalError:
+            return False
+        return int(rows[0][0]) == 2
+
+    await wait_for(both_backfilled, 15, "the two real products")
+    assert await d.finish() == 0
+    found = db_query(db, "SELECT * FROM deals WHERE asin IN (?, ?)", REAL_ASINS)
+    rows = {r["asin"]: r for r in found}
+    # Values read by hand from /work/shared/keepa-samples/product_B0D8W1YVBX.json.
+    a = rows["B0D8W1YVBX"]
+    assert a["avg90_new_cents"] == 1797
+    assert a["avg90_buy_box_cents"] == 1805
+    assert a["sales_rank_drops_30"] == 35
+    assert a["offer_count_new"] == 5
+    assert a["fba_fee_cents"] == 409
+    assert a["referral_fee_pct"] == pytest.approx(15.01)
+    b = rows["B0F7XPYCSJ"]
+    assert b["buy_box_cents"] is None  # buyBoxPrice -2: not available, never a price
+    payload = db_query(db, "SELECT payload FROM product_history WHERE asin = ?", ("B0D8W1YVBX",))
+    sample = SAMPLE.read_bytes()  # noqa: ASYNC240 - a small file, once
+    stored = json.loads(zlib.decompress(payload[0]["payload"]))
+    assert stored == json.loads(sample)["products"][0]
+
+
+async def test_a_restart_resumes_from_its_checkpoints(sim: Simulator, tmp_path: Path) -> None:
+    path = write_config(tmp_path, sim.base_url, max_batch=10)
+    cfg = load_config(path)
+    db = tmp_path / "deals.db"
+    d = Running(cfg, path)
+    await wait_for(lambda: counts(db)[1] >= 40, 15, "a partial backfill")
+    assert await d.finish() == 0
+    first_bought = sum(sim.products_bought.values())
+    pages_first = sim.stats()["deal_pages"]
+    d = Running(cfg, path)
+    await wait_for(lambda: counts(db)[0] > 0 and counts(db)[0] == counts(db)[1], 15, "backfill")
+    assert await d.finish() == 0
+    twice = {a: n for a, n in sim.products_bought.items() if n > 1}
+    # At most the batch in flight when the first run stopped is bought again.
+    assert len(twice) <= 10, twice
+    assert sum(sim.products_bought.values()) - first_bought <= counts(db)[0] - 40 + 10
+    # The second run's upserter did not page the whole result again: it had a
+    # watermark, and sortType 1 stops at the first deal not newer than it.
+    assert sim.stats()["deal_pages"] - pages_first <= 3 * 4
+
+
+async def test_missing_and_invalid_products_are_retried_then_given_up(tmp_path: Path) -> None:
+    s = Simulator(sim_options(catalogue_size=200, missing_rate=0.1, invalid_rate=0.05))
+    await s.start("127.0.0.1", 0)
+    try:
+        path = write_config(tmp_path, s.base_url)
+        db = tmp_path / "deals.db"
+        d = Running(load_config(path), path)
+
+        def settled() -> bool:
+            try:
+                rows = db_query(
+                    db,
+                    "SELECT count(*) FROM deals WHERE backfilled_at IS NULL "
+                    "AND backfill_attempts < 2",
+                )
+            except sqlite3.OperationalError:
+                return False
+            return counts(db)[0] > 0 and int(rows[0][0]) == 0
+
+        await wait_for(settled, 15, "every product backfilled or given up")
+        assert await d.finish() == 0
+    finally:
+        await s.stop()
+    gave_up = db_query(
+        db, "SELECT asin, backfill_attempts, backfill_error FROM deals WHERE backfilled_at IS NULL"
+    )
+    assert gave_up, "the simulator withheld some products"
+    for r in gave_up:
+        assert r["backfill_attempts"] == 2 and r["backfill_error"]
+    # Asked once per attempt, never more.
+    assert all(n <= 2 for n in s.products_bought.values())
+
+
+async def test_janitor_prunes_while_healthy_and_pauses_during_an_outage(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, sim.base_url)
+    db = tmp_path / "deals.db"
+    d = Running(load_config(path), path)
+    await wait_for(lambda: counts(db)[0] > 0, 10, "first deals")
+    old = iso_utc(time.time() - 100 * 3600)
+
+    def plant(prefix: str) -> None:
+        conn = sqlite3.connect(db, timeout=10)
+        with conn:
+            conn.executemany(
+                "INSERT INTO deals (asin, domain_id, first_seen_at, last_seen_at) "
+                "VALUES (?, 1, ?, ?)",
+                [(f"{prefix}{i:05d}", old, old) for i in range(30)],
+            )
+        conn.close()
+
+    def planted(prefix: str) -> int:
+        sql = "SELECT count(*) FROM deals WHERE asin LIKE ?"
+        return int(db_query(db, sql, (prefix + "%",))[0][0])
+
+    plant("STALEA")
+    await wait_for(lambda: planted("STALEA") == 0, 10, "stale rows pruned while healthy")
+    live = counts(db)[0]
+    sim.control(outage=True)
+    await asyncio.sleep(4.0)  # past 2 x interval + a failed round's grace
+    plant("STALEB")
+    await asyncio.sleep(3.0)  # three janitor rounds
+    assert planted("STALEB") == 30, "the janitor pruned during an ingestion outage"
+    assert counts(db)[0] == live + 30
+    sim.control(outage=False)
+    await wait_for(lambda: planted("STALEB") == 0, 10, "pruning resumed after the outage")
+    assert await d.finish() == 0
+
+
+async def test_sigterm_with_work_in_flight_exits_zero_with_everything_committed(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, sim.base_url, max_batch=50)
+    db = tmp_path / "deals.db"
+    env = dict(os.environ, KEEPA_API_KEY="test-key", PYTHONUNBUFFERED="1")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dealsd", "run", "--config", str(path),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await wait_for(lambda: counts(db)[1] >= 20, 15, "backfill under way")
+        proc.send_signal(signal.SIGTERM)
+        _out, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert b"test-key" not in err
+    daemon = db_query(db, "SELECT stopped_at FROM daemon")[0]
+    assert daemon["stopped_at"] is not None
+    # Every product stored has its deal marked backfilled, in the same commit.
+    orphans = db_query(
+        db,
+        "SELECT count(*) FROM product_history p JOIN deals d USING (asin) "
+        "WHERE d.backfilled_at IS NULL",
+    )
+    assert orphans[0][0] == 0
+    assert db_query(db, "PRAGMA integrity_check")[0][0] == "ok"
+    # Whatever was bought and not stored is at most the batch in flight.
+    stored = int(db_query(db, "SELECT count(*) FROM product_history")[0][0])
+    bought = sum(sim.products_bought.values())
+    assert bought - stored <= 50
