@@ -35,7 +35,7 @@ from dealsd.keepa import (
     ProductParams,
     RequestRejected,
 )
-from dealsd.payloads import PRODUCT_TYPE_INVALID, PayloadError, Product
+from dealsd.payloads import PRODUCT_TYPE_INVALID, Item, PayloadError, Product
 from dealsd.store import Store
 from dealsd.supervisor import RoundResult
 from dealsd.tokens import TokenScheduler
@@ -159,21 +159,21 @@ class Backfiller:
         self._health.running(self.name)
         returned = max(1, len(page.items))
         per_product = round(page.tokens_consumed / returned)
-        stored = 0
+        valid = []
         for item in page.items:
-            product = item.value
-            if product.product_type == PRODUCT_TYPE_INVALID:
+            if item.value.product_type == PRODUCT_TYPE_INVALID:
                 reason = "invalid product (productType 4)"
-                await self._failure(product.asin, reason, refresh=refresh)
-                continue
-            payload = None if refresh else await asyncio.to_thread(zlib.compress, item.raw, 6)
-            columns = self._columns(product, buy_costs.get(product.asin), refresh=refresh)
-            fetched_at = iso_utc(self._clock.now())
-            await self._store.write(
-                self._product_writer(product, fetched_at, per_product, payload, columns)
-            )
-            stored += 1
-            self._health.progress(self.name, 1, "products")
+                await self._failure(item.value.asin, reason, refresh=refresh)
+            else:
+                valid.append(item)
+        # Each product is still its own write (its own savepoint: one bad row
+        # fails alone), but they are handed over together so the writer can
+        # commit them in one group instead of one fsync per product.
+        results = await asyncio.gather(
+            *(self._store_one(item, buy_costs.get(item.value.asin), per_product, refresh)
+              for item in valid)
+        )  # fmt: skip
+        stored = sum(1 for ok in results if ok)
         for skipped in page.skipped:
             if skipped.asin is not None:
                 await self._failure(skipped.asin, f"malformed: {skipped.reason}", refresh=refresh)
@@ -203,6 +203,21 @@ class Backfiller:
             self._health.progress(self.name, 0, "products", idle=True)
         # More work may be waiting: the token scheduler paces the next batch.
         return RoundResult(sleep_s=0.0)
+
+    async def _store_one(
+        self, item: Item[Product], buy_cost: int | None, tokens_spent: int, refresh: bool
+    ) -> bool:
+        product = item.value
+        # zlib releases the GIL: compressing a 600 KB product in a thread keeps
+        # the event loop (and the other worker) responsive.
+        payload = None if refresh else await asyncio.to_thread(zlib.compress, item.raw, 6)
+        columns = self._columns(product, buy_cost, refresh=refresh)
+        fetched_at = iso_utc(self._clock.now())
+        ok = await self._store.write(
+            self._product_writer(product, fetched_at, tokens_spent, payload, columns)
+        )
+        self._health.progress(self.name, 1, "products")
+        return ok
 
     def _columns(
         self, product: Product, buy_cost: int | None, *, refresh: bool

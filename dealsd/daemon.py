@@ -97,6 +97,7 @@ class Daemon:
         stop: asyncio.Event,
         snapshot_every_s: float,
         health_margin_s: float,
+        backoff_cap_s: float,
     ) -> None:
         self.cfg = cfg
         self._config_path = config_path
@@ -130,6 +131,7 @@ class Daemon:
             health=self.health,
             stop=stop,
             on_restart=self._record_restart,
+            backoff_cap_s=backoff_cap_s,
         )
         self.started_at = iso_utc(clock.now())
         self._last_status: str | None = None
@@ -307,6 +309,7 @@ async def run_daemon(
     install_signals: bool = True,
     snapshot_every_s: float = SNAPSHOT_EVERY_S,
     health_margin_s: float = 60.0,
+    backoff_cap_s: float = 60.0,
 ) -> int:
     """Run dealsd until stopped; returns the process exit status."""
     from dealsd.store import NotADatabase, SchemaTooNew
@@ -351,6 +354,7 @@ async def run_daemon(
                     stop=stop,
                     snapshot_every_s=snapshot_every_s,
                     health_margin_s=health_margin_s,
+                    backoff_cap_s=backoff_cap_s,
                 )
                 installed = _install_signals(daemon) if install_signals else []
                 try:

@@ -3,7 +3,7 @@
 Every worker is a plain object with ``name``, ``expected_round_s`` and
 ``async def round() -> RoundResult``. The loop around it lives here once:
 a round that raises is logged (its traceback once per distinct error, then
-only counted, FIELD_NOTES item 7), and the worker is run again after an
+counted by ``logs.FailureLog``, FIELD_NOTES item 7), and the worker is run again after an
 exponential backoff (1 s doubling to 60 s, reset after a healthy stretch),
 seconds rather than the old system's 30 minutes (item 10).
 
@@ -15,7 +15,6 @@ is cancelled. ``CancelledError`` is never swallowed.
 from __future__ import annotations
 
 import asyncio
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +23,7 @@ import structlog
 
 from dealsd.clock import Clock, sleep_or_stop
 from dealsd.health import Health
+from dealsd.logs import FailureLog
 
 log = structlog.get_logger(__name__)
 
@@ -57,35 +57,6 @@ class Worker(Protocol):
 OnRestart = Callable[[str, str], Awaitable[None]]
 
 
-class _ErrorLog:
-    """Say each distinct error once with its traceback, then only count it."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, int] = {}
-
-    def report(self, worker: str, exc: BaseException, retry_in_s: float) -> None:
-        key = f"{worker}:{type(exc).__name__}:{exc}"
-        count = self._seen.get(key, 0) + 1
-        self._seen[key] = count
-        if count == 1:
-            log.error(
-                "worker_failed",
-                worker=worker,
-                error=_describe(exc),
-                retry_in_s=round(retry_in_s, 1),
-                traceback="".join(traceback.format_exception(exc)).rstrip(),
-            )
-        elif count & (count - 1) == 0:
-            # Powers of two: a persistent fault stays visible without flooding.
-            log.warning(
-                "worker_failed_again",
-                worker=worker,
-                error=_describe(exc),
-                repeats=count,
-                retry_in_s=round(retry_in_s, 1),
-            )
-
-
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -115,7 +86,9 @@ class Supervisor:
         self._cap = backoff_cap_s
         self._reset_after = reset_after_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._errors = _ErrorLog()
+        # A persistent fault is said once with its traceback, then counted in
+        # one summary line a minute at most (FIELD_NOTES item 7).
+        self._errors = FailureLog(clock=clock)
         self.restarts: dict[str, int] = {w.name: 0 for w in self._workers}
         for w in self._workers:
             health.register(w.name, expected_round_s=w.expected_round_s)
@@ -137,6 +110,7 @@ class Supervisor:
         name = worker.name
         failures = 0
         last_failure = 0.0
+        active_fault: str | None = None
         try:
             while not self.stop_event.is_set():
                 self._health.running(name)
@@ -152,13 +126,30 @@ class Supervisor:
                     last_failure = self._clock.monotonic()
                     delay = self.backoff_s(failures)
                     self.restarts[name] = self.restarts.get(name, 0) + 1
-                    self._errors.report(name, exc, delay)
+                    fault = f"{name}:{_describe(exc)}"
+                    if fault != active_fault and active_fault is not None:
+                        self._errors.clear(active_fault)
+                    first = fault not in self._errors.active()
+                    self._errors.log_failure(
+                        log,
+                        "worker_failed",
+                        fault,
+                        level="error",
+                        worker=name,
+                        error=_describe(exc),
+                        retry_in_s=round(delay, 1),
+                        **({"exc_info": exc} if first else {}),
+                    )
+                    active_fault = fault
                     self._health.restarted(name, _describe(exc))
                     self._health.backing_off(name, _describe(exc), delay)
                     await self._record_restart(name, _describe(exc))
                     if await sleep_or_stop(self._clock, self.stop_event, delay):
                         break
                     continue
+                if active_fault is not None:
+                    self._errors.clear(active_fault)
+                    active_fault = None
                 if result.progressed > 0 or result.idle:
                     self._health.progress(name, result.progressed, result.what, idle=result.idle)
                 if failures and self._clock.monotonic() - last_failure >= self._reset_after:

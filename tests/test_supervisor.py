@@ -63,10 +63,12 @@ async def test_a_raising_worker_is_restarted_within_seconds_while_the_other_work
     assert steady.rounds >= 10
     assert sup.restarts["flaky"] == 2
     assert recorded == [("flaky", "RuntimeError: boom")] * 2
-    # The same error twice: its traceback once, the repeat only counted.
+    # The same error twice: said once with its exception, the repeat only
+    # counted, then one line when the worker recovers.
     failed = [e for e in logs if e["event"] == "worker_failed"]
-    assert len(failed) == 1 and "Traceback" in failed[0]["traceback"]
-    assert [e["repeats"] for e in logs if e["event"] == "worker_failed_again"] == [2]
+    assert len(failed) == 2
+    assert isinstance(failed[0]["exc_info"], RuntimeError)
+    assert failed[1]["recovered"] is True and failed[1]["failures"] == 2
     snap = health.snapshot()
     assert snap.worker("flaky").restarts == 2
     assert snap.worker("flaky").state is State.STOPPED
@@ -91,6 +93,25 @@ async def test_backoff_doubles_to_the_cap_and_resets_after_a_healthy_stretch() -
     gaps = [b - a for a, b in zip(flaky.calls[n - 1 :], flaky.calls[n:], strict=False)]
     assert gaps[:3] == [1, 1, 2]
     await sup.stop(grace_s=1)
+
+
+async def test_a_persistent_failure_is_logged_once_then_summarised() -> None:
+    clock = FakeClock()
+    health = Health(clock=clock)
+    flaky = Flaky(fail=10_000)
+    flaky.clock = clock
+    sup = Supervisor(workers=[flaky], clock=clock, health=health)
+    with capture_logs() as logs:
+        sup.start()
+        await clock.advance(0)
+        for _ in range(60):  # ten minutes, a try every 60 s at the cap
+            await clock.advance(10)
+        await sup.stop(grace_s=1)
+    assert len(flaky.calls) >= 15
+    lines = [e for e in logs if e["event"] == "worker_failed"]
+    assert "exc_info" in lines[0]
+    assert all("exc_info" not in e for e in lines[1:])
+    assert len(lines) <= 12  # one, then a summary a minute at most
 
 
 async def test_a_persistent_failure_reads_as_backing_off_then_its_last_error() -> None:
