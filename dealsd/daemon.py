@@ -110,9 +110,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._reload_requested = False
         self._signals = 0
-        self.health = Health(
-            clock=clock, writer_stats=store.writer_stats, margin_s=health_margin_s
-        )
+        self.health = Health(clock=clock, writer_stats=store.writer_stats, margin_s=health_margin_s)
         sel = cfg.upserter.selection
         self.upserter = Upserter(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.upserter,

@@ -131,8 +131,10 @@ async def _demo(seconds: float, out: TextIO) -> int:
     return 0 if code == 0 else code
 
 
-def run_demo(*, seconds: float = 30.0, out: TextIO = sys.stdout) -> int:
+def run_demo(*, seconds: float = 30.0, out: TextIO | None = None) -> int:
     from dealsd.logs import configure_logging
+
+    out = out if out is not None else sys.stdout
 
     configure_logging("warning", "console")
     return asyncio.run(_demo(seconds, out))

@@ -83,7 +83,7 @@ def gather(db_path: Path, *, now: float | None = None) -> dict[str, Any]:
     healthy = state == "running" and bool(daemon.get("healthy"))
 
     deals_in: Mapping[str, Any] = summary.get("deals") or {}
-    deals = {
+    deals: dict[str, Any] = {
         "total": int(deals_in.get("total") or 0),
         "backfilled": int(deals_in.get("backfilled") or 0),
         "pending_backfill": int(deals_in.get("pending_backfill") or 0),
@@ -227,9 +227,10 @@ def render(doc: Mapping[str, Any], *, now: float | None = None) -> str:
 
 
 def run_status(
-    db_path: Path, *, as_json: bool, out: TextIO = sys.stdout, now: float | None = None
+    db_path: Path, *, as_json: bool, out: TextIO | None = None, now: float | None = None
 ) -> int:
     """Print the status of the daemon using ``db_path``; return the exit status."""
+    out = out if out is not None else sys.stdout
     try:
         doc = gather(db_path, now=now)
     except FileNotFoundError as exc:

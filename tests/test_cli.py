@@ -1,0 +1,165 @@
+"""The command line as a user runs it: real processes, real exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from dealsd.simulator import SimOptions, Simulator
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"KEEPA_API_KEY", "CREDENTIALS_DIRECTORY", "DEALSD_CONFIG", "NOTIFY_SOCKET"}
+    }
+    env.update(extra, PYTHONUNBUFFERED="1")
+    return env
+
+
+def dealsd(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dealsd", *args],
+        capture_output=True,
+        text=True,
+        env=env or clean_env(),
+        timeout=timeout,
+    )
+
+
+def good_config(tmp_path: Path, base_url: str = "http://127.0.0.1:9") -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[keepa]\nbase_url = "{base_url}"\nmax_attempts = 1\n'
+        f'[database]\npath = "{tmp_path / "deals.db"}"\n'
+        "[upserter]\ninterval_s = 1\n[upserter.selection]\npriceTypes = [2]\nsortType = 1\n"
+        "[backfiller]\nidle_s = 1\n"
+    )
+    return path
+
+
+def test_config_errors_exit_78_naming_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[upserter]\nintervl_s = 5\n")
+    for cmd in ("check-config", "run"):
+        r = dealsd(cmd, "--config", str(bad), env=clean_env(KEEPA_API_KEY="x"))
+        assert r.returncode == 78, (cmd, r.stderr)
+        assert "bad.toml" in r.stderr and "upserter.intervl_s" in r.stderr
+    ok = good_config(tmp_path)
+    r = dealsd("check-config", "--config", str(ok))
+    assert r.returncode == 0, r.stderr
+    # A valid file but no API key anywhere: a config error too, not a crash.
+    r = dealsd("run", "--config", str(ok))
+    assert r.returncode == 78 and "keepa.api_key" in r.stderr
+    assert not (tmp_path / "deals.db").exists()
+
+
+def test_status_without_a_database_exits_2(tmp_path: Path) -> None:
+    r = dealsd("status", "--database", str(tmp_path / "none.db"))
+    assert r.returncode == 2
+    assert "no database" in r.stderr
+
+
+def test_simulator_subcommand_serves_keepa(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dealsd", "simulator", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = next(w for w in line.split() if w.startswith("http://"))
+        with urllib.request.urlopen(f"{url}/token?key=k", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def test_demo_runs_the_real_daemon_and_reports(tmp_path: Path) -> None:
+    r = dealsd("demo", "--seconds", "4", env=clean_env(TMPDIR=str(tmp_path)), timeout=40)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "deals stored" in r.stdout
+    lines = r.stdout.splitlines()
+    db = Path(next(ln.split(": ", 1)[1] for ln in lines if ln.startswith("database: ")))
+    conn = sqlite3.connect(db)
+    try:
+        total, backfilled = conn.execute(
+            "SELECT count(*), count(backfilled_at) FROM deals"
+        ).fetchone()
+    finally:
+        conn.close()
+    assert total > 0 and backfilled > 0
+
+
+@pytest.fixture
+async def sim_url() -> AsyncIterator[str]:
+    s = Simulator(SimOptions(refill_rate=500, refill_period_s=0.1, catalogue_size=200))
+    base = await s.start("127.0.0.1", 0)
+    yield base
+    await s.stop()
+
+
+async def _read_until(stream: asyncio.StreamReader, needle: str, within: float) -> str:
+    seen: list[str] = []
+    deadline = time.monotonic() + within
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{needle!r} not logged; got:\n" + "".join(seen)[-3000:]
+        line = await asyncio.wait_for(stream.readline(), left)
+        assert line, f"process ended before {needle!r}:\n" + "".join(seen)[-3000:]
+        seen.append(line.decode())
+        if needle in seen[-1]:
+            return seen[-1]
+
+
+async def test_sighup_applies_live_changes_and_rejects_a_bad_file(
+    sim_url: str, tmp_path: Path
+) -> None:
+    path = good_config(tmp_path, sim_url)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dealsd", "run", "--config", str(path),
+        env=clean_env(KEEPA_API_KEY="k"), stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        await _read_until(proc.stderr, "ready", 10)
+        # A second daemon on the same database is refused, naming the holder.
+        second = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dealsd", "run", "--config", str(path),
+            env=clean_env(KEEPA_API_KEY="k"), stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _o, err2 = await asyncio.wait_for(second.communicate(), 10)
+        assert second.returncode == 75 and str(proc.pid) in err2.decode()
+
+        path.write_text(path.read_text().replace("interval_s = 1", "interval_s = 7", 1))
+        proc.send_signal(signal.SIGHUP)
+        line = await _read_until(proc.stderr, "config_changed", 10)
+        assert "upserter.interval_s" in line
+        path.write_text("[upserter]\ninterval_s = -3\n")
+        proc.send_signal(signal.SIGHUP)
+        await _read_until(proc.stderr, "reload_rejected", 10)
+        assert proc.returncode is None  # still running on the old config
+        proc.send_signal(signal.SIGTERM)
+        await _read_until(proc.stderr, "stopped", 15)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

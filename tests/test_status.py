@@ -1,0 +1,242 @@
+"""`dealsd status`: text, JSON and exit codes for a healthy, a stalled, a stopped,
+a dead and a hung daemon, read from a real database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dealsd import queries
+from dealsd.cli import main
+from dealsd.clock import SystemClock, iso_utc
+from dealsd.config import load_config
+from dealsd.daemon import run_daemon
+from dealsd.lock import InstanceLock
+from dealsd.notify import Notifier
+from dealsd.simulator import SimOptions, Simulator
+from dealsd.status import gather
+from dealsd.store import Store
+
+
+def write_config(tmp_path: Path, base_url: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[keepa]
+base_url = "{base_url}"
+max_attempts = 1
+read_timeout_s = 2
+connect_timeout_s = 1
+
+[database]
+path = "{tmp_path / 'deals.db'}"
+
+[upserter]
+interval_s = 1
+
+[upserter.selection]
+priceTypes = [2]
+sortType = 1
+
+[backfiller]
+idle_s = 0.2
+"""
+    )
+    return path
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[tuple[Simulator, str]]:
+    s = Simulator(
+        SimOptions(
+            refill_rate=500,
+            refill_period_s=0.1,
+            catalogue_size=200,
+            new_deals_per_period=0,
+            changed_deals_per_period=0,
+            missing_rate=0.0,
+            invalid_rate=0.0,
+        )
+    )
+    base = await s.start("127.0.0.1", 0)
+    yield s, base
+    await s.stop()
+
+
+def status(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["status", *args])
+    return code, capsys.readouterr().out
+
+
+def dig(doc: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        doc = doc[part]
+    return doc
+
+
+_RUNNING: list[tuple[asyncio.Event, asyncio.Task[int]]] = []
+
+
+@pytest.fixture(autouse=True)
+async def _finish_daemons() -> AsyncIterator[None]:
+    # A failed assertion must not leave a daemon running into the loop's
+    # teardown, which would cancel its store's writer under it.
+    yield
+    while _RUNNING:
+        stop, task = _RUNNING.pop()
+        stop.set()
+        await asyncio.wait({task}, timeout=20)
+
+
+async def start(path: Path, **kw: Any) -> tuple[asyncio.Event, asyncio.Task[int]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_daemon(
+            load_config(path),
+            api_key="k",
+            clock=SystemClock(),
+            notifier=Notifier(None),
+            stop=stop,
+            install_signals=False,
+            snapshot_every_s=0.2,
+            **kw,
+        )
+    )
+    _RUNNING.append((stop, task))
+    return stop, task
+
+
+async def until(pred: Any, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+async def test_healthy_running_then_stopped(
+    sim: tuple[Simulator, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _s, base = sim
+    path = write_config(tmp_path, base)
+    db = tmp_path / "deals.db"
+    stop, task = await start(path)
+
+    def settled() -> bool:
+        try:
+            doc = gather(db)
+        except Exception:
+            return False
+        return bool(doc["healthy"]) and doc["deals"]["total"] > 0 and (
+            doc["deals"]["pending_backfill"] == 0
+        )
+
+    await until(settled)
+    code, out = status(capsys, "--config", str(path), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    for key in (
+        "healthy", "deals.total", "deals.backfilled", "deals.pending_backfill",
+        "workers.upserter.state", "workers.upserter.last_progress_at",
+        "workers.backfiller.state", "tokens.refill_rate", "backfill_eta_s",
+    ):  # fmt: skip
+        dig(doc, key)
+    assert doc["healthy"] is True
+    assert doc["deals"]["total"] == doc["deals"]["backfilled"] > 0
+    assert doc["tokens"]["refill_rate"] == 500
+    assert doc["backfill_eta_s"] == 0
+    code, text = status(capsys, "--config", str(path))
+    assert code == 0
+    assert "running" in text and "healthy" in text and "worker upserter" in text
+
+    stop.set()
+    assert await task == 0
+    code, text = status(capsys, "--database", str(db))
+    assert code == 1
+    assert "not running: stopped since" in text
+    code, out = status(capsys, "--database", str(db), "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["healthy"] is False
+    assert doc["daemon"]["state"] == "stopped"
+    assert doc["workers"]["upserter"]["state"] == "stopped"
+
+
+async def test_stalled_daemon_reads_unhealthy_with_its_cause(
+    sim: tuple[Simulator, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s, base = sim
+    s.control(outage=True)  # ingestion never succeeds
+    path = write_config(tmp_path, base)
+    db = tmp_path / "deals.db"
+    stop, task = await start(path, health_margin_s=1.0)
+
+    def stalled() -> bool:
+        try:
+            return bool(gather(db)["workers"]["upserter"]["state"] == "stalled")
+        except Exception:
+            return False
+
+    await until(stalled)
+    code, out = status(capsys, "--database", str(db), "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["healthy"] is False
+    assert doc["daemon"]["state"] == "running"
+    assert any("upserter stalled" in c for c in doc["daemon"]["causes"])
+    code, text = status(capsys, "--database", str(db))
+    assert code == 1 and "UNHEALTHY" in text and "cause: upserter stalled" in text
+    stop.set()
+    assert await task == 0
+
+
+async def _db_with_daemon_row(db: Path, *, heartbeat: float, stopped: bool) -> None:
+    store = await Store.open(db, clock=SystemClock())
+    row = {
+        "pid": 424242,
+        "started_at": iso_utc(heartbeat - 60),
+        "heartbeat_at": iso_utc(heartbeat),
+        "stopped_at": iso_utc(heartbeat) if stopped else None,
+        "healthy": 1,
+        "snapshot": json.dumps({"status": "healthy", "heartbeat_s": 5, "causes": []}),
+    }
+    await store.write(lambda c: queries.write_daemon(c, row))
+    await store.close()
+
+
+async def test_a_daemon_that_died_without_stopping_is_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "deals.db"
+    # A heartbeat a second old and healthy=1, but no process holds the lock.
+    await _db_with_daemon_row(db, heartbeat=time.time() - 1, stopped=False)
+    code, text = status(capsys, "--database", str(db))
+    assert code == 1
+    assert "died without stopping" in text
+    assert json.loads(status(capsys, "--database", str(db), "--json")[1])["healthy"] is False
+
+
+async def test_a_held_lock_with_a_stale_heartbeat_is_hung_not_healthy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "deals.db"
+    await _db_with_daemon_row(db, heartbeat=time.time() - 600, stopped=False)
+    with InstanceLock(db):
+        code, out = status(capsys, "--database", str(db), "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["healthy"] is False
+    assert doc["daemon"]["state"] == "hung"
+
+
+def test_no_database_and_a_bad_config_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--database", str(tmp_path / "nope.db")]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[upserter]\ninterval_s = 'abc'\n")
+    assert main(["status", "--config", str(bad)]) == 2
+    assert "upserter.interval_s" in capsys.readouterr().err
