@@ -25,28 +25,6 @@ from typing import IO, Annotated, Any, Literal, get_args, get_origin
 import msgspec
 from msgspec import Meta
 
-__all__ = [
-    "DEFAULT_CONFIG_PATH",
-    "EX_CONFIG",
-    "LIVE_KEYS",
-    "BackfillerConfig",
-    "Change",
-    "Config",
-    "ConfigError",
-    "DatabaseConfig",
-    "JanitorConfig",
-    "KeepaConfig",
-    "LogConfig",
-    "ProfitConfig",
-    "TokensConfig",
-    "UpserterConfig",
-    "check_config",
-    "diff_live",
-    "load_api_key",
-    "load_config",
-    "resolve_config_path",
-]
-
 EX_CONFIG = 78  # sysexits.h: the unit's RestartPreventExitStatus, a restart cannot fix a typo
 DEFAULT_CONFIG_PATH = Path("/etc/dealsd/config.toml")
 CREDENTIAL_NAME = "keepa_api_key"  # LoadCredential=keepa_api_key:/path in the unit
