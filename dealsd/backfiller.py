@@ -35,6 +35,7 @@ from dealsd.keepa import (
     ProductParams,
     RequestRejected,
 )
+from dealsd.logs import FailureLog
 from dealsd.payloads import PRODUCT_TYPE_INVALID, Item, PayloadError, Product
 from dealsd.store import Store
 from dealsd.supervisor import RoundResult
@@ -87,6 +88,7 @@ class Backfiller:
         self._profit = profit
         self._health = health
         self.failed_batches = 0
+        self._faults = FailureLog(clock=clock)
         self.given_up = 0
 
     @property
@@ -151,11 +153,13 @@ class Backfiller:
             self._batch_failed(exc, len(asins))
             for asin in asins:
                 await self._failure(asin, f"rejected: {exc}", refresh=refresh)
-            return RoundResult(sleep_s=FAILED_BATCH_PAUSE_S)
+            return RoundResult(sleep_s=self._pause_s())
         except (KeepaError, PayloadError) as exc:
             self._batch_failed(exc, len(asins))
-            return RoundResult(sleep_s=FAILED_BATCH_PAUSE_S)
+            return RoundResult(sleep_s=self._pause_s())
         self._health.access_granted()
+        for key in self._faults.active():
+            self._faults.clear(key)
         self._health.running(self.name)
         returned = max(1, len(page.items))
         per_product = round(page.tokens_consumed / returned)
@@ -249,11 +253,19 @@ class Backfiller:
 
         return write
 
+    def _pause_s(self) -> float:
+        # Never longer than the idle time: the stall window is built from it.
+        return min(FAILED_BATCH_PAUSE_S, float(self._cfg.idle_s))
+
     def _batch_failed(self, exc: BaseException, size: int) -> None:
         self.failed_batches += 1
         self._health.error(self.name, f"{type(exc).__name__}: {exc}")
-        log.warning(
+        self._health.backing_off(self.name, f"batch failed: {type(exc).__name__}", self._pause_s())
+        # An outage fails every batch: say it once, then count it.
+        self._faults.log_failure(
+            log,
             "backfill_batch_failed",
+            f"backfill:{type(exc).__name__}",
             error=f"{type(exc).__name__}: {exc}",
             batch=size,
             failed_batches=self.failed_batches,

@@ -110,6 +110,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._reload_requested = False
         self._signals = 0
+        self._stopping_sent = False
         self.health = Health(clock=clock, writer_stats=store.writer_stats, margin_s=health_margin_s)
         sel = cfg.upserter.selection
         self.upserter = Upserter(
@@ -141,12 +142,19 @@ class Daemon:
         self._signals += 1
         if self._signals == 1:
             log.info("stopping", signal=signame)
-            self._notifier.stopping()
+            self.announce_stopping()
             self.stop.set()
         else:
             log.warning("stopping_now", signal=signame)
             self.supervisor.cancel_now()
         self._wake.set()
+
+    def announce_stopping(self) -> None:
+        """STOPPING=1, once, however the stop was asked for; and time to drain."""
+        if not self._stopping_sent:
+            self._stopping_sent = True
+            self._notifier.stopping()
+            self._notifier.extend_timeout(STOP_GRACE_S + 20.0)
 
     def on_reload_signal(self) -> None:
         self._reload_requested = True
@@ -358,6 +366,7 @@ async def run_daemon(
                 try:
                     await daemon.run()
                 finally:
+                    daemon.announce_stopping()
                     await daemon.supervisor.stop(grace_s=STOP_GRACE_S)
                     await daemon.write_snapshot(stopped=True)
                     for sig in installed:

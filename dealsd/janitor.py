@@ -60,26 +60,32 @@ class Janitor:
     def reconfigure(self, *, config: JanitorConfig) -> None:
         self._cfg = config
 
+    def _window_s(self) -> float:
+        interval = self._health.expected_round_s(self._watch) or 0.0
+        # A short interval gets a short grace: an outage is then noticed in
+        # seconds, and "not seen" is never trusted for longer than it should be.
+        return 2 * interval + min(FAILED_ROUND_GRACE_S, interval)
+
     def ingestion_healthy(self) -> bool:
         """True when the watched worker has succeeded recently enough to trust "not seen"."""
         if not self._health.has_succeeded(self._watch):
             return False
-        interval = self._health.expected_round_s(self._watch) or 0.0
         since = self._health.seconds_since_success(self._watch)
-        # A short interval gets a short grace: an outage is then noticed in
-        # seconds, and "not seen" is never trusted for longer than it should be.
-        grace = min(FAILED_ROUND_GRACE_S, interval)
-        return since is not None and since <= 2 * interval + grace
+        return since is not None and since <= self._window_s()
 
     async def round(self) -> RoundResult:
         cfg = self._cfg
         if not self.ingestion_healthy():
-            if not self._paused:
+            since = self._health.seconds_since_success(self._watch) or 0.0
+            starting = not self._health.has_succeeded(self._watch) and since <= self._window_s()
+            # Right after start the upserter simply has not run yet: waiting
+            # for it is normal and not worth a warning; anything longer is.
+            if not self._paused and not starting:
                 self._paused = True
                 log.warning(
                     "janitor_paused",
                     reason=f"{self._watch} has not succeeded recently",
-                    since_s=self._health.seconds_since_success(self._watch),
+                    since_s=round(since, 1),
                 )
             # Deliberately waiting is alive: the upserter's own stall says what is wrong.
             return RoundResult(sleep_s=float(cfg.interval_s), idle=True)

@@ -93,7 +93,7 @@ def test_simulator_subcommand_serves_keepa(tmp_path: Path) -> None:
 
 
 def test_demo_runs_the_real_daemon_and_reports(tmp_path: Path) -> None:
-    r = dealsd("demo", "--seconds", "4", env=clean_env(TMPDIR=str(tmp_path)), timeout=40)
+    r = dealsd("demo", "--seconds", "3", env=clean_env(TMPDIR=str(tmp_path)), timeout=40)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "deals stored" in r.stdout
     lines = r.stdout.splitlines()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import time
@@ -147,7 +148,7 @@ class Running:
                 cfg,
                 api_key="test-key",
                 clock=SystemClock(),
-                notifier=Notifier(None),
+                notifier=kw.pop("notifier", None) or Notifier(None),
                 stop=self.stop,
                 config_path=path,
                 install_signals=False,
@@ -355,3 +356,53 @@ async def test_sigterm_with_work_in_flight_exits_zero_with_everything_committed(
     stored = int(db_query(db, "SELECT count(*) FROM product_history")[0][0])
     bought = sum(sim.products_bought.values())
     assert bought - stored <= 50
+
+
+async def test_systemd_ready_status_and_a_watchdog_only_while_healthy(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    addr = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(addr)
+    srv.setblocking(False)
+    got: list[str] = []
+
+    def drain() -> list[str]:
+        new: list[str] = []
+        while True:
+            try:
+                new.extend(srv.recv(4096).decode().splitlines())
+            except BlockingIOError:
+                got.extend(new)
+                return new
+
+    def seen(prefix: str) -> bool:
+        drain()
+        return any(m.startswith(prefix) for m in got)
+
+    path = write_config(tmp_path, sim.base_url)
+    db = tmp_path / "deals.db"
+    notifier = Notifier(addr, watchdog_interval_s=0.2)
+    d = Running(
+        load_config(path), path, notifier=notifier, health_margin_s=1.5, backoff_cap_s=1.0
+    )
+    try:
+        await wait_for(lambda: seen("READY=1"), 10, "READY=1")
+        await wait_for(lambda: counts(db)[0] > 0 and seen("WATCHDOG=1"), 10, "a watchdog ping")
+        assert any(m.startswith("STATUS=deals=") for m in got)
+        sim.control(outage=True)  # the upserter stalls: the watchdog must stop
+        await wait_for(
+            lambda: any(m.startswith("STATUS=") and "UNHEALTHY" in m for m in drain()),
+            10,
+            "an unhealthy STATUS=",
+        )
+        drain()
+        await asyncio.sleep(1.0)
+        quiet = drain()
+        assert "WATCHDOG=1" not in quiet, quiet
+        sim.control(outage=False)
+        await wait_for(lambda: "WATCHDOG=1" in drain(), 10, "the watchdog again once healthy")
+        assert await d.finish() == 0
+        assert seen("STOPPING=1")
+    finally:
+        srv.close()
