@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dealsd.simulator import SimOptions, Simulator
+from dealsd.simulator import Faults, SimOptions, Simulator
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -163,3 +163,36 @@ async def test_sighup_applies_live_changes_and_rejects_a_bad_file(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_second_sigterm_exits_at_once(tmp_path: Path) -> None:
+    # Every request hangs longer than the stop grace: the first SIGTERM waits
+    # for the rounds in flight, the second cancels them.
+    s = Simulator(
+        SimOptions(refill_period_s=0.1, faults=Faults(hang=1.0, hang_s=60.0))
+    )
+    base = await s.start("127.0.0.1", 0)
+    path = good_config(tmp_path, base)
+    text = path.read_text().replace("max_attempts = 1", "max_attempts = 1\nread_timeout_s = 60")
+    path.write_text(text)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dealsd", "run", "--config", str(path),
+        env=clean_env(KEEPA_API_KEY="k"), stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        await _read_until(proc.stderr, "ready", 10)
+        await asyncio.sleep(0.5)  # the upserter's first request is now hanging
+        proc.send_signal(signal.SIGTERM)
+        await _read_until(proc.stderr, "stopping", 5)
+        await asyncio.sleep(0.5)
+        assert proc.returncode is None  # still waiting for the round in flight
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 8) == 0
+        assert time.monotonic() - started < 8
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await s.stop()

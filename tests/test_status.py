@@ -240,3 +240,33 @@ def test_no_database_and_a_bad_config_exit_2(
     bad.write_text("[upserter]\ninterval_s = 'abc'\n")
     assert main(["status", "--config", str(bad)]) == 2
     assert "upserter.interval_s" in capsys.readouterr().err
+
+
+async def test_access_denied_is_unhealthy_with_its_cause_and_stops_spending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = Simulator(SimOptions(refill_period_s=0.1, api_keys=frozenset({"the-right-key"})))
+    base = await s.start("127.0.0.1", 0)
+    try:
+        path = write_config(tmp_path, base)
+        db = tmp_path / "deals.db"
+        stop, task = await start(path)  # with the key "k": 402
+
+        def denied() -> bool:
+            try:
+                return any("access denied" in c for c in gather(db)["daemon"]["causes"])
+            except Exception:
+                return False
+
+        await until(denied)
+        await asyncio.sleep(1.0)
+        code, out = status(capsys, "--database", str(db), "--json")
+        doc = json.loads(out)
+        assert code == 1 and doc["healthy"] is False
+        assert doc["workers"]["upserter"]["state"] == "backing_off"
+        # Each worker asked once and then backed off: no tight loop of 402s.
+        assert sum(s.stats()["requests"].values()) <= 4
+        stop.set()
+        assert await task == 0
+    finally:
+        await s.stop()
