@@ -37,8 +37,9 @@ from dealsd.health import Health, HealthSnapshot, State, WorkerRow
 from dealsd.janitor import Janitor
 from dealsd.keepa import KeepaClient
 from dealsd.lock import AlreadyRunning, InstanceLock
+from dealsd.logs import FailureLog
 from dealsd.notify import Notifier
-from dealsd.store import Store
+from dealsd.store import Store, StoreError
 from dealsd.supervisor import Supervisor
 from dealsd.tokens import TokenScheduler
 from dealsd.upserter import Upserter, price_type
@@ -110,6 +111,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._reload_requested = False
         self._signals = 0
+        self._faults = FailureLog(clock=clock)
         self._stopping_sent = False
         self.health = Health(clock=clock, writer_stats=store.writer_stats, margin_s=health_margin_s)
         sel = cfg.upserter.selection
@@ -182,7 +184,14 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
-            snap = await self.write_snapshot()
+            try:
+                snap = await self.write_snapshot()
+            except StoreError as exc:
+                # A database that cannot take the snapshot (disk full) cannot
+                # take deals either: no watchdog ping, say it once.
+                self._faults.log_failure(log, "snapshot_failed", "snapshot", error=str(exc))
+                continue
+            self._faults.clear("snapshot")
             if snap.healthy:
                 self._notifier.watchdog()
             if self._clock.monotonic() - last_log >= SUMMARY_LOG_EVERY_S:
@@ -286,7 +295,7 @@ class Daemon:
             self._notifier.ready(status=self._last_status)
 
     def apply(self, new: Config) -> None:
-        self.cfg = new
+        old, self.cfg = self.cfg, new
         sel = new.upserter.selection
         self.upserter.reconfigure(config=new.upserter, profit=new.profit)
         self.backfiller.reconfigure(
@@ -297,6 +306,9 @@ class Daemon:
         set_batch = getattr(self._tokens, "set_batch_minutes", None)
         if callable(set_batch):
             set_batch(new.tokens.batch_minutes)
+        elif new.tokens.batch_minutes != old.tokens.batch_minutes:
+            # The scheduler takes batch_minutes only when it is made.
+            log.warning("config_change_needs_restart", key="tokens.batch_minutes")
         try:
             from dealsd.logs import set_level
         except ImportError:  # pragma: no cover - logs.py written alongside
@@ -368,7 +380,10 @@ async def run_daemon(
                 finally:
                     daemon.announce_stopping()
                     await daemon.supervisor.stop(grace_s=STOP_GRACE_S)
-                    await daemon.write_snapshot(stopped=True)
+                    try:
+                        await daemon.write_snapshot(stopped=True)
+                    except StoreError as exc:
+                        log.error("final_snapshot_failed", error=str(exc))
                     for sig in installed:
                         asyncio.get_running_loop().remove_signal_handler(sig)
         finally:
