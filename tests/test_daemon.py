@@ -406,3 +406,37 @@ async def test_systemd_ready_status_and_a_watchdog_only_while_healthy(
         assert seen("STOPPING=1")
     finally:
         srv.close()
+
+
+async def test_profit_follows_the_current_price_after_deals_change(tmp_path: Path) -> None:
+    # Deals keep changing price; each upsert of a backfilled deal recomputes
+    # profit from its new current price (FIELD_NOTES item 8: never a stale 0).
+    s = Simulator(sim_options(catalogue_size=160, changed_deals_per_period=10))
+    await s.start("127.0.0.1", 0)
+    try:
+        # The simulated products have no used-price history: resell as new.
+        path = write_config(tmp_path, s.base_url, extra='[profit]\nreference = "new"\n')
+        db = tmp_path / "deals.db"
+        d = Running(load_config(path), path)
+        await wait_for(lambda: counts(db)[1] >= 150, 10, "a backfill")
+        backfilled_at = time.time()
+        await asyncio.sleep(2.5)  # two more upserter rounds of changed prices
+        assert await d.finish() == 0
+    finally:
+        await s.stop()
+    rows = db_query(
+        db,
+        "SELECT asin, current_used_cents, avg90_new_cents, referral_fee_pct, fba_fee_cents, "
+        "expected_sale_cents, profit_cents, last_seen_at, backfilled_at FROM deals "
+        "WHERE backfilled_at IS NOT NULL AND current_used_cents IS NOT NULL "
+        "AND avg90_new_cents > 0",
+    )
+    assert rows
+    updated_after = [r for r in rows if r["last_seen_at"] > iso_utc(backfilled_at)]
+    assert updated_after, "no backfilled deal was seen again"
+    for r in rows:
+        sale = r["avg90_new_cents"]
+        pct = r["referral_fee_pct"] if r["referral_fee_pct"] is not None else 15.0
+        fees = round(sale * pct / 100) + (r["fba_fee_cents"] or 0)
+        assert r["expected_sale_cents"] == sale
+        assert r["profit_cents"] == sale - r["current_used_cents"] - fees, dict(r)
