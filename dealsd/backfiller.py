@@ -308,4 +308,4 @@ class Backfiller:
             self.given_up += 1
             log.warning("backfill_gave_up", asin=asin, reason=reason, attempts=attempts)
         else:
-            log.info("backfill_retry_later", asin=asin, reason=reason, attempts=attempts)
+            log.debug("backfill_retry_later", asin=asin, reason=reason, attempts=attempts)

@@ -24,11 +24,13 @@ from dealsd.daemon import run_daemon
 from dealsd.notify import Notifier
 from dealsd.simulator import SimOptions, Simulator
 
-# One Keepa minute per second at 20 tokens/minute: a first fill and a good
-# part of the backfill happen within the default 30 s.
+# One Keepa minute per second at 20 tokens/minute, starting from a small
+# balance: the first fill is quick and the backfill then visibly runs at the
+# pace of the refill, as it would on a real plan (only 60 times faster).
 DEMO_PERIOD_S = 1.0
 DEMO_REFILL = 20
-DEMO_CATALOGUE = 1500
+DEMO_INITIAL_TOKENS = 100
+DEMO_CATALOGUE = 3000
 
 CONFIG_TEMPLATE = """\
 # Written by `dealsd demo`: the daemon against the local simulator.
@@ -42,7 +44,7 @@ path = "{db}"
 interval_s = 5
 
 [backfiller]
-idle_s = 2
+idle_s = 0.5
 
 [janitor]
 interval_s = 60
@@ -87,6 +89,7 @@ async def _demo(seconds: float, out: TextIO) -> int:
             refill_rate=DEMO_REFILL,
             refill_period_s=DEMO_PERIOD_S,
             catalogue_size=DEMO_CATALOGUE,
+            initial_tokens=DEMO_INITIAL_TOKENS,
         )
     )
     base_url = await sim.start("127.0.0.1", 0)
@@ -108,8 +111,8 @@ async def _demo(seconds: float, out: TextIO) -> int:
         )
     )
     try:
-        while not daemon.done() and time.monotonic() - started < seconds:
-            await asyncio.wait({daemon}, timeout=min(2.0, seconds))
+        while not daemon.done() and (left := seconds - (time.monotonic() - started)) > 0:
+            await asyncio.wait({daemon}, timeout=min(2.0, left))
             print(_line(time.monotonic() - started, db, sim), file=out, flush=True)
         stop.set()
         code = await daemon
@@ -123,7 +126,8 @@ async def _demo(seconds: float, out: TextIO) -> int:
     print(
         f"dealsd demo: done in {time.monotonic() - started:.1f}s (daemon exit {code}): "
         f"{d.get('total', 0)} deals stored, {d.get('backfilled', 0)} backfilled, "
-        f"{st.get('tokens_consumed', 0)} tokens spent of {st.get('tokens_generated', 0)} generated",
+        f"{st.get('tokens_consumed', 0)} tokens spent ({DEMO_INITIAL_TOKENS} at start "
+        f"+ {st.get('tokens_generated', 0)} generated)",
         file=out,
     )
     print(f"database: {db}", file=out)
