@@ -440,3 +440,35 @@ async def test_profit_follows_the_current_price_after_deals_change(tmp_path: Pat
         fees = round(sale * pct / 100) + (r["fba_fee_cents"] or 0)
         assert r["expected_sale_cents"] == sale
         assert r["profit_cents"] == sale - r["current_used_cents"] - fees, dict(r)
+
+
+async def test_a_changed_selection_starts_afresh(tmp_path: Path) -> None:
+    s = Simulator(sim_options(catalogue_size=160))
+    await s.start("127.0.0.1", 0)
+    try:
+        path = write_config(tmp_path, s.base_url)
+        db = tmp_path / "deals.db"
+
+        def marks() -> list[str]:
+            try:
+                rows = db_query(db, "SELECT name FROM checkpoints WHERE name LIKE '%.watermark'")
+            except sqlite3.OperationalError:
+                return []
+            return sorted(r[0] for r in rows)
+
+        d = Running(load_config(path), path)
+        await wait_for(lambda: len(marks()) == 1, 10, "a first watermark")
+        assert await d.finish() == 0
+        first = marks()
+        pages = s.stats()["deal_pages"]
+        # Same selection plus one more filter: the old watermark says nothing
+        # about this query's results, so it pages the whole result again.
+        text = path.read_text().replace("sortType = 1", "sortType = 1\nhasReviews = false")
+        path.write_text(text)
+        d = Running(load_config(path), path)
+        await wait_for(lambda: len(marks()) == 2, 10, "a second watermark")
+        assert await d.finish() == 0
+    finally:
+        await s.stop()
+    assert first[0] in marks()
+    assert s.stats()["deal_pages"] - pages >= 2  # 160 deals: pages 0 and 1, from the start
