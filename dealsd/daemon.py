@@ -50,6 +50,7 @@ EX_OK = 0
 EX_SOFTWARE = 70
 EX_DATAERR = 65  # the database file is not ours to use (not SQLite, schema too new)
 EX_TEMPFAIL = 75  # another instance holds the lock
+EX_CANTCREAT = 73  # the database cannot be opened or created
 SNAPSHOT_EVERY_S = 5.0
 SUMMARY_LOG_EVERY_S = 60.0
 STOP_GRACE_S = 10.0
@@ -334,19 +335,26 @@ async def run_daemon(
 
     stop = stop if stop is not None else asyncio.Event()
     db_path = Path(cfg.database.path)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
     lock = InstanceLock(db_path)
     try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except AlreadyRunning as exc:
         log.error("already_running", pid=exc.pid, database=str(db_path))
         return EX_TEMPFAIL
+    except OSError as exc:
+        log.error("database_unavailable", database=str(db_path), error=str(exc))
+        return EX_CANTCREAT
     try:
         try:
             store = await Store.open(db_path, clock=clock)
         except (NotADatabase, SchemaTooNew) as exc:
             log.error("database_refused", database=str(db_path), error=str(exc))
             return EX_DATAERR
+        except (OSError, sqlite3.Error) as exc:
+            # Unwritable directory, read-only file system: say which file, no traceback.
+            log.error("database_unavailable", database=str(db_path), error=str(exc))
+            return EX_CANTCREAT
         tokens = TokenScheduler(
             clock=clock, weights=dict(cfg.tokens.weights), batch_minutes=cfg.tokens.batch_minutes
         )

@@ -196,3 +196,13 @@ async def test_a_second_sigterm_exits_at_once(tmp_path: Path) -> None:
             proc.kill()
             await proc.wait()
         await s.stop()
+
+
+def test_an_unusable_database_path_exits_73_without_a_traceback(tmp_path: Path) -> None:
+    path = good_config(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    path.write_text(path.read_text().replace(str(tmp_path / "deals.db"), str(blocker / "deals.db")))
+    r = dealsd("run", "--config", str(path), env=clean_env(KEEPA_API_KEY="k"))
+    assert r.returncode == 73, r.stderr
+    assert "database_unavailable" in r.stderr and "Traceback" not in r.stderr
