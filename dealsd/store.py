@@ -31,12 +31,11 @@ import structlog
 
 from dealsd import schema
 from dealsd.clock import Clock
-from dealsd.schema import SchemaTooNew
+from dealsd.schema import NotADatabase, SchemaTooNew
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-SQLITE_HEADER = b"SQLite format 3\x00"
 # Between tries on a lock held by another process. SQLite's busy_timeout has
 # already waited inside each try; this pause only keeps the loop polite.
 BUSY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0)
@@ -55,10 +54,6 @@ class StoreClosed(StoreError):
 
 class StoreFull(StoreError):
     """The disk (or ``max_page_count``) is full: this group was rolled back."""
-
-
-class NotADatabase(StoreError):
-    """The file exists but is not an SQLite database; it was left untouched."""
 
 
 __all__ = [
@@ -247,29 +242,16 @@ class Store:
         by a newer dealsd; neither file is modified.
         """
         path = Path(path)
-        _check_header(path)
+        schema.check_header(path)
         timeout_ms = int(busy_timeout_s * 1000)
         writer = await aiosqlite.connect(str(path), isolation_level=None, timeout=busy_timeout_s)
-
-        def setup(conn: sqlite3.Connection) -> int:
-            conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-            # Version first: a file from a newer dealsd must not even get its
-            # journal mode changed.
-            if schema.user_version(conn) > schema.SCHEMA_VERSION:
-                raise SchemaTooNew(schema.user_version(conn), schema.SCHEMA_VERSION)
-            conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL loses nothing on process death, only on power loss.
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            # Each write's SAVEPOINT journals the pages it touches; in memory
-            # that costs ~5 us a write, in a temp file ~15 us (bench/writer.py).
-            conn.execute("PRAGMA temp_store = MEMORY")
-            return schema.apply_migrations(conn)
 
         opened: list[aiosqlite.Connection] = [writer]
         try:
             try:
-                before = await _on_thread(writer, setup)
+                before = await _on_thread(
+                    writer, lambda c: schema.prepare_writer(c, busy_timeout_ms=timeout_ms)
+                )
             except sqlite3.DatabaseError as exc:
                 if "not a database" in str(exc) or "malformed" in str(exc):
                     raise NotADatabase(f"{path}: {exc}") from exc
@@ -493,16 +475,3 @@ class Store:
                 job.future.set_result(value)
             else:
                 job.future.set_exception(value)
-
-
-def _check_header(path: Path) -> None:
-    """Refuse a non-SQLite file before SQLite opens (and might write to) it."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(len(SQLITE_HEADER))
-    except FileNotFoundError:
-        return
-    except IsADirectoryError as exc:
-        raise NotADatabase(f"{path}: is a directory") from exc
-    if head and head != SQLITE_HEADER:
-        raise NotADatabase(f"{path}: not an SQLite database (header {head[:16]!r})")
