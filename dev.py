@@ -64,15 +64,18 @@ def ensure_venv(extras: str) -> None:
             subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(VENV)],
                            check=True)
             _bootstrap_pip()
-    # Reinstall only when pyproject.toml or the extras asked for changed.
+    # Reinstall only when pyproject.toml changed or these extras are not in yet
+    # (an install with [dev] serves the plain one too).
     stamp = VENV / ".dealsd-installed"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
-    if stamp.exists() and stamp.read_text() == want:
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    have = stamp.read_text().split() if stamp.exists() else []
+    if have[:1] == [digest] and (extras == "" or extras in have[1:]):
         return
     print(f"dev.py: installing dealsd{extras} into {VENV}", flush=True)
     _run(PY, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
          "-e", f"{ROOT}{extras}")
-    stamp.write_text(want)
+    kept = have[1:] if have[:1] == [digest] else []
+    stamp.write_text(" ".join([digest, *sorted({*kept, extras} - {""})]))
 
 
 def main(argv: list[str]) -> int:
