@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -133,13 +134,28 @@ async def test_sighup_applies_live_changes_and_rejects_a_bad_file(
     sim_url: str, tmp_path: Path
 ) -> None:
     path = good_config(tmp_path, sim_url)
+    # systemd's side of the notify protocol: a real datagram socket.
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+
+    def notified() -> list[str]:
+        got: list[str] = []
+        while True:
+            try:
+                got.extend(notify.recv(4096).decode().splitlines())
+            except BlockingIOError:
+                return got
+
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dealsd", "run", "--config", str(path),
-        env=clean_env(KEEPA_API_KEY="k"), stderr=asyncio.subprocess.PIPE,
+        env=clean_env(KEEPA_API_KEY="k", NOTIFY_SOCKET=str(tmp_path / "notify.sock")),
+        stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
     try:
         await _read_until(proc.stderr, "ready", 10)
+        assert "READY=1" in notified()
         # A second daemon on the same database is refused, naming the holder.
         second = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "dealsd", "run", "--config", str(path),
@@ -152,6 +168,11 @@ async def test_sighup_applies_live_changes_and_rejects_a_bad_file(
         proc.send_signal(signal.SIGHUP)
         line = await _read_until(proc.stderr, "config_changed", 10)
         assert "upserter.interval_s" in line
+        await asyncio.sleep(0.2)
+        messages = notified()
+        # RELOADING=1 first, READY=1 once the new config is in force.
+        assert "RELOADING=1" in messages, messages
+        assert "READY=1" in messages[messages.index("RELOADING=1"):], messages
         path.write_text("[upserter]\ninterval_s = -3\n")
         proc.send_signal(signal.SIGHUP)
         await _read_until(proc.stderr, "reload_rejected", 10)
@@ -160,6 +181,7 @@ async def test_sighup_applies_live_changes_and_rejects_a_bad_file(
         await _read_until(proc.stderr, "stopped", 15)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:
+        notify.close()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
