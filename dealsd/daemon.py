@@ -37,7 +37,7 @@ from dealsd.health import Health, HealthSnapshot, State, WorkerRow
 from dealsd.janitor import Janitor
 from dealsd.keepa import KeepaClient
 from dealsd.lock import AlreadyRunning, InstanceLock
-from dealsd.logs import FailureLog
+from dealsd.logs import FailureLog, set_level
 from dealsd.notify import Notifier
 from dealsd.store import Store, StoreError
 from dealsd.supervisor import Supervisor
@@ -254,8 +254,8 @@ class Daemon:
                         "last_commit_at": (
                             iso_utc(stats.last_commit_at) if stats.last_commit_at else None
                         ),
-                        "busy_since": getattr(stats, "busy_since", None),
-                        "last_error": getattr(stats, "last_error", None),
+                        "busy_since": stats.busy_since,
+                        "last_error": stats.last_error,
                     },
                 }
             ),
@@ -296,7 +296,7 @@ class Daemon:
             self._notifier.ready(status=self._last_status)
 
     def apply(self, new: Config) -> None:
-        old, self.cfg = self.cfg, new
+        self.cfg = new
         sel = new.upserter.selection
         self.upserter.reconfigure(config=new.upserter, profit=new.profit)
         self.backfiller.reconfigure(
@@ -304,16 +304,7 @@ class Daemon:
         )
         self.janitor.reconfigure(config=new.janitor)
         self._tokens.set_weights(dict(new.tokens.weights))
-        set_batch = getattr(self._tokens, "set_batch_minutes", None)
-        if callable(set_batch):
-            set_batch(new.tokens.batch_minutes)
-        elif new.tokens.batch_minutes != old.tokens.batch_minutes:
-            # The scheduler takes batch_minutes only when it is made.
-            log.warning("config_change_needs_restart", key="tokens.batch_minutes")
-        try:
-            from dealsd.logs import set_level
-        except ImportError:  # pragma: no cover - logs.py written alongside
-            return
+        self._tokens.set_batch_minutes(new.tokens.batch_minutes)
         set_level(new.log.level)
 
 

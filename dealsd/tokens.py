@@ -197,6 +197,12 @@ class TokenScheduler:
                 raise ValueError(f"token weight for {name!r} must be > 0, got {weight!r}")
         self._weights = dict(weights)
 
+    def set_batch_minutes(self, minutes: float) -> None:
+        """Replace the batch bound in minutes of refill (SIGHUP)."""
+        if not minutes > 0:
+            raise ValueError(f"batch_minutes must be > 0, got {minutes!r}")
+        self._batch_minutes = minutes
+
     def _weight(self, consumer: str) -> float:
         return self._weights.get(consumer, 1.0)
 

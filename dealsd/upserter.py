@@ -160,7 +160,7 @@ class Upserter:
                 "deal_page_stored",
                 page=page,
                 deals=len(rows),
-                new=getattr(counts, "new", None),
+                new=counts.new,
                 skipped=len(result.skipped),
                 tokens=tokens_spent,
             )
