@@ -307,9 +307,18 @@ class KeepaClient:
     def estimate_product_cost(self, params: ProductParams, n: int) -> int:
         return estimate_product_cost(params, n)
 
-    def _expected_cost(self, consumer: str, n: int, default_per_item: float) -> int:
+    def expected_product_cost(
+        self, params: ProductParams, n: int, *, consumer: str = "backfiller", kind: str = ""
+    ) -> int:
+        """What ``products()`` will ask the scheduler for: the observed cost of this
+        kind of work when there is one, else the table's estimate."""
+        return self._expected_cost(consumer, n, estimate_product_cost(params, 1), kind=kind)
+
+    def _expected_cost(
+        self, consumer: str, n: int, default_per_item: float, *, kind: str = ""
+    ) -> int:
         """The scheduler's observed cost per item when it has one, else the table's."""
-        observed = self._tokens.cost_per_item(consumer)
+        observed = self._tokens.cost_per_item(consumer, kind=kind)
         per_item = default_per_item if observed is None else observed
         return max(0, math.ceil(per_item * n - 1e-9))
 
@@ -331,17 +340,25 @@ class KeepaClient:
         return DealPage(reply.value.items, reply.value.skipped, reply.envelope)
 
     async def products(
-        self, asins: Sequence[str], params: ProductParams, *, consumer: str = "backfiller"
+        self,
+        asins: Sequence[str],
+        params: ProductParams,
+        *,
+        consumer: str = "backfiller",
+        kind: str = "",
     ) -> ProductPage:
-        """/product for up to 100 ASINs; ``missing`` lists those Keepa did not answer for."""
+        """/product for up to 100 ASINs; ``missing`` lists those Keepa did not answer for.
+
+        ``kind`` names the kind of work (e.g. "refresh") whose observed cost per
+        product is estimated and learned separately within ``consumer``.
+        """
         wanted = list(dict.fromkeys(a.strip() for a in asins if a.strip()))
         if not wanted:
             raise ValueError("products() needs at least one ASIN")
         if len(wanted) > MAX_ASINS:
             raise ValueError(f"at most {MAX_ASINS} ASINs per call, got {len(wanted)}")
         query = {"domain": str(self._domain), "asin": ",".join(wanted), **params.to_query()}
-        default = estimate_product_cost(params, 1)
-        cost = self._expected_cost(consumer, len(wanted), default)
+        cost = self.expected_product_cost(params, len(wanted), consumer=consumer, kind=kind)
         reply = await self._call(
             "product", consumer=consumer, cost=cost, query=query, json_body=None,
             decode=decode_products,
@@ -353,7 +370,7 @@ class KeepaClient:
         missing = [a for a in wanted if a.upper() not in seen]
         consumed = reply.envelope.tokens_consumed if reply.envelope is not None else 0
         if reply.envelope is not None:
-            self._tokens.observe(consumer, items=len(wanted), tokens=consumed)
+            self._tokens.observe(consumer, items=len(wanted), tokens=consumed, kind=kind)
         return ProductPage(decoded.items, decoded.skipped, missing, reply.envelope, consumed)
 
     async def token_status(self, *, consumer: str = "startup") -> Envelope:
@@ -395,6 +412,17 @@ class KeepaClient:
                 return await self._attempt(endpoint, query, json_body, decode)
             except _Retry as retry:
                 last = retry
+                if retry.envelope is None:
+                    # No envelope (timeout, reset, a body without one): the
+                    # grant is not in flight any more, whether or not we retry.
+                    self._tokens.release(consumer)
+            except BaseException:
+                # Cancelled (or failed) before a response: without this the
+                # grant would count as in flight for minutes, and a lost first
+                # request would hold the next grant for a whole period. After
+                # an envelope was synced this does nothing.
+                self._tokens.release(consumer)
+                raise
             if attempt == self._max_attempts:
                 break
             if last.status == 429:

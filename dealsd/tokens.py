@@ -185,7 +185,7 @@ class TokenScheduler:
         self._consumed_by: dict[str, int] = {}
         self._granted_by: dict[str, int] = {}
         self._rate_limited = 0
-        self._cost_per_item: dict[str, float] = {}
+        self._cost_per_item: dict[tuple[str, str], float] = {}  # (consumer, kind)
         self._ratio: dict[str, float] = {}  # consumer -> EWMA of real cost / estimate
 
     # -- configuration -------------------------------------------------------
@@ -506,6 +506,31 @@ class TokenScheduler:
             raise
         _TICKET.set(ticket)
 
+    def release(self, consumer: str) -> bool:
+        """The request this task was granted for ``consumer`` got no response.
+
+        For a client whose call was cancelled, timed out or reset after
+        ``acquire`` and before any envelope: the request stops counting as in
+        flight at once (not after ``IN_FLIGHT_MAX_AGE_S``), and a lost probe no
+        longer holds the next grant for a period. Its deduction stays in the
+        balance, since Keepa may have billed it; the next envelope says. Returns
+        False (and does nothing) if this task holds no unanswered grant for
+        ``consumer``, e.g. its envelope was already synced.
+        """
+        ticket = _TICKET.get()
+        if (
+            ticket is None
+            or ticket.owner is not self
+            or ticket.synced
+            or ticket.consumer != consumer
+        ):
+            return False
+        _TICKET.set(None)
+        self._forget(ticket)
+        log.debug("tokens.released", consumer=consumer, cost=ticket.cost)
+        self._dispatch()
+        return True
+
     def _forget(self, ticket: _Ticket) -> None:
         ticket.synced = True
         if ticket in self._in_flight:
@@ -610,22 +635,31 @@ class TokenScheduler:
 
     # -- sizing and reporting --------------------------------------------------
 
-    def observe(self, consumer: str, items: int, tokens: int) -> None:
-        """Record what ``items`` really cost, for batch sizing (an EWMA per item)."""
+    def observe(self, consumer: str, items: int, tokens: int, *, kind: str = "") -> None:
+        """Record what ``items`` really cost, for batch sizing (an EWMA per item).
+
+        ``kind`` keeps work of different prices apart within one consumer (the
+        backfiller's full backfill and its stats-only refresh): one average of
+        both would size each kind's batches by the other's cost.
+        """
         if items <= 0 or tokens < 0:
             return
         per_item = tokens / items
-        old = self._cost_per_item.get(consumer)
-        self._cost_per_item[consumer] = (
+        key = (consumer, kind)
+        old = self._cost_per_item.get(key)
+        self._cost_per_item[key] = (
             per_item if old is None else EWMA_ALPHA * per_item + (1 - EWMA_ALPHA) * old
         )
 
-    def cost_per_item(self, consumer: str) -> float | None:
-        return self._cost_per_item.get(consumer)
+    def cost_per_item(self, consumer: str, *, kind: str = "") -> float | None:
+        """The observed tokens per item of ``consumer``'s ``kind`` of work (None: not yet)."""
+        return self._cost_per_item.get((consumer, kind))
 
-    def batch_size(self, consumer: str, *, lo: int, hi: int, default_cost: float) -> int:
-        """Items whose expected cost fits ``batch_minutes`` of refill, within [lo, hi]."""
-        per_item = self._cost_per_item.get(consumer, default_cost)
+    def batch_size(
+        self, consumer: str, *, lo: int, hi: int, default_cost: float, kind: str = ""
+    ) -> int:
+        """Items of ``kind`` whose expected cost fits ``batch_minutes`` of refill, in [lo, hi]."""
+        per_item = self._cost_per_item.get((consumer, kind), default_cost)
         if self._rate <= 0:
             return lo
         budget = self._batch_minutes * self._rate

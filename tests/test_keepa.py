@@ -422,7 +422,7 @@ async def test_cancel_in_flight_then_the_next_call_resyncs() -> None:
             # Synced first, as the daemon is by its startup check: an unsynced
             # scheduler's first grant is a probe, and a lost probe holds the
             # next grant for a (default 60 s) period.
-            await kc.token_status()
+            synced = (await kc.token_status()).tokens_left
             sim.control(faults={"hang": 1.0})
             call = asyncio.create_task(kc.deals(SELECTION, 0))
             await wait_until(lambda: sim.stats()["faults"].get("hang", 0) == 1)
@@ -430,8 +430,10 @@ async def test_cancel_in_flight_then_the_next_call_resyncs() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(call, 1.0)
             snap = tokens.snapshot()
-            # The lost request stays deducted (Keepa billed it): the safe side.
-            assert snap.waiting == {} and snap.in_flight == 1
+            # Released: no longer in flight, but its cost stays deducted
+            # (Keepa may have billed it) until the next envelope says.
+            assert snap.waiting == {} and snap.in_flight == 0
+            assert snap.balance <= synced - 5
             sim.control(faults={"hang": 0.0})
             page = await kc.deals(SELECTION, 1)  # the same session still works
         assert page.envelope is not None
@@ -440,6 +442,35 @@ async def test_cancel_in_flight_then_the_next_call_resyncs() -> None:
         # At most the lost request's estimate below the truth, never above it.
         assert server - 5 <= tokens.snapshot().balance <= server
         assert tokens.snapshot().waiting == {}
+
+
+async def test_cancelled_first_products_call_does_not_delay_the_next_grant() -> None:
+    # Unsynced, the first grant is a probe; a probe that is never answered
+    # holds the next grant for a whole (default 60 s) period. A caller that
+    # was cancelled is not an unanswered probe: the client releases it.
+    async with simulator(faults=Faults(hang_s=5.0)) as (sim, base):
+        tokens = scheduler()
+        async with client(base, tokens) as kc:
+            sim.control(faults={"hang": 1.0})
+            call = asyncio.create_task(kc.products(["B0D8W1YVBX"], ProductParams()))
+            await wait_until(lambda: sim.stats()["faults"].get("hang", 0) == 1)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(call, 1.0)
+            assert tokens.snapshot().in_flight == 0
+            sim.control(faults={"hang": 0.0})
+            # Not a speed figure: without the release this waits 60 s.
+            page = await asyncio.wait_for(
+                kc.products(["B0F7XPYCSJ"], ProductParams(), consumer="other"), 5.0
+            )
+        assert page.envelope is not None
+        assert tokens.snapshot().in_flight == 0
+
+
+def test_release_without_a_grant_does_nothing() -> None:
+    tokens = scheduler()
+    assert tokens.release("backfiller") is False
+    assert tokens.snapshot().in_flight == 0
 
 
 async def test_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:

@@ -205,6 +205,25 @@ async def test_lost_probe_lets_another_through_after_a_period() -> None:
     assert waiter.done()
 
 
+async def test_released_probe_lets_the_next_through_at_once() -> None:
+    # The same lost probe, but its caller says so (cancelled, no response):
+    # the next grant does not wait out the period, and nothing stays in flight.
+    clock = FakeClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+
+    async def granted_then_lost() -> bool:
+        await sched.acquire("upserter", 5)
+        return sched.release("upserter")
+
+    assert await asyncio.create_task(granted_then_lost())
+    assert sched.snapshot().in_flight == 0
+    await asyncio.wait_for(sched.acquire("backfiller", 5), 1)  # no clock advance
+    assert sched.release("upserter") is False  # another consumer's grant is not its to release
+    sched.sync(env(290, 30_000, 5, consumed=5))
+    assert sched.release("backfiller") is False  # answered: nothing to release
+    assert sched.snapshot().in_flight == 0
+
+
 async def test_request_never_waits_for_its_full_cost_only_for_balance_of_one() -> None:
     clock = FakeClock()
     sched = TokenScheduler(clock=clock, weights=WEIGHTS)
@@ -511,6 +530,25 @@ async def test_batch_size_follows_observed_cost_and_refill_rate() -> None:
         sched.observe("backfiller", 5, 5)
     assert sched.batch_size("backfiller", lo=1, hi=100, default_cost=2) in (24, 25)
     assert sched.batch_size("backfiller", lo=1, hi=20, default_cost=2) == 20
+
+
+async def test_observed_cost_is_kept_per_kind_of_work() -> None:
+    # A full backfill with offers costs ~7 a product, the stats-only refresh
+    # 1: mixed in one average, refresh batches would be sized 4x too small and
+    # full ones too large. Fairness stays per consumer.
+    clock = FakeClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS, batch_minutes=1.0)
+    sched.sync(env(0, 60_000, 100))
+    for _ in range(5):
+        sched.observe("backfiller", 10, 70)
+        sched.observe("backfiller", 10, 10, kind="refresh")
+    assert sched.cost_per_item("backfiller") == pytest.approx(7.0)
+    assert sched.cost_per_item("backfiller", kind="refresh") == pytest.approx(1.0)
+    assert sched.batch_size("backfiller", lo=1, hi=100, default_cost=2) == 14
+    assert sched.batch_size("backfiller", lo=1, hi=100, default_cost=2, kind="refresh") == 100
+    # A kind never observed uses the caller's default, not another kind's cost.
+    assert sched.cost_per_item("backfiller", kind="offers") is None
+    assert sched.batch_size("backfiller", lo=1, hi=100, default_cost=4, kind="offers") == 25
 
 
 async def test_lying_estimate_is_corrected_by_the_envelope_and_charged_in_full() -> None:
