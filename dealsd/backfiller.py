@@ -48,6 +48,11 @@ ACCESS_DENIED_BACKOFF_S = 600.0
 # a persistent one does not spin.
 FAILED_BATCH_PAUSE_S = 10.0
 _PRICE_COLUMNS = ("current_amazon_cents", "current_new_cents", "current_used_cents")
+# The two kinds of work differ in price (history and offers vs stats only), so
+# their observed cost per product is learned apart (tokens.observe's kind); the
+# full backfill is the consumer's main work and keeps the plain key.
+KIND_BACKFILL = ""
+KIND_REFRESH = "refresh"
 
 
 def product_params(cfg: BackfillerConfig) -> ProductParams:
@@ -107,25 +112,21 @@ class Backfiller:
         now_s = self._clock.now()
         now = iso_utc(now_s)
         full = product_params(cfg)
-        size = self._tokens.batch_size(
-            self.name,
-            lo=cfg.min_batch,
-            hi=cfg.max_batch,
-            default_cost=self._client.estimate_product_cost(full, 1),
-        )
+        size = self._batch_size(full, KIND_BACKFILL)
         rows: Sequence[Any] = await self._store.read(
             lambda c: queries.pending_backfill(
                 c, now=now, max_attempts=cfg.max_attempts, limit=size
             )
         )
         refresh = False
-        params = full
+        params, kind = full, KIND_BACKFILL
         if not rows:
+            refresh, params, kind = True, full.stats_only(), KIND_REFRESH
+            size = self._batch_size(params, kind)
             older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
             rows = await self._store.read(
                 lambda c: queries.due_refresh(c, older_than=older, limit=size)
             )
-            refresh, params = True, full.stats_only()
         if not rows:
             # Nothing to do is a sign of life, not a stall.
             return RoundResult(sleep_s=float(cfg.idle_s), idle=True)
@@ -136,12 +137,13 @@ class Backfiller:
             )
             for r in rows
         }
-        cost = self._client.estimate_product_cost(params, len(asins))
+        # The ETA uses what the client will ask for: this kind's observed cost.
+        cost = self._client.expected_product_cost(params, len(asins), consumer=self.name, kind=kind)
         wait = self._tokens.expected_wait(self.name, cost)
         if wait > 1.0:
             self._health.waiting_for_tokens(self.name, wait)
         try:
-            page = await self._client.products(asins, params, consumer=self.name)
+            page = await self._client.products(asins, params, consumer=self.name, kind=kind)
         except AccessDenied as exc:
             self._health.access_denied(str(exc))
             self._health.backing_off(self.name, "keepa access denied", ACCESS_DENIED_BACKOFF_S)
@@ -207,6 +209,16 @@ class Backfiller:
             self._health.progress(self.name, 0, "products", idle=True)
         # More work may be waiting: the token scheduler paces the next batch.
         return RoundResult(sleep_s=0.0)
+
+    def _batch_size(self, params: ProductParams, kind: str) -> int:
+        """Products of this kind whose observed cost fits the scheduler's batch budget."""
+        return self._tokens.batch_size(
+            self.name,
+            lo=self._cfg.min_batch,
+            hi=self._cfg.max_batch,
+            default_cost=self._client.estimate_product_cost(params, 1),
+            kind=kind,
+        )
 
     async def _store_one(
         self, item: Item[Product], buy_cost: int | None, tokens_spent: int, refresh: bool
