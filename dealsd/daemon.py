@@ -3,8 +3,9 @@
 ``run_daemon`` takes the instance lock, opens the store (migrations), builds
 the token scheduler, the Keepa client, health, the workers and their
 supervisor, then tells systemd it is ready. While it runs it keeps systemd's
-STATUS= line current, pets the watchdog only while health says healthy (a
-stalled daemon gets restarted by systemd instead of looking alive), and writes
+STATUS= line current, pets the watchdog unless a restart may cure what is
+wrong (a stalled worker or a stuck writer gets the daemon restarted by systemd
+instead of looking alive; a refused key leaves it unhealthy but running), and writes
 the health snapshot into the database every few seconds so `dealsd status`
 can read it from another process.
 
@@ -193,7 +194,14 @@ class Daemon:
                 self._faults.log_failure(log, "snapshot_failed", "snapshot", error=str(exc))
                 continue
             self._faults.clear("snapshot")
-            if snap.healthy:
+            # The watchdog asks "would a restart help?", not "is all well?":
+            # it stops for a stalled worker or a stuck writer (a restart may
+            # cure those), and keeps going while the only causes are ones a
+            # restart cannot fix (Keepa refusing the key: 402, invalid key).
+            # Those stay in STATUS= and `dealsd status` as unhealthy, for the
+            # operator; stopping the pings would only get the service killed
+            # and restarted every watchdog period, forever.
+            if snap.watchdog_ok:
                 self._notifier.watchdog()
             if self._clock.monotonic() - last_log >= SUMMARY_LOG_EVERY_S:
                 last_log = self._clock.monotonic()

@@ -102,6 +102,12 @@ class HealthSnapshot:
     writer_queue: int | None = None
     writer_last_commit_at: float | None = None
     counts: dict[str, float] = field(default_factory=dict)
+    # False when a cause is one a restart may cure (a stalled worker, a stuck
+    # writer). Causes only an operator can cure (Keepa refusing the key) leave
+    # it True: the daemon stays unhealthy and says why, but systemd must not
+    # kill and restart it every watchdog period for something a restart
+    # cannot fix.
+    watchdog_ok: bool = True
 
     def worker(self, name: str) -> WorkerRow:
         for row in self.workers:
@@ -245,10 +251,12 @@ class Health:
         now_mono = self._clock.monotonic()
         rows = tuple(self._row(w, now_mono) for w in self._workers.values())
         causes: list[str] = []
+        restartable = 0  # causes a restart may cure
         if self._access_denied is not None:
             causes.append(f"keepa access denied: {self._access_denied}")
         for row in rows:
             if row.state is State.STALLED:
+                restartable += 1
                 causes.append(f"{row.name} stalled: no progress for over {row.stall_after_s:.0f}s")
         queue_len: int | None = None
         last_commit: float | None = None
@@ -260,6 +268,7 @@ class Health:
                 self._writer_seen_mono = now_mono
             waited = now_mono - self._writer_seen_mono
             if queue_len > 0 and waited > self._writer_bound_s:
+                restartable += 1
                 causes.append(f"writer stuck: {queue_len} queued, no commit for {waited:.0f}s")
         return HealthSnapshot(
             at=self._clock.now(),
@@ -269,6 +278,7 @@ class Health:
             writer_queue=queue_len,
             writer_last_commit_at=last_commit,
             counts=dict(self._counts),
+            watchdog_ok=restartable == 0,
         )
 
     def summary_line(self, snap: HealthSnapshot | None = None) -> str:
@@ -311,6 +321,16 @@ class Health:
                 deadline = max(deadline, w.wait_since_mono + w.token_wait_s + self._margin_s)
             # Backing off never widens the window: a worker failing every round
             # is exactly the dead loop this must catch, however busy it looks.
+            # Except while Keepa refuses the key: the worker then waits for an
+            # operator on purpose (minutes between tries), and reading that as
+            # a stall would make it restartable. It must still try again when
+            # it said it would: the window counts from that moment.
+            if (
+                state is State.BACKING_OFF
+                and self._access_denied is not None
+                and w.next_try_mono is not None
+            ):
+                deadline = max(deadline, w.next_try_mono + window)
             if now_mono > deadline:
                 state = State.STALLED
         return WorkerRow(

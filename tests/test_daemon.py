@@ -408,6 +408,59 @@ async def test_systemd_ready_status_and_a_watchdog_only_while_healthy(
         srv.close()
 
 
+async def test_a_refused_key_reads_unhealthy_but_the_watchdog_keeps_going(
+    tmp_path: Path,
+) -> None:
+    # A restart cannot fix a key: systemd must not kill the service every
+    # watchdog period for it, while STATUS= names the cause for the operator.
+    addr = str(tmp_path / "notify.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    srv.bind(addr)
+    srv.setblocking(False)
+
+    got: list[str] = []
+
+    def drain() -> list[str]:
+        new: list[str] = []
+        while True:
+            try:
+                new.extend(srv.recv(4096).decode().splitlines())
+            except BlockingIOError:
+                got.extend(new)
+                return new
+
+    def status_names_the_key() -> bool:
+        drain()
+        return any(m.startswith("STATUS=") and "access denied" in m for m in got)
+
+    s = Simulator(sim_options(api_keys=frozenset({"someone-else"})))
+    await s.start("127.0.0.1", 0)
+    path = write_config(tmp_path, s.base_url)
+    notifier = Notifier(addr, watchdog_interval_s=0.2)
+    # Stall windows of a few seconds (upserter 1 s rounds, margin 1.5 s): the
+    # workers' 600 s access-denied pauses outlast them many times over.
+    d = Running(
+        load_config(path), path, notifier=notifier, health_margin_s=1.5, backoff_cap_s=1.0
+    )
+    try:
+        await wait_for(status_names_the_key, 10, "an unhealthy STATUS= naming the refused key")
+        drain()
+        await asyncio.sleep(4.0)  # longer than every worker's stall window
+        later = drain()
+        assert "WATCHDOG=1" in later, later
+        statuses = [m for m in later if m.startswith("STATUS=")]
+        assert not any("stalled" in m for m in statuses), statuses
+        daemon = db_query(tmp_path / "deals.db", "SELECT healthy, snapshot FROM daemon")[0]
+        snapshot = json.loads(daemon["snapshot"])
+        assert daemon["healthy"] == 0
+        assert [c for c in snapshot["causes"] if "stalled" not in c] == snapshot["causes"]
+        assert any("keepa access denied" in c for c in snapshot["causes"])
+        assert await d.finish() == 0
+    finally:
+        srv.close()
+        await s.stop()
+
+
 async def test_profit_follows_the_current_price_after_deals_change(tmp_path: Path) -> None:
     # Deals keep changing price; each upsert of a backfilled deal recomputes
     # profit from its new current price (FIELD_NOTES item 8: never a stale 0).

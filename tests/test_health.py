@@ -175,3 +175,46 @@ async def test_last_success_for_the_janitor() -> None:
     assert h.has_succeeded("upserter")
     assert h.seconds_since_success("upserter") == 5
     assert h.seconds_since_success("unknown") is None
+
+
+async def test_a_refused_key_is_unhealthy_but_keeps_the_watchdog() -> None:
+    # A restart cannot fix a key: status says unhealthy, the watchdog goes on.
+    clock = FakeClock()
+    stats = Stats()
+    h = make(clock, writer_stats=lambda: stats, writer_bound_s=60.0)
+    h.register("upserter", expected_round_s=300)  # window 510 s
+    h.progress("upserter")
+    h.access_denied("product: HTTP 402: payment required")
+    h.backing_off("upserter", "keepa access denied", 600.0)
+    await clock.advance(520)  # past its window, but it said it sleeps 600 s
+    snap = h.snapshot()
+    assert not snap.healthy and snap.watchdog_ok
+    assert snap.causes == ("keepa access denied: product: HTTP 402: payment required",)
+    assert snap.worker("upserter").state is State.BACKING_OFF
+    # It must try again when it said it would: silent past that, it is stalled.
+    await clock.advance(600 + 510 - 520 + 1)
+    snap = h.snapshot()
+    assert snap.worker("upserter").state is State.STALLED
+    assert not snap.watchdog_ok
+    # Trying again and being refused again announces the next try: not stalled.
+    h.backing_off("upserter", "keepa access denied", 600.0)
+    assert h.snapshot().watchdog_ok
+
+
+async def test_a_stuck_writer_stops_the_watchdog_even_with_a_refused_key() -> None:
+    clock = FakeClock()
+    stats = Stats(queue_len=3, last_commit_at=1.0)
+    h = make(clock, writer_stats=lambda: stats, writer_bound_s=60.0)
+    h.access_denied("invalid key")
+    assert h.snapshot().watchdog_ok
+    await clock.advance(61)
+    snap = h.snapshot()
+    assert any(c.startswith("writer stuck") for c in snap.causes)
+    assert not snap.watchdog_ok
+    # Without access denied, backing off never widens the window.
+    h.access_granted()
+    h.register("backfiller", expected_round_s=10)  # window 75 s
+    h.progress("backfiller")
+    h.backing_off("backfiller", "batch failed", 600.0)
+    await clock.advance(76)
+    assert h.snapshot().worker("backfiller").state is State.STALLED
