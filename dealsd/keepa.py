@@ -60,13 +60,15 @@ BUYBOX_COST = 2
 DETAIL_MAX = 300
 BIG_BODY = 1 << 20
 
-_KEY_RE = re.compile(r"(?i)\b(key=)[^&\s'\"<>#]*")
+# Any ``key=`` parameter, including ``api_key=``, ``apikey=``, ``api-key=`` (``\b``
+# alone misses ``_key``, ``_`` being a word character), but not ``monkey=``.
+_KEY_RE = re.compile(r"(?i)(?<![a-z0-9])((?:api|access|secret)?[_-]?key=)[^&\s'\"<>#]*")
 # How Keepa (and the simulator) say "this key is no good", whatever the status.
 _BAD_KEY_RE = re.compile(r"(?i)(invalid|unknown|wrong|missing|bad)[ _-]?(api[ _-]?)?key")
 
 
 def redact(text: str) -> str:
-    """Replace the value of every ``key=`` query parameter in ``text`` with ``***``."""
+    """Replace the value of every ``key=``-like parameter in ``text`` with ``***``."""
     return _KEY_RE.sub(r"\1***", text)
 
 

@@ -117,6 +117,12 @@ def exception_texts(exc: BaseException) -> str:
         ("url=http://h/x?key=a%20b#frag", "url=http://h/x?key=***#frag"),
         ("no key here, monkey=1", "no key here, monkey=1"),
         ("key=", "key=***"),
+        ("GET /deal?api_key=abc&page=0", "GET /deal?api_key=***&page=0"),
+        ("url=http://h/x?apikey=abc", "url=http://h/x?apikey=***"),
+        ("API-KEY=abc def", "API-KEY=*** def"),
+        ("?Api_Key=abc#x", "?Api_Key=***#x"),
+        ("access_key=abc&secret_key=def", "access_key=***&secret_key=***"),
+        ("donkey=1&turnkey=2", "donkey=1&turnkey=2"),
     ],
 )
 def test_redact(text: str, expected: str) -> None:
