@@ -10,6 +10,7 @@ printed while it runs; the database is kept so it can be inspected after.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -131,8 +132,43 @@ async def _demo(seconds: float, out: TextIO) -> int:
         file=out,
     )
     print(f"database: {db}", file=out)
-    print(f"inspect it: dealsd status --database {db}", file=out)
+    first, *others = status_commands(db)
+    print(f"inspect it: {first}", file=out)
+    for other in others:
+        print(f"        or: {other}", file=out)
     return 0 if code == 0 else code
+
+
+def _shown(path: Path) -> str:
+    """``path`` as typed from the current directory: relative below it, else absolute."""
+    path = path.absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def status_commands(db: Path) -> list[str]:
+    """Commands that run `dealsd status` on ``db`` from here, the first the plainest.
+
+    Someone who ran ``python3 dev.py demo`` has no ``dealsd`` on their PATH
+    (it lives in the repo's .venv), so a bare ``dealsd status`` would fail:
+    name the script that is running, or ``python -m dealsd``, and dev.py's
+    form when this environment is the repo's .venv.
+    """
+    args = f"status --database {db}"
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == "dealsd" and script.is_file():
+        found = shutil.which("dealsd")
+        if found is not None and Path(found).resolve() == script.resolve():
+            return [f"dealsd {args}"]
+        commands = [f"{_shown(script)} {args}"]
+    else:
+        commands = [f"{_shown(Path(sys.executable))} -m dealsd {args}"]
+    dev = Path(sys.prefix).parent / "dev.py"
+    if dev.is_file():
+        commands.append(f"python3 {_shown(dev)} dealsd {args}")
+    return commands
 
 
 def run_demo(*, seconds: float = 30.0, out: TextIO | None = None) -> int:

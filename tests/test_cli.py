@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
+import shutil
 import signal
 import socket
 import sqlite3
@@ -94,10 +96,29 @@ def test_simulator_subcommand_serves_keepa(tmp_path: Path) -> None:
 
 
 def test_demo_runs_the_real_daemon_and_reports(tmp_path: Path) -> None:
-    r = dealsd("demo", "--seconds", "3", env=clean_env(TMPDIR=str(tmp_path)), timeout=40)
+    # As `python3 dev.py demo` runs it: the venv's console script, from the
+    # repo, with the venv's bin not on PATH; the command it prints must work.
+    root = Path(__file__).resolve().parent.parent
+    script = Path(sys.executable).parent / "dealsd"
+    venv_bin = str(script.parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    env = clean_env(TMPDIR=str(tmp_path), PATH=path)
+    argv = [str(script)] if script.is_file() else [sys.executable, "-m", "dealsd"]
+    r = subprocess.run(
+        [*argv, "demo", "--seconds", "3"], capture_output=True, text=True, env=env,
+        cwd=root, timeout=40,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "deals stored" in r.stdout
     lines = r.stdout.splitlines()
+    inspect = next(ln.split(": ", 1)[1] for ln in lines if ln.startswith("inspect it: "))
+    assert not inspect.startswith("dealsd ") or shutil.which("dealsd", path=path)
+    shown = subprocess.run(
+        shlex.split(inspect), capture_output=True, text=True, env=env, cwd=root, timeout=20
+    )
+    # 1: the demo's daemon has stopped ("not running"); 2 would be "no database".
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "deals" in shown.stdout
     db = Path(next(ln.split(": ", 1)[1] for ln in lines if ln.startswith("database: ")))
     conn = sqlite3.connect(db)
     try:
