@@ -122,26 +122,13 @@ async def wait_for(pred: Callable[[], bool], within: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-_RUNNING: list[Running] = []
-
-
-@pytest.fixture(autouse=True)
-async def _finish_daemons() -> AsyncIterator[None]:
-    # A failed assertion must not leave a daemon running into the loop's
-    # teardown, which would cancel its store's writer under it.
-    yield
-    while _RUNNING:
-        d = _RUNNING.pop()
-        if not d.task.done():
-            d.stop.set()
-            await asyncio.wait({d.task}, timeout=20)
-
-
 class Running:
-    """The daemon as a task in this loop, with its stop event."""
+    """The daemon as a task in this loop, with its stop event.
+
+    One a failed test leaves running is stopped by conftest's ``_stop_leftovers``.
+    """
 
     def __init__(self, cfg: Config, path: Path, **kw: Any) -> None:
-        _RUNNING.append(self)
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(
             run_daemon(

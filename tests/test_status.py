@@ -81,20 +81,6 @@ def dig(doc: dict[str, Any], dotted: str) -> Any:
     return doc
 
 
-_RUNNING: list[tuple[asyncio.Event, asyncio.Task[int]]] = []
-
-
-@pytest.fixture(autouse=True)
-async def _finish_daemons() -> AsyncIterator[None]:
-    # A failed assertion must not leave a daemon running into the loop's
-    # teardown, which would cancel its store's writer under it.
-    yield
-    while _RUNNING:
-        stop, task = _RUNNING.pop()
-        stop.set()
-        await asyncio.wait({task}, timeout=20)
-
-
 async def start(path: Path, **kw: Any) -> tuple[asyncio.Event, asyncio.Task[int]]:
     stop = asyncio.Event()
     task = asyncio.create_task(
@@ -109,7 +95,7 @@ async def start(path: Path, **kw: Any) -> tuple[asyncio.Event, asyncio.Task[int]
             **kw,
         )
     )
-    _RUNNING.append((stop, task))
+    # One a failed test leaves running is stopped by conftest's _stop_leftovers.
     return stop, task
 
 
