@@ -4,16 +4,20 @@ Every write is a plain function ``fn(conn) -> T`` handed to ONE writer
 coroutine (the Datasette shape): SQLite allows one writer at a time, so a
 second writing connection would only ever wait for the first (FIELD_NOTES
 item 1). The writer commits in groups: it takes what is queued (up to
-``group_max``, waiting at most ``group_latency_s`` for more), runs each
-function in its own SAVEPOINT inside one ``BEGIN IMMEDIATE ... COMMIT``, and
+``group_max``, waiting at most ``group_latency_s`` for more), runs the
+functions one after another inside one ``BEGIN IMMEDIATE ... COMMIT``, and
 answers each caller only after COMMIT, so an acknowledged write survives
 kill -9 (WAL + synchronous=NORMAL is durable against process death).
+
+A group runs without a savepoint per write and is replayed without a write
+that raises (``dealsd/groups.py``): a bad write never fails nor rolls back
+the writes that shared its transaction.
 
 Another process (a dashboard) holding the write lock is waited for, never
 reported to a worker as "database is locked"; a full disk fails only the
 writes of that group, as ``StoreFull``, and the writer keeps serving. There
-is one write connection and ``readers`` read connections, all closed by
-``close()`` (FIELD_NOTES item 9).
+is one write connection and ``readers`` read connections
+(``dealsd/readers.py``), all closed by ``close()`` (FIELD_NOTES item 9).
 """
 
 from __future__ import annotations
@@ -21,16 +25,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import aiosqlite
 import structlog
 
-from dealsd import schema
+from dealsd import groups, schema
 from dealsd.clock import Clock
+from dealsd.groups import Outcome
+from dealsd.readers import ReaderPool, on_thread
 from dealsd.schema import NotADatabase, SchemaTooNew
 
 log = structlog.get_logger(__name__)
@@ -76,6 +83,7 @@ class WriterStats:
     busy_since: float | None  # another process holds the lock since (wall epoch)
     full_since: float | None  # disk full since (wall epoch)
     last_error: str | None
+    replays: int = 0  # groups run a second time because one of their writes raised
 
 
 @dataclass(slots=True)
@@ -84,144 +92,54 @@ class _Job(Generic[T]):
     future: asyncio.Future[T]
 
 
-class _Busy(Exception):
-    """Another connection holds the write lock (BEGIN or COMMIT got SQLITE_BUSY)."""
-
-
-_STOP = object()
-
-
-def _code(exc: BaseException) -> int | None:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return None if code is None else int(code) & 0xFF  # primary code of an extended one
-
-
-def _is_busy(exc: BaseException) -> bool:
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    code = _code(exc)
-    if code is not None:
-        return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
-def _is_full(exc: BaseException) -> bool:
-    if not isinstance(exc, sqlite3.Error):
-        return False
-    code = _code(exc)
-    return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
-
-
-async def _on_thread(aconn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn(conn)`` on ``aconn``'s own thread in one hop.
-
-    aiosqlite's public API hops threads once per statement (execute, fetch,
-    commit), which would cap group commit far below SQLite's speed; its
-    ``_execute`` is the only way it offers to run a whole callable there.
-    The sqlite3 connection it wraps is touched only on that thread.
-    """
-    raw = aconn._conn
-    return cast(T, await aconn._execute(fn, raw))  # type: ignore[no-untyped-call]
-
-
-def _run_group(conn: sqlite3.Connection, jobs: list[_Job[Any]]) -> tuple[list[Any], bool]:
-    """On the writer thread: one transaction, one savepoint per job.
-
-    Returns ``(outcomes, committed)``; an outcome is ``(True, result)`` or
-    ``(False, exception)``. ``committed`` False means COMMIT met a busy lock:
-    the transaction is still open and the caller retries COMMIT.
-    Raises ``_Busy`` if BEGIN could not get the lock (nothing ran), and a
-    full-disk error after rolling everything back.
-    """
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
-            raise _Busy(str(exc)) from exc
-        raise
-    outcomes: list[Any] = []
-    cur = conn.cursor()  # one cursor for the savepoint statements, not one each
-    try:
-        for job in jobs:
-            cur.execute("SAVEPOINT w")
-            try:
-                result = job.fn(conn)
-            except Exception as exc:
-                if _is_full(exc) or not conn.in_transaction:
-                    raise  # the whole group: SQLite may have rolled back already
-                cur.execute("ROLLBACK TO w")
-                cur.execute("RELEASE w")
-                outcomes.append((False, exc))
-            else:
-                cur.execute("RELEASE w")
-                outcomes.append((True, result))
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
-                return outcomes, False
-            raise
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return outcomes, True
-
-
-def _commit(conn: sqlite3.Connection) -> bool:
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
-            return False
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return True
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
-
-
 class Store:
-    """The database: ``write(fn)`` through the one writer, ``read(fn)`` on a reader."""
+    """The database: ``write(fn)`` through the one writer, ``read(fn)`` on a reader.
+
+    The write contract: ``fn(conn)`` works through ``conn`` only and never
+    commits. It may run more than once (a group with a failing write is
+    replayed without it), and only the run that commits counts: its result is
+    the one returned. So a write function must have no effect outside the
+    connection (no appending to a list, counting, logging, sending) that a
+    second run would repeat: compute before ``write``, act on its result after.
+    """
 
     def __init__(
         self,
         *,
         clock: Clock,
         writer: aiosqlite.Connection,
-        readers: list[aiosqlite.Connection],
+        readers: ReaderPool,
         queue_max: int,
         group_max: int,
         group_latency_s: float,
     ) -> None:
         self._clock = clock
+        self._loop = asyncio.get_running_loop()
         self._writer = writer
-        self._readers = readers
-        self._pool: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
-        for r in readers:
-            self._pool.put_nowait(r)
-        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize=queue_max)
+        self._pool = readers
+        # A deque and two kinds of waiter futures rather than asyncio.Queue:
+        # a write is a few microseconds of SQLite, and the Queue's put, get and
+        # size checks cost a good part of that again (bench/writer.py).
+        self._jobs: deque[_Job[Any]] = deque()
+        self._queue_max = max(1, queue_max)
+        self._room: deque[asyncio.Future[None]] = deque()  # producers waiting for room
+        self._idle: asyncio.Future[None] | None = None  # the writer, waiting for a job
         self._group_max = max(1, group_max)
         self._latency_s = max(0.0, group_latency_s)
-        self._entering = 0  # producers between "accepted" and "queued"
+        self._entering = 0  # producers accepted but waiting for room
         self._in_group = 0
         self._closing = False
         self._readers_closed = False
         self._close_started: float | None = None
         self._commits = 0
         self._writes = 0
+        self._replays = 0
         self._last_commit_at: float | None = None
         self._busy_since: float | None = None
         self._busy_tries = 0
         self._full_since: float | None = None
         self._last_error: str | None = None
         self._task = asyncio.create_task(self._run(), name="store-writer")
-
-    # -- opening ----------------------------------------------------------------
 
     @classmethod
     async def open(
@@ -245,29 +163,18 @@ class Store:
         schema.check_header(path)
         timeout_ms = int(busy_timeout_s * 1000)
         writer = await aiosqlite.connect(str(path), isolation_level=None, timeout=busy_timeout_s)
-
-        opened: list[aiosqlite.Connection] = [writer]
         try:
             try:
-                before = await _on_thread(
+                before = await on_thread(
                     writer, lambda c: schema.prepare_writer(c, busy_timeout_ms=timeout_ms)
                 )
             except sqlite3.DatabaseError as exc:
                 if "not a database" in str(exc) or "malformed" in str(exc):
                     raise NotADatabase(f"{path}: {exc}") from exc
                 raise
-            uri = f"file:{path.resolve()}?mode=ro"
-            pool: list[aiosqlite.Connection] = []
-            for _ in range(max(1, readers)):
-                r = await aiosqlite.connect(
-                    uri, uri=True, isolation_level=None, timeout=busy_timeout_s
-                )
-                opened.append(r)
-                await _on_thread(r, lambda c: c.execute(f"PRAGMA busy_timeout = {timeout_ms}"))
-                pool.append(r)
+            pool = await ReaderPool.open(path, readers=readers, busy_timeout_s=busy_timeout_s)
         except BaseException:
-            for conn in opened:
-                await conn.close()
+            await writer.close()
             raise
         if before != schema.SCHEMA_VERSION:
             log.info("store_migrated", path=str(path), old=before, new=schema.SCHEMA_VERSION)
@@ -282,109 +189,122 @@ class Store:
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on the writer; return its result once it is committed.
 
-        ``fn`` runs inside a SAVEPOINT of a group transaction: if it raises, only
-        its own changes are rolled back and the exception comes back here. Waits
-        while the queue is full. A caller cancelled after its write was queued
-        may still see it committed (or not): nothing else depends on it.
+        If ``fn`` raises, none of its changes are kept and the exception comes
+        back here alone; ``fn`` may have run more than once (see the class
+        docstring). Waits while the queue is full. A caller cancelled after its
+        write was queued may still see it committed (or not).
         """
         if self._closing:
             raise StoreClosed("store is closed")
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        job = _Job(fn, fut)
-        if self._queue.full():
-            self._entering += 1
-            try:
-                await self._queue.put(job)
-            finally:
-                self._entering -= 1
-        else:
-            self._queue.put_nowait(job)  # the common case, without a coroutine
+        fut: asyncio.Future[T] = self._loop.create_future()
+        if len(self._jobs) >= self._queue_max:
+            await self._wait_for_room()
+        self._jobs.append(_Job(fn, fut))
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            if not idle.done():
+                idle.set_result(None)
         return await fut
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` on a read-only connection, in one thread hop."""
         if self._readers_closed:
             raise StoreClosed("store is closed")
-        conn = await self._pool.get()
-        try:
-            return await _on_thread(conn, fn)
-        finally:
-            self._pool.put_nowait(conn)
+        return await self._pool.read(fn)
 
     def writer_stats(self) -> WriterStats:
         return WriterStats(
-            queue_len=self._queue.qsize() + self._in_group,
+            queue_len=len(self._jobs) + self._in_group,
             commits=self._commits,
             writes=self._writes,
             last_commit_at=self._last_commit_at,
             busy_since=self._busy_since,
             full_since=self._full_since,
             last_error=self._last_error,
+            replays=self._replays,
         )
 
     async def close(self) -> None:
         """Stop accepting writes, commit everything queued, close every connection."""
         if not self._closing:
             self._closing = True
-            self._close_started = asyncio.get_running_loop().time()
-            await self._queue.put(_STOP)
+            self._close_started = self._loop.time()
+            idle, self._idle = self._idle, None
+            if idle is not None and not idle.done():
+                idle.set_result(None)
         # Shielded: a cancelled close() must not cancel the drain halfway.
         await asyncio.shield(self._task)
         self._readers_closed = True
-        for _ in self._readers:
-            await self._pool.get()  # wait for reads in flight to give theirs back
-        for conn in [self._writer, *self._readers]:
-            await conn.close()
-        self._readers = []
+        await self._pool.close()
+        await self._writer.close()
         log.info("store_closed", commits=self._commits, writes=self._writes)
+
+    # -- the queue ----------------------------------------------------------------
+
+    async def _wait_for_room(self) -> None:
+        # Counted in _entering: the caller was accepted before any close(), so
+        # the writer must not finish while it is still on its way in.
+        self._entering += 1
+        try:
+            while len(self._jobs) >= self._queue_max:
+                waiter = self._loop.create_future()
+                self._room.append(waiter)
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    if waiter.done() and not waiter.cancelled():
+                        self._wake_room(1)  # woken, then cancelled: pass the room on
+                    raise
+        finally:
+            self._entering -= 1
+
+    def _wake_room(self, n: int) -> None:
+        while n > 0 and self._room:
+            waiter = self._room.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                n -= 1
 
     # -- the writer ---------------------------------------------------------------
 
     async def _run(self) -> None:
-        stopping = False
         while True:
-            group: list[_Job[Any]] = []
-            if not stopping:
-                item = await self._queue.get()
-                if item is _STOP:
-                    stopping = True
-                else:
-                    group.append(cast(_Job[Any], item))
-            stopping = await self._gather(group) or stopping
-            if group:
-                await self._commit_group(group)
-            elif stopping and self._queue.empty():
-                if self._entering == 0:
-                    return
-                # A producer accepted before close() is about to put its job.
-                await asyncio.sleep(0)
+            if self._jobs:
+                await self._commit_group(await self._gather())
+            elif self._closing and self._entering == 0:
+                return
+            else:
+                # Woken by the next write, or by close(); a producer still
+                # entering after close() appends and wakes it in turn.
+                self._idle = self._loop.create_future()
+                await self._idle
 
-    async def _gather(self, group: list[_Job[Any]]) -> bool:
-        """Fill ``group`` from the queue for at most the latency window; True on _STOP."""
+    async def _gather(self) -> list[_Job[Any]]:
+        """Take up to ``group_max`` queued jobs, for at most the latency window."""
         # The window is a real-time throughput knob, not logical time: it uses
         # the loop's clock so a FakeClock in tests never stalls writes. Within
         # it the writer only yields while writes keep arriving: producers that
         # are already runnable (woken by the last replies) enqueue during one
         # yield, and sleeping on for writes nobody has submitted would add that
         # latency to every group without making it any larger.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._latency_s
-        stopped = False
-        while len(group) < self._group_max:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                if stopped or not group or loop.time() >= deadline:
-                    break
-                await asyncio.sleep(0)
-                if self._queue.empty():
-                    break
-                continue
-            if item is _STOP:
-                stopped = True  # drain what is left, without waiting for more
+        jobs, limit = self._jobs, self._group_max
+        group: list[_Job[Any]] = []
+        deadline = self._loop.time() + self._latency_s
+        while True:
+            n = min(limit - len(group), len(jobs))
+            if n == len(jobs):
+                group.extend(jobs)
+                jobs.clear()
             else:
-                group.append(cast(_Job[Any], item))
-        return stopped
+                group.extend(jobs.popleft() for _ in range(n))
+            if self._room:
+                self._wake_room(n)
+            if len(group) >= limit or self._closing or self._loop.time() >= deadline:
+                return group
+            await asyncio.sleep(0)
+            if not jobs:
+                return group
 
     async def _commit_group(self, group: list[_Job[Any]]) -> None:
         # A caller cancelled while queued no longer wants its write.
@@ -397,12 +317,15 @@ class Store:
         finally:
             self._in_group = 0
 
-    async def _transact(self, jobs: list[_Job[Any]]) -> list[Any]:
+    async def _transact(self, jobs: list[_Job[Any]]) -> list[Outcome]:
         """Run the group until it commits; busy locks are waited out, not raised."""
+        fns = [j.fn for j in jobs]
         while True:
             try:
-                outcomes, committed = await _on_thread(self._writer, lambda c: _run_group(c, jobs))
-            except _Busy as exc:
+                outcomes, committed = await on_thread(
+                    self._writer, lambda c: groups.run_group(c, fns)
+                )
+            except groups.Busy as exc:
                 try:
                     await self._busy_wait(str(exc), jobs)
                 except StoreClosed as closed:
@@ -416,32 +339,36 @@ class Store:
                 except StoreClosed as closed:
                     return [(False, closed)] * len(jobs)
                 try:
-                    committed = await _on_thread(self._writer, _commit)
+                    committed = await on_thread(self._writer, groups.commit)
                 except Exception as exc:
                     return self._group_failed(exc, jobs)
-            self._committed(len(jobs))
+            self._committed(outcomes)
             return outcomes
 
     async def _busy_wait(self, error: str, jobs: list[_Job[Any]]) -> None:
         if self._busy_since is None:
             self._busy_since = self._clock.now()
-            log.warning("store_busy", error=error, queued=self._queue.qsize() + len(jobs))
+            log.warning("store_busy", error=error, queued=len(self._jobs) + len(jobs))
         self._last_error = error
         self._busy_tries += 1
-        loop = asyncio.get_running_loop()
         if self._close_started is not None and (
-            loop.time() - self._close_started > CLOSE_BUSY_GRACE_S
+            self._loop.time() - self._close_started > CLOSE_BUSY_GRACE_S
         ):
             with contextlib.suppress(Exception):
-                await _on_thread(self._writer, _rollback)
+                await on_thread(self._writer, groups.rollback)
             raise StoreClosed(f"closed while the database stayed locked: {error}")
         pause = BUSY_BACKOFF_S[min(self._busy_tries - 1, len(BUSY_BACKOFF_S) - 1)]
         await asyncio.sleep(pause)
 
-    def _committed(self, n: int) -> None:
+    def _committed(self, outcomes: list[Outcome]) -> None:
         self._commits += 1
-        self._writes += n
+        self._writes += len(outcomes)
         self._last_commit_at = self._clock.now()
+        failed = [value for ok, value in outcomes if not ok]
+        if failed:
+            # The callers get the exceptions; this line says the group paid a replay.
+            self._replays += 1
+            log.info("store_group_replayed", writes=len(outcomes), failed=len(failed))
         if self._busy_since is not None:
             log.info(
                 "store_busy_cleared",
@@ -454,10 +381,10 @@ class Store:
             self._full_since = None
         # last_error stays: it is the last one seen, for `dealsd status`.
 
-    def _group_failed(self, exc: Exception, jobs: list[_Job[Any]]) -> list[Any]:
+    def _group_failed(self, exc: Exception, jobs: list[_Job[Any]]) -> list[Outcome]:
         """The whole group was rolled back: every caller gets the same error."""
         self._last_error = f"{type(exc).__name__}: {exc}"
-        if _is_full(exc):
+        if groups.is_full(exc):
             if self._full_since is None:
                 self._full_since = self._clock.now()
                 log.error("store_full", error=str(exc), writes=len(jobs))
@@ -467,7 +394,7 @@ class Store:
             err = exc
         return [(False, err)] * len(jobs)
 
-    def _reply(self, jobs: list[_Job[Any]], outcomes: list[Any]) -> None:
+    def _reply(self, jobs: list[_Job[Any]], outcomes: list[Outcome]) -> None:
         for job, (ok, value) in zip(jobs, outcomes, strict=True):
             if job.future.done():
                 continue  # the caller was cancelled meanwhile

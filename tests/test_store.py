@@ -111,6 +111,137 @@ async def test_an_error_rolls_back_only_its_own_write(store: Store, tmp_path: Pa
     assert store.writer_stats().commits <= 4
 
 
+async def test_a_failing_write_is_replayed_out_of_its_group_and_the_rest_land_once(
+    store: Store, tmp_path: Path
+) -> None:
+    """A group runs without a savepoint per write: a failure undoes the whole
+    group and the others run again. Each must land exactly once, and hand back
+    what its committed run returned, not what the discarded run did."""
+    await store.write(lambda c: c.execute("INSERT INTO checkpoints VALUES ('n', '0', 't')"))
+    before = store.writer_stats()
+    runs: list[int] = []  # outside the connection, on purpose: it counts the runs
+
+    def bump(i: int) -> Callable[[sqlite3.Connection], int]:
+        def fn(conn: sqlite3.Connection) -> int:
+            runs.append(i)
+            conn.execute("INSERT INTO checkpoints VALUES (?, 'v', 't')", (f"k{i}",))
+            got = conn.execute(
+                "UPDATE checkpoints SET value = value + 1 WHERE name = 'n' RETURNING value"
+            ).fetchone()
+            return int(got[0])
+
+        return fn
+
+    def bad(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE checkpoints SET value = value + 1000 WHERE name = 'n'")
+        raise RuntimeError("worker bug")
+
+    def dupe(conn: sqlite3.Connection) -> None:
+        conn.execute("UPDATE checkpoints SET value = value + 1000 WHERE name = 'n'")
+        conn.execute("INSERT INTO checkpoints VALUES ('k3', 'v', 't')")
+
+    probed: list[int] = []
+
+    def probe(conn: sqlite3.Connection) -> int:
+        # Breaks the contract on purpose: its result tells which run it came from.
+        probed.append(len(runs))
+        return len(runs)
+
+    # Failures in the first pass (mid-group) and in the replay (a duplicate
+    # key, a last bad write), all in one group: submitted before any yield.
+    fns = [probe, *(bump(i) for i in range(60)), bad, *(bump(i) for i in range(60, 120))]
+    fns += [dupe, bad]
+    got = await asyncio.gather(*(store.write(fn) for fn in fns), return_exceptions=True)
+    assert probed == [0, 60] and got[0] == 60  # the committed run's result
+    assert isinstance(got[61], RuntimeError) and isinstance(got[-1], RuntimeError)
+    assert isinstance(got[-2], sqlite3.IntegrityError)
+    assert got[1:61] == list(range(1, 61))  # the replay keeps the order of the queue
+    assert got[62:122] == list(range(61, 121))
+    after = store.writer_stats()
+    assert after.commits - before.commits == 1 and after.replays - before.replays == 1
+    assert after.writes - before.writes == len(fns)
+    conn = sqlite3.connect(tmp_path / "deals.db")
+    assert conn.execute("SELECT value FROM checkpoints WHERE name = 'n'").fetchone() == ("120",)
+    conn.close()
+    assert keys(tmp_path / "deals.db") == {"n"} | {f"k{i}" for i in range(120)}
+    # The contract this relies on: a write may run twice, never more.
+    per_write = [runs.count(i) for i in range(120)]
+    assert max(per_write) == 2 and min(per_write) == 1
+
+
+async def test_a_group_without_failures_runs_each_write_once(store: Store) -> None:
+    runs: list[int] = []
+
+    def mark(i: int) -> Callable[[sqlite3.Connection], None]:
+        def fn(conn: sqlite3.Connection) -> None:
+            runs.append(i)
+            conn.execute("INSERT INTO checkpoints VALUES (?, 'v', 't')", (f"k{i}",))
+
+        return fn
+
+    await asyncio.gather(*(store.write(mark(i)) for i in range(150)))
+    assert sorted(runs) == list(range(150))
+    assert store.writer_stats().replays == 0
+
+
+async def test_producers_cancelled_while_waiting_for_room(tmp_path: Path, clock: FakeClock) -> None:
+    db = tmp_path / "deals.db"
+    s = await Store.open(db, clock=clock, queue_max=3, group_max=2, busy_timeout_s=0.05)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    tasks = [asyncio.ensure_future(s.write(put(f"k{i}"))) for i in range(40)]
+    await until(lambda: s.writer_stats().busy_since is not None)
+    gone = set(range(10, 40, 3))  # waiting for room, never queued: must never land
+    for i in gone:
+        tasks[i].cancel()
+    holder.execute("COMMIT")
+    holder.close()
+    # Cancelled as they are woken for room: the room must pass on, not be lost.
+    for i in range(11, 40, 7):
+        await asyncio.sleep(0)
+        tasks[i].cancel()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    landed = keys(db)
+    for i, r in enumerate(results):
+        if i in gone:
+            assert isinstance(r, asyncio.CancelledError) and f"k{i}" not in landed
+        elif not isinstance(r, BaseException):
+            assert r == 1 and f"k{i}" in landed
+    assert sum(1 for r in results if r == 1) >= 40 - len(gone) - 5
+    assert await asyncio.wait_for(s.write(put("after")), 5) == 1
+    assert s.writer_stats().queue_len == 0
+    await s.close()
+
+
+async def test_a_producer_cancelled_as_it_is_given_room_passes_the_room_on(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    db = tmp_path / "deals.db"
+    s = await Store.open(db, clock=clock, queue_max=1, group_max=1, busy_timeout_s=0.05)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    c: asyncio.Future[int] | None = None
+
+    async def a_then_cancel_c() -> int:
+        got = await s.write(put("a"))
+        # A's reply and C's "room for you" are set in the same writer step and
+        # A runs first: C is cancelled after being given room, before using it.
+        assert c is not None
+        c.cancel()
+        return got
+
+    a = asyncio.ensure_future(a_then_cancel_c())
+    b = asyncio.ensure_future(s.write(put("b")))  # queued while A is being committed
+    c = asyncio.ensure_future(s.write(put("c")))  # waits for room
+    d = asyncio.ensure_future(s.write(put("d")))  # waits behind C: C must hand it the room
+    await until(lambda: s.writer_stats().busy_since is not None)
+    holder.execute("COMMIT")
+    holder.close()
+    assert list(await asyncio.wait_for(asyncio.gather(a, b, d), 5)) == [1, 1, 1]
+    assert c.cancelled() and keys(db) == {"a", "b", "d"}
+    await s.close()
+
+
 async def test_producers_wait_when_the_queue_is_full(tmp_path: Path, clock: FakeClock) -> None:
     db = tmp_path / "deals.db"
     s = await Store.open(db, clock=clock, queue_max=5, group_max=3, busy_timeout_s=0.05)
