@@ -61,7 +61,12 @@ def _run(config_arg: str | None) -> int:
     try:
         return asyncio.run(
             run_daemon(
-                cfg, api_key=api_key, clock=SystemClock(), notifier=notifier, config_path=path
+                cfg,
+                api_key=api_key,
+                clock=SystemClock(),
+                notifier=notifier,
+                config_path=path,
+                key_loader=load_api_key,
             )
         )
     finally:

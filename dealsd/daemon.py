@@ -23,7 +23,7 @@ import json
 import os
 import signal
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +101,11 @@ class Daemon:
         snapshot_every_s: float,
         health_margin_s: float,
         backoff_cap_s: float,
+        key_loader: Callable[[Config], str] | None = None,
     ) -> None:
         self.cfg = cfg
+        self._client = client
+        self._key_loader = key_loader
         self._config_path = config_path
         self._clock = clock
         self._notifier = notifier
@@ -178,22 +181,48 @@ class Daemon:
         wd = self._notifier.watchdog_interval_s()
         tick = min(self._snapshot_every_s, wd) if wd else self._snapshot_every_s
         last_log = self._clock.monotonic()
-        while not self.stop.is_set():
-            await sleep_or_stop(self._clock, self._wake, tick)
-            self._wake.clear()
-            if self.stop.is_set():
-                break
-            if self._reload_requested:
-                self._reload_requested = False
-                self.reload()
-            try:
-                snap = await self.write_snapshot()
-            except StoreError as exc:
-                # A database that cannot take the snapshot (disk full) cannot
-                # take deals either: no watchdog ping, say it once.
-                self._faults.log_failure(log, "snapshot_failed", "snapshot", error=str(exc))
-                continue
-            self._faults.clear("snapshot")
+        # A snapshot write still waiting for the writer (another process holds
+        # the lock) is not queued again; meanwhile STATUS= and the watchdog
+        # follow health alone, so the loop never blocks on the database.
+        pending: asyncio.Future[HealthSnapshot] | None = None
+        try:
+            while not self.stop.is_set():
+                await sleep_or_stop(self._clock, self._wake, tick)
+                self._wake.clear()
+                if self.stop.is_set():
+                    break
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload()
+                if pending is None:
+                    pending = asyncio.ensure_future(self.write_snapshot())
+                await asyncio.wait({pending}, timeout=tick)
+                if not pending.done():
+                    snap = self.health.snapshot()
+                    self._publish(snap)
+                else:
+                    done, pending = pending, None
+                    try:
+                        snap = done.result()
+                    except StoreError as exc:
+                        # A database that cannot take the snapshot (disk full)
+                        # cannot take deals either: no watchdog ping, say it once.
+                        self._faults.log_failure(log, "snapshot_failed", "snapshot", error=str(exc))
+                        self._publish(self.health.snapshot())
+                        continue
+                    else:
+                        self._faults.clear("snapshot")
+                self._after_snapshot(snap)
+                if self._clock.monotonic() - last_log >= SUMMARY_LOG_EVERY_S:
+                    last_log = self._clock.monotonic()
+                    log.info("summary", status=self.health.summary_line(snap))
+        finally:
+            if pending is not None and not pending.done():
+                # The stopped snapshot written next supersedes it.
+                pending.cancel()
+
+    def _after_snapshot(self, snap: HealthSnapshot) -> None:
+        if snap.watchdog_ok:
             # The watchdog asks "would a restart help?", not "is all well?":
             # it stops for a stalled worker or a stuck writer (a restart may
             # cure those), and keeps going while the only causes are ones a
@@ -201,11 +230,7 @@ class Daemon:
             # Those stay in STATUS= and `dealsd status` as unhealthy, for the
             # operator; stopping the pings would only get the service killed
             # and restarted every watchdog period, forever.
-            if snap.watchdog_ok:
-                self._notifier.watchdog()
-            if self._clock.monotonic() - last_log >= SUMMARY_LOG_EVERY_S:
-                last_log = self._clock.monotonic()
-                log.info("summary", status=self.health.summary_line(snap))
+            self._notifier.watchdog()
 
     async def write_snapshot(self, *, stopped: bool = False) -> HealthSnapshot:
         """Refresh counts, write the workers/daemon rows, update STATUS= if it changed."""
@@ -225,15 +250,7 @@ class Daemon:
         tok = self._tokens.snapshot()
         self.health.note_counts(tokens=tok.balance)
         snap = self.health.snapshot()
-        line = self.health.summary_line(snap)
-        if line != self._last_status:
-            self._last_status = line
-            self._notifier.status(line)
-        if snap.healthy != self._last_healthy:
-            if self._last_healthy is not None:
-                event = log.info if snap.healthy else log.warning
-                event("health_changed", healthy=snap.healthy, causes=list(snap.causes))
-            self._last_healthy = snap.healthy
+        line = self._publish(snap)
         now = iso_utc(now_s)
         stats = self._store.writer_stats()
         daemon_row: dict[str, object] = {
@@ -278,6 +295,19 @@ class Daemon:
         await self._store.write(write)
         return snap
 
+    def _publish(self, snap: HealthSnapshot) -> str:
+        """STATUS= and the health_changed log line, each only when it changed."""
+        line = self.health.summary_line(snap)
+        if line != self._last_status:
+            self._last_status = line
+            self._notifier.status(line)
+        if snap.healthy != self._last_healthy:
+            if self._last_healthy is not None:
+                event = log.info if snap.healthy else log.warning
+                event("health_changed", healthy=snap.healthy, causes=list(snap.causes))
+            self._last_healthy = snap.healthy
+        return line
+
     # -- SIGHUP ---------------------------------------------------------------
 
     def reload(self) -> None:
@@ -300,8 +330,27 @@ class Daemon:
             for change in changes:
                 log.info("config_changed", key=change.key, old=change.old, new=change.new)
             self.apply(new)
+            self.reload_key(new)
+            log.info("reloaded", changes=len(changes), need_restart=len(need_restart))
         finally:
             self._notifier.ready(status=self._last_status)
+
+    def reload_key(self, cfg: Config) -> None:
+        """Re-read the API key: a key fixed on disk needs a reload, not a restart."""
+        if self._key_loader is None:
+            return
+        try:
+            key = self._key_loader(cfg)
+        except ConfigError as exc:
+            # ConfigError never quotes the key file's content.
+            log.error("api_key_reload_failed", error=str(exc), keeping="running key")
+            return
+        if self._client.uses_api_key(key):
+            return
+        self._client.set_api_key(key)
+        log.info("api_key_changed")
+        # Workers refused with the old key sleep out a long pause: try now.
+        self.supervisor.wake()
 
     def apply(self, new: Config) -> None:
         self.cfg = new
@@ -328,6 +377,7 @@ async def run_daemon(
     snapshot_every_s: float = SNAPSHOT_EVERY_S,
     health_margin_s: float = 60.0,
     backoff_cap_s: float = 60.0,
+    key_loader: Callable[[Config], str] | None = None,
 ) -> int:
     """Run dealsd until stopped; returns the process exit status."""
     from dealsd.store import NotADatabase, SchemaTooNew
@@ -380,6 +430,7 @@ async def run_daemon(
                     snapshot_every_s=snapshot_every_s,
                     health_margin_s=health_margin_s,
                     backoff_cap_s=backoff_cap_s,
+                    key_loader=key_loader,
                 )
                 installed = _install_signals(daemon) if install_signals else []
                 try:

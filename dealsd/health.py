@@ -40,6 +40,9 @@ _SEVERITY = {
     State.STARTING: 1,
     State.RUNNING: 0,
 }
+# A dashboard's short write holds the lock for moments: only a lock held this
+# long is worth a cause (the store waits it out either way).
+WRITER_BUSY_CAUSE_S = 2.0
 
 
 class WriterStatsLike(Protocol):
@@ -255,6 +258,18 @@ class Health:
         if self._access_denied is not None:
             causes.append(f"keepa access denied: {self._access_denied}")
         for row in rows:
+            # The store's own "full since" clears on any commit, and the small
+            # snapshot write still fits when a batch no longer does: a worker
+            # whose last failure was a full disk, with no progress since, is
+            # the lasting sign (a restart frees no space: not restartable).
+            w = self._workers[row.name]
+            if (
+                w.last_error is not None
+                and w.last_error.startswith("StoreFull")
+                and (w.last_progress_at or 0.0) < (w.last_error_at or 0.0)
+                and row.state is not State.STOPPED
+            ):
+                causes.append(f"database full: {row.name} cannot store its work ({w.last_error})")
             if row.state is State.STALLED:
                 restartable += 1
                 causes.append(f"{row.name} stalled: no progress for over {row.stall_after_s:.0f}s")
@@ -267,7 +282,23 @@ class Health:
                 self._writer_seen_commit = last_commit
                 self._writer_seen_mono = now_mono
             waited = now_mono - self._writer_seen_mono
-            if queue_len > 0 and waited > self._writer_bound_s:
+            # Another process holding the write lock, or a full disk, is named
+            # as such: the operator must act, and a restart would cure neither,
+            # so neither stops the watchdog (they replace "writer stuck").
+            busy_since: float | None = getattr(stats, "busy_since", None)
+            full_since: float | None = getattr(stats, "full_since", None)
+            now = self._clock.now()
+            if full_since is not None:
+                causes.append(
+                    f"database full for {max(0.0, now - full_since):.0f}s: writes rolled back "
+                    f"({getattr(stats, 'last_error', None) or 'disk full'})"
+                )
+            elif busy_since is not None and now - busy_since >= WRITER_BUSY_CAUSE_S:
+                causes.append(
+                    f"writer busy: another process holds the database write lock for "
+                    f"{now - busy_since:.0f}s ({queue_len} queued)"
+                )
+            elif queue_len > 0 and waited > self._writer_bound_s:
                 restartable += 1
                 causes.append(f"writer stuck: {queue_len} queued, no commit for {waited:.0f}s")
         return HealthSnapshot(

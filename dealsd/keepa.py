@@ -270,6 +270,14 @@ class KeepaClient:
     def __repr__(self) -> str:
         return f"KeepaClient(base_url={str(self._base)!r}, domain={self._domain})"
 
+    def set_api_key(self, api_key: str) -> None:
+        """Use ``api_key`` from the next request on (SIGHUP after the key file changed)."""
+        self._key = api_key
+
+    def uses_api_key(self, api_key: str) -> bool:
+        # Lets the daemon compare without ever handing the key out of the client.
+        return self._key == api_key
+
     async def __aenter__(self) -> KeepaClient:
         self._ensure_session()
         return self

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import structlog
 
-from dealsd.clock import Clock, sleep_or_stop
+from dealsd.clock import Clock
 from dealsd.health import Health
 from dealsd.logs import FailureLog
 
@@ -86,6 +86,10 @@ class Supervisor:
         self._cap = backoff_cap_s
         self._reset_after = reset_after_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        # Set by wake(): ends the sleeps in progress (a fixed key must not wait
+        # out a 600 s access-denied pause). Replaced on each wake so a sleep
+        # begun afterwards is not cut short by an old wake.
+        self._woken = asyncio.Event()
         # A persistent fault is said once with its traceback, then counted in
         # one summary line a minute at most (FIELD_NOTES item 7).
         self._errors = FailureLog(clock=clock)
@@ -144,7 +148,7 @@ class Supervisor:
                     self._health.restarted(name, _describe(exc))
                     self._health.backing_off(name, _describe(exc), delay)
                     await self._record_restart(name, _describe(exc))
-                    if await sleep_or_stop(self._clock, self.stop_event, delay):
+                    if await self._sleep(delay):
                         break
                     continue
                 if active_fault is not None:
@@ -155,10 +159,31 @@ class Supervisor:
                 if failures and self._clock.monotonic() - last_failure >= self._reset_after:
                     log.info("worker_recovered", worker=name, after_failures=failures)
                     failures = 0
-                if await sleep_or_stop(self._clock, self.stop_event, result.sleep_s):
+                if await self._sleep(result.sleep_s):
                     break
         finally:
             self._health.stopped(name)
+
+    def wake(self) -> None:
+        """End every worker's current sleep now (their next round starts at once)."""
+        self._woken.set()
+        self._woken = asyncio.Event()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped or woken first; True when stopped."""
+        if self.stop_event.is_set():
+            return True
+        waiters = {
+            asyncio.ensure_future(self._woken.wait()),
+            asyncio.ensure_future(self.stop_event.wait()),
+            asyncio.ensure_future(self._clock.sleep(seconds)),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        return self.stop_event.is_set()
 
     async def _record_restart(self, name: str, error: str) -> None:
         if self._on_restart is None:
