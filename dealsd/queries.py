@@ -133,24 +133,16 @@ def upsert_deals(
     that for an updated row already backfilled ``recompute(row)`` (the row as
     it now is) may return columns to write, e.g. the profit estimate.
     """
-    # One row is the common case of small writes: skip the merge and IN list.
-    merged = {str(rows[0]["asin"]): rows[0]} if len(rows) == 1 else _merge(rows)
+    if len(rows) == 1:
+        return _upsert_one(conn, rows[0], checkpoints=checkpoints, now=now, recompute=recompute)
+    merged = _merge(rows)
     existing: dict[str, bool] = {}
-    if len(merged) == 1:
-        [asin] = merged
-        found = conn.execute(
-            "SELECT backfilled_at IS NOT NULL FROM deals WHERE asin = ?", (asin,)
-        ).fetchone()
-        if found is not None:
-            existing[asin] = bool(found[0])
-    else:
-        for chunk in _chunks(list(merged)):
-            marks = ",".join("?" * len(chunk))
-            for asin, backfilled in conn.execute(
-                f"SELECT asin, backfilled_at IS NOT NULL FROM deals WHERE asin IN ({marks})",
-                chunk,
-            ):
-                existing[asin] = bool(backfilled)
+    for chunk in _chunks(list(merged)):
+        marks = ",".join("?" * len(chunk))
+        for asin, backfilled in conn.execute(
+            f"SELECT asin, backfilled_at IS NOT NULL FROM deals WHERE asin IN ({marks})", chunk
+        ):
+            existing[asin] = bool(backfilled)
     params = [upsert_params(asin, row, now) for asin, row in merged.items()]
     if len(params) == 1:
         conn.execute(UPSERT_DEAL_SQL, params[0])
@@ -161,6 +153,33 @@ def upsert_deals(
     if checkpoints:
         set_checkpoints(conn, checkpoints, now)
     return UpsertCounts(new=len(merged) - len(existing), updated=len(existing))
+
+
+_ONE_NEW, _ONE_UPDATED = UpsertCounts(1, 0), UpsertCounts(0, 1)  # frozen: shared
+_EXISTS_SQL = "SELECT backfilled_at IS NOT NULL FROM deals WHERE asin = ?"
+
+
+def _upsert_one(
+    conn: sqlite3.Connection,
+    row: Mapping[str, object],
+    *,
+    checkpoints: Mapping[str, str],
+    now: str,
+    recompute: Callable[[sqlite3.Row], Mapping[str, object]] | None,
+) -> UpsertCounts:
+    """``upsert_deals`` of one row: no merge, no IN list, no new counts object.
+
+    The existence check stays a statement: an UPSERT's RETURNING sees only the
+    row as it ends up, which cannot tell an insert from an update exactly.
+    """
+    asin = str(row["asin"])
+    found = conn.execute(_EXISTS_SQL, (asin,)).fetchone()
+    conn.execute(UPSERT_DEAL_SQL, upsert_params(asin, row, now))
+    if recompute is not None and found is not None and found[0]:
+        _recompute(conn, [asin], recompute)
+    if checkpoints:
+        set_checkpoints(conn, checkpoints, now)
+    return _ONE_NEW if found is None else _ONE_UPDATED
 
 
 def _recompute(

@@ -129,6 +129,29 @@ async def test_upsert_leaves_backfill_columns_and_recomputes_backfilled_rows(sto
     assert a["backfilled_at"] == ts()
 
 
+async def test_a_single_row_upsert_counts_recomputes_and_checkpoints_as_a_page_does(
+    store: Store,
+) -> None:
+    # One row takes its own short path: it must mean exactly what a page means.
+    seen: list[str] = []
+
+    def recompute(r: sqlite3.Row) -> dict[str, object]:
+        seen.append(r["asin"])
+        return {"profit_cents": r["current_used_cents"]}
+
+    counts = await upsert(store, [deal("A")], recompute=recompute, cp={"wm": "1"})
+    assert (counts.new, counts.updated) == (1, 0) and seen == []
+    counts = await upsert(store, [deal("A", current_used_cents=700)], recompute=recompute)
+    assert (counts.new, counts.updated) == (0, 1) and seen == []  # not backfilled yet
+    await w(store, product("A", {"backfilled_at": ts()}))
+    newer = deal("A", updated=5, current_used_cents=600)
+    counts = await upsert(store, [newer], recompute=recompute)
+    assert (counts.new, counts.updated) == (0, 1) and seen == ["A"]
+    a = await row(store, "A")
+    assert a is not None and a["profit_cents"] == 600 and a["first_seen_at"] == ts(0)
+    assert await store.read(queries.get_checkpoints) == {"wm": "1"}
+
+
 async def test_a_failed_upsert_saves_no_checkpoint(store: Store) -> None:
     await upsert(store, [deal("A"), deal("B")])
     await w(
