@@ -29,6 +29,31 @@ EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NO_DATABASE = 0, 1, 2
 # process holding the lock no longer runs its watch loop: hung, not healthy.
 STALE_HEARTBEATS = 3
 STALE_SLACK_S = 15.0
+# A heartbeat this late (beats, plus slack) is worth asking why: the daemon
+# cannot write its snapshot while another process holds the write lock.
+LATE_HEARTBEATS = 2
+LATE_SLACK_S = 1.0
+
+
+def write_lock_held(db_path: Path) -> bool | None:
+    """Whether some connection holds the database's write lock right now.
+
+    Takes the lock for an instant and gives it back (nothing is written); None
+    when the file cannot be opened for writing by whoever runs `dealsd status`.
+    """
+    try:
+        conn = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        return True if ("locked" in text or "busy" in text) else None
+    finally:
+        conn.close()
 
 
 def _ts(value: object) -> float | None:
@@ -70,6 +95,8 @@ def gather(db_path: Path, *, now: float | None = None) -> dict[str, Any]:
     beat_s = _num(snapshot.get("heartbeat_s")) or 5.0
     stale = heartbeat is None or now - heartbeat > STALE_HEARTBEATS * beat_s + STALE_SLACK_S
     running = pid is not None
+    late = heartbeat is None or now - heartbeat > LATE_HEARTBEATS * beat_s + LATE_SLACK_S
+    lock_held = write_lock_held(db_path) if running and late else None
     if running and stale:
         state = "hung"  # the lock is held but the watch loop stopped writing
     elif running:
@@ -80,7 +107,13 @@ def gather(db_path: Path, *, now: float | None = None) -> dict[str, Any]:
         state = "died"  # no stopped_at: killed or crashed
     else:
         state = "never started"
-    healthy = state == "running" and bool(daemon.get("healthy"))
+    healthy = state == "running" and bool(daemon.get("healthy")) and not lock_held
+    writer_busy = (
+        f"writer busy: the database write lock is held elsewhere and the daemon's "
+        f"heartbeat is {now - heartbeat:.0f}s old"
+        if lock_held and heartbeat is not None
+        else None
+    )
 
     deals_in: Mapping[str, Any] = summary.get("deals") or {}
     deals: dict[str, Any] = {
@@ -142,6 +175,9 @@ def gather(db_path: Path, *, now: float | None = None) -> dict[str, Any]:
             "stopped_at": stopped_at,
             "status": snapshot.get("status"),
             "causes": snapshot.get("causes") or [],
+            # Seen by `dealsd status` itself: the daemon cannot say it, as it
+            # cannot write its snapshot while another process holds the lock.
+            "writer_busy": writer_busy,
         },
         "deals": deals,
         "workers": workers,
@@ -198,6 +234,8 @@ def render(doc: Mapping[str, Any], *, now: float | None = None) -> str:
         lines.append("dealsd: not running: never started on this database")
     for cause in d["causes"] if state == "running" else []:
         lines.append(f"  cause: {cause}")
+    if d.get("writer_busy"):
+        lines.append(f"  cause: {d['writer_busy']}")
     lines.append(f"database: {doc['database']}")
     lines.append(
         f"deals: {deals['total']} total, {deals['backfilled']} backfilled, "

@@ -187,9 +187,9 @@ async def test_broken_answers_are_survived_and_bad_items_skipped(
 
         def through() -> bool:
             injected = sim.stats()["faults"]
-            return counts(db)[1] >= 100 and all(injected.get(k, 0) > 0 for k in kinds)
+            return counts(db)[1] >= 40 and all(injected.get(k, 0) > 0 for k in kinds)
 
-        await wait_for(through, 25, "100 deals backfilled through every kind of fault")
+        await wait_for(through, 25, "40 deals backfilled through every kind of fault")
         assert await d.finish() == 0
     injected = sim.stats()["faults"]
     check_stored_rows(db, sim)
@@ -229,7 +229,7 @@ async def test_a_429_storm_and_plan_changes_keep_ingesting(
     for name, rate in (("plan 5", 20), ("plan 25", 100), ("plan 5 again", 20)):
         sim.control(refill_rate=rate)
         before = counts(db)[1]
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.0)
         phases.append((name, before, counts(db)[1]))
     elapsed = time.monotonic() - t0
     assert await d.finish() == 0
@@ -251,7 +251,7 @@ async def test_an_outage_longer_than_the_grace_prunes_nothing_and_recovers(
     tmp_path: Path
 ) -> None:
     # One page of deals re-seen every round (sortType 2 has no watermark), a
-    # grace of 1.8 s: during a 4 s outage every deal looks stale.
+    # grace of 1.8 s: during a 3.5 s outage every deal looks stale.
     sim = await started(Simulator(sim_options(catalogue_size=140)))
     path = write_config(tmp_path, sim.base_url)
     path.write_text(
@@ -262,12 +262,12 @@ async def test_an_outage_longer_than_the_grace_prunes_nothing_and_recovers(
     db = tmp_path / "deals.db"
     d = InProc(load_config(path), path, backoff_cap_s=1.0, health_margin_s=1.0)
     await wait_for(lambda: counts(db)[0] == 140, 10, "the catalogue stored")
-    await asyncio.sleep(2.5)  # healthy past the grace: the janitor keeps what is re-seen
+    await asyncio.sleep(2.0)  # healthy past the grace: the janitor keeps what is re-seen
     assert counts(db)[0] == 140
     sim.control(outage=True)
     outage_start = time.monotonic()
     unhealthy: dict[str, Any] | None = None
-    while time.monotonic() - outage_start < 4.0:
+    while time.monotonic() - outage_start < 3.5:
         assert counts(db)[0] == 140, "the janitor pruned during an ingestion outage"
         doc = gather(db)
         if not doc["healthy"] and doc["daemon"]["state"] == "running":
@@ -361,7 +361,7 @@ async def kill_loop(sim: Simulator, tmp_path: Path, kills: int, seed: int) -> di
         d = await DaemonProc(path).start()
         try:
             # Random moments, from "still importing" to "well into a batch".
-            await asyncio.sleep(rng.uniform(0.3, 1.4))
+            await asyncio.sleep(rng.uniform(0.25, 0.85))  # ready at ~0.35 s
             assert d.proc is not None and d.proc.returncode is None, d.log_text()[-2000:]
             await d.kill()
         finally:
@@ -414,7 +414,7 @@ def crash_sim(size: int) -> Simulator:
 async def test_sigkill_at_random_moments_loses_nothing_committed(
     tmp_path: Path
 ) -> None:
-    sim = await started(crash_sim(300))
+    sim = await started(crash_sim(200))
     result = await kill_loop(sim, tmp_path, kills=20, seed=5)
     print(f"crash consistency: {result}")
 
@@ -442,6 +442,11 @@ async def lock_hold(sim: Simulator, tmp_path: Path, hold_s: float) -> None:
         before_seen, before_backfilled = stored_asins(db), backfilled_asins(db)
         await wait_for(lambda: "writer busy" in sock.last_status(), hold_s, "STATUS= writer busy")
         named_after = time.monotonic() - taken
+        # `dealsd status` cannot read it from the snapshot (the daemon cannot
+        # write one under the lock): it sees the late heartbeat and the lock.
+        await asyncio.sleep(max(0.0, 2.0 - named_after))
+        rc, text = await status(db, as_json=False)
+        assert rc == 1 and "cause: writer busy" in text, text
         while holder.returncode is None and time.monotonic() - taken < hold_s - 0.5:
             assert d.task.done() is False
             await asyncio.sleep(0.2)
@@ -591,7 +596,7 @@ async def test_sighup_storm_then_sigterm_mid_batch_commits_everything(
     d = await DaemonProc(path).start()
     try:
         await wait_for(lambda: counts(db)[1] > 0, 15, "backfill under way")
-        storm_end = time.monotonic() + 2.5
+        storm_end = time.monotonic() + 1.5
         while time.monotonic() < storm_end:  # ten reloads a second
             d.signal(signal.SIGHUP)
             await asyncio.sleep(0.1)
@@ -635,8 +640,8 @@ async def test_sigterm_with_the_writer_blocked_commits_what_it_acknowledged(
     d = await DaemonProc(path).start()
     try:
         await wait_for(lambda: counts(db)[1] >= 20, 15, "backfill under way")
-        holder = await hold_write_lock(db, 3.0)
-        await asyncio.sleep(1.5)  # writes queue up behind the lock
+        holder = await hold_write_lock(db, 2.0)
+        await asyncio.sleep(1.0)  # writes queue up behind the lock
         d.signal(signal.SIGTERM)
         await asyncio.wait_for(holder.communicate(), 15)
         rc = await d.wait()
