@@ -53,6 +53,11 @@ _PRICE_COLUMNS = ("current_amazon_cents", "current_new_cents", "current_used_cen
 # full backfill is the consumer's main work and keeps the plain key.
 KIND_BACKFILL = ""
 KIND_REFRESH = "refresh"
+# zlib level of the stored history payload (any level decompresses the same).
+# On a 208 KB full-history product level 1 takes 2.2 ms and keeps 87 KB;
+# level 6 takes 14 ms for 80 KB: 9 % of disk is not worth 6x the CPU, which
+# alone capped the backfill at ~65 products/s a core (bench/pipeline.py).
+PAYLOAD_ZLIB_LEVEL = 1
 
 
 def product_params(cfg: BackfillerConfig) -> ProductParams:
@@ -224,9 +229,10 @@ class Backfiller:
         self, item: Item[Product], buy_cost: int | None, tokens_spent: int, refresh: bool
     ) -> bool:
         product = item.value
-        # zlib releases the GIL: compressing a 600 KB product in a thread keeps
-        # the event loop (and the other worker) responsive.
-        payload = None if refresh else await asyncio.to_thread(zlib.compress, item.raw, 6)
+        # zlib releases the GIL: compressing a 200 KB product in a thread keeps
+        # the event loop (and the other worker) responsive (bench/looplag.py).
+        level = PAYLOAD_ZLIB_LEVEL
+        payload = None if refresh else await asyncio.to_thread(zlib.compress, item.raw, level)
         columns = self._columns(product, buy_cost, refresh=refresh)
         fetched_at = iso_utc(self._clock.now())
         ok = await self._store.write(
