@@ -177,8 +177,8 @@ class Backfiller:
                 await self._failure(item.value.asin, reason, refresh=refresh)
             else:
                 valid.append(item)
-        # Each product is still its own write (its own savepoint: one bad row
-        # fails alone), but they are handed over together so the writer can
+        # Each product is still its own write (the store isolates a failing
+        # one: it fails alone), but they are handed over together so the writer can
         # commit them in one group instead of one fsync per product.
         results = await asyncio.gather(
             *(self._store_one(item, buy_costs.get(item.value.asin), per_product, refresh)
