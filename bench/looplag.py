@@ -42,7 +42,7 @@ from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
 
 PROBE_S = 0.010
-ROUNDS = 6  # of 100 products each
+ROUNDS = 10  # of 100 products each
 GOAL_P99_MS = 50.0
 
 

@@ -73,11 +73,13 @@ def build_db(path: Path, deals: int = N, history: int = N) -> None:
 
     def rows(lo: int, hi: int) -> Iterator[tuple[object, ...]]:
         for i in range(lo, hi):
-            # Spread over 30 days, so "added in the last hour/day" select a slice.
-            seen = iso_utc(now - (i % 43_200) * 60)
+            # First seen over 30 days, so "added in the last hour/day" select a
+            # slice; all seen lately, so the janitor's 72 h grace keeps them.
+            first = iso_utc(now - (i % 43_200) * 60)
+            last = iso_utc(now - (i % 600))
             yield (f"B{i:09d}", 1, f"A product title of ordinary length, number {i}",
                    f"https://m.media-amazon.com/images/I/{i:011d}.jpg", 283155, 1999,
-                   1799 + i % 100, 1299, 10_000 + i, seen, seen, seen, seen, deal_json,
+                   1799 + i % 100, 1299, 10_000 + i, first, first, last, first, deal_json,
                    *columns.values())  # fmt: skip
 
     conn.execute("BEGIN")
@@ -113,8 +115,10 @@ def write_config(directory: Path, db: Path, base_url: str, **sections: dict[str,
 
 
 @contextlib.contextmanager
-def daemon_process(config: Path, notify: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "KEEPA_API_KEY": "bench-key"}
+def daemon_process(
+    config: Path, notify: str | None = None, extra_env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, **(extra_env or {}), "KEEPA_API_KEY": "bench-key"}
     env.pop("NOTIFY_SOCKET", None)
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify
