@@ -22,9 +22,8 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -34,6 +33,23 @@ import structlog
 from yarl import URL
 
 from dealsd.clock import Clock
+
+# Errors, redaction and the /product parameters live in their own modules;
+# re-exported, so `from dealsd.keepa import ...` stays the public path.
+from dealsd.keepa_errors import (
+    BAD_KEY_RE,
+    DETAIL_MAX,
+    format_error,
+)
+from dealsd.keepa_errors import AccessDenied as AccessDenied
+from dealsd.keepa_errors import KeepaError as KeepaError
+from dealsd.keepa_errors import RateLimited as RateLimited
+from dealsd.keepa_errors import RequestRejected as RequestRejected
+from dealsd.keepa_errors import TransientError as TransientError
+from dealsd.keepa_errors import describe_transport as _describe
+from dealsd.keepa_errors import redact as redact
+from dealsd.keepa_params import ProductParams as ProductParams
+from dealsd.keepa_params import estimate_product_cost as estimate_product_cost
 from dealsd.payloads import (
     Deal,
     Decoded,
@@ -53,117 +69,7 @@ log = structlog.get_logger(__name__)
 
 DEAL_COST = 5  # tokens per /deal page (KEEPA_API.md)
 MAX_ASINS = 100  # per /product request
-OFFERS_COST = 6  # replaces the base token: one page of 10 offers assumed
-RATING_COST = 1
-BUYBOX_COST = 2
-# The part of an error body kept in an exception: enough to read, not a dump.
-DETAIL_MAX = 300
 BIG_BODY = 1 << 20
-
-# Any ``key=`` parameter, including ``api_key=``, ``apikey=``, ``api-key=`` (``\b``
-# alone misses ``_key``, ``_`` being a word character), but not ``monkey=``.
-_KEY_RE = re.compile(r"(?i)(?<![a-z0-9])((?:api|access|secret)?[_-]?key=)[^&\s'\"<>#]*")
-# How Keepa (and the simulator) say "this key is no good", whatever the status.
-_BAD_KEY_RE = re.compile(r"(?i)(invalid|unknown|wrong|missing|bad)[ _-]?(api[ _-]?)?key")
-
-
-def redact(text: str) -> str:
-    """Replace the value of every ``key=``-like parameter in ``text`` with ``***``."""
-    return _KEY_RE.sub(r"\1***", text)
-
-
-class KeepaError(Exception):
-    """A Keepa call that failed; the message never contains the API key."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        envelope: Envelope | None = None,
-        detail: str | None = None,
-        error: KeepaErrorBody | None = None,
-    ) -> None:
-        super().__init__(redact(message))
-        self.status = status
-        self.envelope = envelope
-        self.detail = None if detail is None else redact(detail)
-        self.error = error
-
-
-class TransientError(KeepaError):
-    """Server or network faults that outlasted ``max_attempts``."""
-
-
-class RateLimited(TransientError):
-    """HTTP 429 on every attempt: the balance stayed <= 0."""
-
-
-class RequestRejected(KeepaError):
-    """400/404/405: Keepa refused the request itself; retrying will not help."""
-
-
-class AccessDenied(KeepaError):
-    """402 or an invalid key: nothing will work until an operator acts."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProductParams:
-    """The /product parameters dealsd uses (defaults: the config's)."""
-
-    history: bool = True
-    days: int = 0  # 0 = all history
-    stats: int = 180  # days of the stats object; 0 = none
-    offers: int = 0  # 0 = none, else 20..100
-    only_live_offers: bool = False
-    rating: bool = False
-    update: int = -1  # -1 never forces a (paid) refresh
-    buybox: bool = False
-
-    def __post_init__(self) -> None:
-        if self.offers and not 20 <= self.offers <= 100:
-            raise ValueError(f"offers must be 0 or 20..100, got {self.offers}")
-        if self.days < 0 or self.stats < 0:
-            raise ValueError("days and stats must be >= 0")
-
-    def to_query(self) -> dict[str, str]:
-        """Query parameters; ``update`` is always sent, since Keepa's default refreshes."""
-        query = {"history": "1" if self.history else "0", "update": str(self.update)}
-        if self.days:
-            query["days"] = str(self.days)
-        if self.stats:
-            query["stats"] = str(self.stats)
-        if self.offers:
-            query["offers"] = str(self.offers)
-            if self.only_live_offers:
-                query["only-live-offers"] = "1"
-        if self.rating:
-            query["rating"] = "1"
-        if self.buybox:
-            query["buybox"] = "1"
-        return query
-
-    def stats_only(self) -> ProductParams:
-        """The lightweight refresh: stats only, no history, offers, rating or buy box."""
-        return replace(
-            self, history=False, days=0, offers=0, only_live_offers=False,
-            rating=False, buybox=False,
-        )
-
-
-def estimate_product_cost(params: ProductParams, n: int) -> int:
-    """Tokens a /product call for ``n`` ASINs should cost, before asking.
-
-    The truth is ``tokensConsumed``: offer pages vary and a forced refresh
-    (+1) cannot be known in advance, so it is not counted.
-    """
-    per_item = OFFERS_COST if params.offers else 1
-    if params.rating:
-        per_item += RATING_COST
-    if params.buybox and not params.offers:  # Keepa ignores buybox with offers
-        per_item += BUYBOX_COST
-    return per_item * max(0, n)
-
 
 T = TypeVar("T")
 
@@ -198,30 +104,6 @@ class _Retry(Exception):
         self.reason = reason
         self.status = status
         self.envelope = envelope
-
-
-def _describe(exc: BaseException) -> str:
-    """A transport failure in words, without the URL aiohttp puts in its messages."""
-    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError included
-        return "timeout"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "truncated or corrupt body"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server disconnected"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.__class__.__name__})"
-    if isinstance(exc, aiohttp.ClientOSError):
-        return f"connection error ({exc.__class__.__name__}, errno {exc.errno})"
-    return f"{exc.__class__.__name__}"
-
-
-def _format_error(error: KeepaErrorBody | None, body: bytes) -> str:
-    if error is not None and (error.type or error.message or error.details):
-        parts = [p for p in (error.type, error.message, error.details) if p]
-        text = ": ".join(parts)
-    else:
-        text = body[:DETAIL_MAX].decode("utf-8", "replace").strip()
-    return text[:DETAIL_MAX]
 
 
 class KeepaClient:
@@ -522,7 +404,7 @@ class KeepaClient:
         envelope: Envelope | None,
         error: KeepaErrorBody | None,
     ) -> NoReturn:
-        detail = self._scrub(_format_error(error, body))
+        detail = self._scrub(format_error(error, body))
         if status == 429:
             self._tokens.note_rate_limited()
             raise _Retry("429 not enough tokens", status=status, envelope=envelope)
@@ -532,7 +414,7 @@ class KeepaClient:
         kwargs: dict[str, Any] = {
             "status": status, "envelope": envelope, "detail": detail, "error": error,
         }
-        if status in (401, 402, 403) or _BAD_KEY_RE.search(detail):
+        if status in (401, 402, 403) or BAD_KEY_RE.search(detail):
             log.error("keepa.access_denied", endpoint=endpoint, status=status, detail=detail)
             raise AccessDenied(message, **kwargs)
         log.warning("keepa.rejected", endpoint=endpoint, status=status, detail=detail)
