@@ -40,9 +40,6 @@ _SEVERITY = {
     State.STARTING: 1,
     State.RUNNING: 0,
 }
-# A dashboard's short write holds the lock for moments: only a lock held this
-# long is worth a cause (the store waits it out either way).
-WRITER_BUSY_CAUSE_S = 2.0
 
 
 class WriterStatsLike(Protocol):
@@ -293,10 +290,12 @@ class Health:
                     f"database full for {max(0.0, now - full_since):.0f}s: writes rolled back "
                     f"({getattr(stats, 'last_error', None) or 'disk full'})"
                 )
-            elif busy_since is not None and now - busy_since >= WRITER_BUSY_CAUSE_S:
+            elif busy_since is not None:
+                # The store sets busy_since only once SQLite's busy_timeout (5 s)
+                # ran out: a dashboard's short write never gets this far.
                 causes.append(
-                    f"writer busy: another process holds the database write lock for "
-                    f"{now - busy_since:.0f}s ({queue_len} queued)"
+                    f"writer busy: another process holds the database write lock "
+                    f"(waiting {now - busy_since:.0f}s past the busy timeout, {queue_len} queued)"
                 )
             elif queue_len > 0 and waited > self._writer_bound_s:
                 restartable += 1

@@ -444,7 +444,7 @@ async def lock_hold(sim: Simulator, tmp_path: Path, hold_s: float) -> None:
         named_after = time.monotonic() - taken
         # `dealsd status` cannot read it from the snapshot (the daemon cannot
         # write one under the lock): it sees the late heartbeat and the lock.
-        await asyncio.sleep(max(0.0, 2.0 - named_after))
+        await asyncio.sleep(max(0.0, 2.0 - named_after))  # the heartbeat is late by now
         rc, text = await status(db, as_json=False)
         assert rc == 1 and "cause: writer busy" in text, text
         while holder.returncode is None and time.monotonic() - taken < hold_s - 0.5:
