@@ -320,30 +320,25 @@ class Store:
     async def _transact(self, jobs: list[_Job[Any]]) -> list[Outcome]:
         """Run the group until it commits; busy locks are waited out, not raised."""
         fns = [j.fn for j in jobs]
-        while True:
-            try:
-                outcomes, committed = await on_thread(
-                    self._writer, lambda c: groups.run_group(c, fns)
-                )
-            except groups.Busy as exc:
+        try:
+            while True:
                 try:
-                    await self._busy_wait(str(exc), jobs)
-                except StoreClosed as closed:
-                    return [(False, closed)] * len(jobs)
-                continue
-            except Exception as exc:
-                return self._group_failed(exc, jobs)
-            while not committed:
-                try:
+                    outcomes, committed = await on_thread(
+                        self._writer, lambda c: groups.run_group(c, fns)
+                    )
+                except groups.Busy as exc:
+                    await self._busy_wait(str(exc), jobs)  # nothing ran: run it all again
+                    continue
+                while not committed:
                     await self._busy_wait("database is locked (commit)", jobs)
-                except StoreClosed as closed:
-                    return [(False, closed)] * len(jobs)
-                try:
                     committed = await on_thread(self._writer, groups.commit)
-                except Exception as exc:
-                    return self._group_failed(exc, jobs)
-            self._committed(outcomes)
-            return outcomes
+                break
+        except StoreClosed as closed:  # from _busy_wait: closing, and the lock stayed held
+            return [(False, closed)] * len(jobs)
+        except Exception as exc:
+            return self._group_failed(exc, jobs)
+        self._committed(outcomes)  # outside the try: nothing after COMMIT fails the callers
+        return outcomes
 
     async def _busy_wait(self, error: str, jobs: list[_Job[Any]]) -> None:
         if self._busy_since is None:
