@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -44,6 +45,17 @@ def _config_error(exc: Exception) -> int:
 
 
 def _run(config_arg: str | None) -> int:
+    # A SIGTERM during start-up (imports, migrations) must still mean "stop
+    # cleanly, exit 0", not death by the default disposition: record it here,
+    # before the slow imports; run_daemon starts with it set and stops at once.
+    stop = asyncio.Event()
+
+    def _early_stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _early_stop)
+
     from dealsd.clock import SystemClock
     from dealsd.config import ConfigError, load_api_key, load_config, resolve_config_path
     from dealsd.daemon import run_daemon
@@ -67,6 +79,7 @@ def _run(config_arg: str | None) -> int:
                 notifier=notifier,
                 config_path=path,
                 key_loader=load_api_key,
+                stop=stop,
             )
         )
     finally:

@@ -249,3 +249,18 @@ def test_an_unusable_database_path_exits_73_without_a_traceback(tmp_path: Path) 
     r = dealsd("run", "--config", str(path), env=clean_env(KEEPA_API_KEY="k"))
     assert r.returncode == 73, r.stderr
     assert "database_unavailable" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("delay_s", [0.15, 0.3])
+def test_sigterm_during_startup_exits_zero(tmp_path: Path, delay_s: float) -> None:
+    # Before the event loop's handlers exist (imports, migrations), SIGTERM
+    # must still mean a clean stop, not death by signal (-15).
+    path = good_config(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dealsd", "run", "--config", str(path)],
+        env=clean_env(KEEPA_API_KEY="k"), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err[-2000:]
