@@ -7,7 +7,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from test_daemon import NotifyListener
 
 from dealsd.simulator import Faults, SimOptions, Simulator
 
@@ -155,22 +155,12 @@ async def test_sighup_applies_live_changes_and_rejects_a_bad_file(
     sim_url: str, tmp_path: Path
 ) -> None:
     path = good_config(tmp_path, sim_url)
-    # systemd's side of the notify protocol: a real datagram socket.
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(tmp_path / "notify.sock"))
-    notify.setblocking(False)
-
-    def notified() -> list[str]:
-        got: list[str] = []
-        while True:
-            try:
-                got.extend(notify.recv(4096).decode().splitlines())
-            except BlockingIOError:
-                return got
+    notify = NotifyListener(tmp_path)  # systemd's side of the notify protocol
+    notified = notify.drain
 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dealsd", "run", "--config", str(path),
-        env=clean_env(KEEPA_API_KEY="k", NOTIFY_SOCKET=str(tmp_path / "notify.sock")),
+        env=clean_env(KEEPA_API_KEY="k", NOTIFY_SOCKET=notify.addr),
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None

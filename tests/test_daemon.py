@@ -32,9 +32,7 @@ REAL_ASINS = ("B0D8W1YVBX", "B0F7XPYCSJ")
 SAMPLE = Path("/work/shared/keepa-samples/product_B0D8W1YVBX.json")
 
 
-def write_config(
-    tmp_path: Path, base_url: str, *, max_batch: int = 20, extra: str = ""
-) -> Path:
+def write_config(tmp_path: Path, base_url: str, *, max_batch: int = 20, extra: str = "") -> Path:
     path = tmp_path / "config.toml"
     path.write_text(
         f"""
@@ -45,7 +43,7 @@ read_timeout_s = 5
 connect_timeout_s = 2
 
 [database]
-path = "{tmp_path / 'deals.db'}"
+path = "{tmp_path / "deals.db"}"
 
 [upserter]
 interval_s = 1
@@ -128,12 +126,12 @@ class Running:
     One a failed test leaves running is stopped by conftest's ``_stop_leftovers``.
     """
 
-    def __init__(self, cfg: Config, path: Path, **kw: Any) -> None:
+    def __init__(self, cfg: Config, path: Path, *, api_key: str = "test-key", **kw: Any) -> None:
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(
             run_daemon(
                 cfg,
-                api_key="test-key",
+                api_key=api_key,
                 clock=SystemClock(),
                 notifier=kw.pop("notifier", None) or Notifier(None),
                 stop=self.stop,
@@ -146,16 +144,46 @@ class Running:
 
     async def finish(self) -> int:
         self.stop.set()
-        return await asyncio.wait_for(self.task, 15)
+        return await asyncio.wait_for(self.task, 20)
+
+
+class NotifyListener:
+    """systemd's side of NOTIFY_SOCKET: a real datagram socket, read as lines."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.addr = str(tmp_path / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.addr)
+        self.sock.setblocking(False)
+        self.got: list[str] = []
+
+    def drain(self) -> list[str]:
+        """The lines that arrived since the last drain (all are kept in ``got``)."""
+        new: list[str] = []
+        while True:
+            try:
+                new.extend(self.sock.recv(65536).decode().splitlines())
+            except BlockingIOError:
+                self.got.extend(new)
+                return new
+
+    def seen(self, prefix: str) -> bool:
+        self.drain()
+        return any(m.startswith(prefix) for m in self.got)
+
+    def last_status(self) -> str:
+        self.drain()
+        return next((m for m in reversed(self.got) if m.startswith("STATUS=")), "")
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def catalogue_size(sim: Simulator) -> int:
     return int(sim.options.catalogue_size)
 
 
-async def test_first_run_fills_the_table_and_backfills_it(
-    sim: Simulator, tmp_path: Path
-) -> None:
+async def test_first_run_fills_the_table_and_backfills_it(sim: Simulator, tmp_path: Path) -> None:
     path = write_config(tmp_path, sim.base_url)
     cfg = load_config(path)
     db = tmp_path / "deals.db"
@@ -348,31 +376,13 @@ async def test_sigterm_with_work_in_flight_exits_zero_with_everything_committed(
 async def test_systemd_ready_status_and_a_watchdog_only_while_healthy(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    addr = str(tmp_path / "notify.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    srv.bind(addr)
-    srv.setblocking(False)
-    got: list[str] = []
-
-    def drain() -> list[str]:
-        new: list[str] = []
-        while True:
-            try:
-                new.extend(srv.recv(4096).decode().splitlines())
-            except BlockingIOError:
-                got.extend(new)
-                return new
-
-    def seen(prefix: str) -> bool:
-        drain()
-        return any(m.startswith(prefix) for m in got)
+    srv = NotifyListener(tmp_path)
+    drain, seen, got = srv.drain, srv.seen, srv.got
 
     path = write_config(tmp_path, sim.base_url)
     db = tmp_path / "deals.db"
-    notifier = Notifier(addr, watchdog_interval_s=0.2)
-    d = Running(
-        load_config(path), path, notifier=notifier, health_margin_s=1.5, backoff_cap_s=1.0
-    )
+    notifier = Notifier(srv.addr, watchdog_interval_s=0.2)
+    d = Running(load_config(path), path, notifier=notifier, health_margin_s=1.5, backoff_cap_s=1.0)
     try:
         await wait_for(lambda: seen("READY=1"), 10, "READY=1")
         await wait_for(lambda: counts(db)[0] > 0 and seen("WATCHDOG=1"), 10, "a watchdog ping")
@@ -400,21 +410,8 @@ async def test_a_refused_key_reads_unhealthy_but_the_watchdog_keeps_going(
 ) -> None:
     # A restart cannot fix a key: systemd must not kill the service every
     # watchdog period for it, while STATUS= names the cause for the operator.
-    addr = str(tmp_path / "notify.sock")
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    srv.bind(addr)
-    srv.setblocking(False)
-
-    got: list[str] = []
-
-    def drain() -> list[str]:
-        new: list[str] = []
-        while True:
-            try:
-                new.extend(srv.recv(4096).decode().splitlines())
-            except BlockingIOError:
-                got.extend(new)
-                return new
+    srv = NotifyListener(tmp_path)
+    drain, got = srv.drain, srv.got
 
     def status_names_the_key() -> bool:
         drain()
@@ -423,12 +420,10 @@ async def test_a_refused_key_reads_unhealthy_but_the_watchdog_keeps_going(
     s = Simulator(sim_options(api_keys=frozenset({"someone-else"})))
     await s.start("127.0.0.1", 0)
     path = write_config(tmp_path, s.base_url)
-    notifier = Notifier(addr, watchdog_interval_s=0.2)
+    notifier = Notifier(srv.addr, watchdog_interval_s=0.2)
     # Stall windows of a few seconds (upserter 1 s rounds, margin 1.5 s): the
     # workers' 600 s access-denied pauses outlast them many times over.
-    d = Running(
-        load_config(path), path, notifier=notifier, health_margin_s=1.5, backoff_cap_s=1.0
-    )
+    d = Running(load_config(path), path, notifier=notifier, health_margin_s=1.5, backoff_cap_s=1.0)
     try:
         await wait_for(status_names_the_key, 10, "an unhealthy STATUS= naming the refused key")
         drain()

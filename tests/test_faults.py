@@ -17,7 +17,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from faults_helpers import (
 from structlog.testing import capture_logs
 from test_daemon import (  # the e2e helpers, reused as they are
     PERIOD_S,
+    NotifyListener,
+    Running,
     counts,
     db_query,
     sim_options,
@@ -49,40 +50,13 @@ from test_daemon import (  # the e2e helpers, reused as they are
     write_config,
 )
 
-from dealsd.clock import SystemClock, iso_utc
-from dealsd.config import Config, load_api_key, load_config
-from dealsd.daemon import run_daemon
+from dealsd.clock import iso_utc
+from dealsd.config import load_api_key, load_config
 from dealsd.notify import Notifier
 from dealsd.simulator import Faults, Simulator
 from dealsd.status import gather
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class InProc:
-    """The daemon as a task in this loop, keyed with ``SECRET`` (test_daemon's
-    ``Running`` with the key this suite checks for); one a failed test leaves
-    running is stopped by conftest's ``_stop_leftovers``, like every simulator."""
-
-    def __init__(self, cfg: Config, path: Path, **kw: Any) -> None:
-        self.stop = asyncio.Event()
-        self.task = asyncio.create_task(
-            run_daemon(
-                cfg,
-                api_key=SECRET,
-                clock=SystemClock(),
-                notifier=kw.pop("notifier", None) or Notifier(None),
-                stop=self.stop,
-                config_path=path,
-                install_signals=False,
-                snapshot_every_s=kw.pop("snapshot_every_s", 0.2),
-                **kw,
-            )
-        )
-
-    async def finish(self) -> int:
-        self.stop.set()
-        return await asyncio.wait_for(self.task, 20)
 
 
 def tune(path: Path, **keepa: object) -> Path:
@@ -100,33 +74,6 @@ def tune(path: Path, **keepa: object) -> Path:
 async def started(sim: Simulator) -> Simulator:
     await sim.start("127.0.0.1", 0)
     return sim
-
-
-class StatusSocket:
-    """A NOTIFY_SOCKET: what the daemon tells systemd, as lines."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.addr = str(tmp_path / "notify.sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.addr)
-        self.sock.setblocking(False)
-        self.got: list[str] = []
-
-    def drain(self) -> list[str]:
-        new: list[str] = []
-        while True:
-            try:
-                new.extend(self.sock.recv(65536).decode().splitlines())
-            except BlockingIOError:
-                self.got.extend(new)
-                return new
-
-    def last_status(self) -> str:
-        self.drain()
-        return next((m for m in reversed(self.got) if m.startswith("STATUS=")), "")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def stored_asins(db: Path) -> set[str]:
@@ -168,9 +115,7 @@ def wrote_twice(sim: Simulator) -> int:
 # -- 1. broken answers --------------------------------------------------------
 
 
-async def test_broken_answers_are_survived_and_bad_items_skipped(
-    tmp_path: Path
-) -> None:
+async def test_broken_answers_are_survived_and_bad_items_skipped(tmp_path: Path) -> None:
     faults = Faults(
         error_5xx=0.1, hang=0.06, hang_s=3.0, reset=0.1, truncated=0.1, non_json=0.1,
         bad_items=0.02,
@@ -182,7 +127,7 @@ async def test_broken_answers_are_survived_and_bad_items_skipped(
     )  # fmt: skip
     db = tmp_path / "deals.db"
     with capture_logs() as logs:
-        d = InProc(load_config(path), path, backoff_cap_s=1.0)
+        d = Running(load_config(path), path, api_key=SECRET, backoff_cap_s=1.0)
         kinds = ("error_5xx", "hang", "reset", "truncated", "non_json", "bad_items")
 
         def through() -> bool:
@@ -207,9 +152,7 @@ async def test_broken_answers_are_survived_and_bad_items_skipped(
 # -- 2. another consumer of the key, a plan change ----------------------------
 
 
-async def test_a_429_storm_and_plan_changes_keep_ingesting(
-    tmp_path: Path
-) -> None:
+async def test_a_429_storm_and_plan_changes_keep_ingesting(tmp_path: Path) -> None:
     # "5 tokens a minute" at 4x scale: 20 per 0.1 s period, 15 of them taken
     # by another consumer of the same key; then 25 (100), then 5 (20) again.
     sim = await started(
@@ -222,7 +165,7 @@ async def test_a_429_storm_and_plan_changes_keep_ingesting(
     )  # fmt: skip
     path = write_config(tmp_path, sim.base_url, max_batch=20)
     db = tmp_path / "deals.db"
-    d = InProc(load_config(path), path, backoff_cap_s=1.0)
+    d = Running(load_config(path), path, api_key=SECRET, backoff_cap_s=1.0)
     phases: list[tuple[str, int, int]] = []
     t0 = time.monotonic()
     await wait_for(lambda: counts(db)[1] > 0, 10, "a first backfill under the storm")
@@ -247,20 +190,18 @@ async def test_a_429_storm_and_plan_changes_keep_ingesting(
 # -- 3. Keepa unreachable for longer than the janitor's grace ----------------
 
 
-async def test_an_outage_longer_than_the_grace_prunes_nothing_and_recovers(
-    tmp_path: Path
-) -> None:
+async def test_an_outage_longer_than_the_grace_prunes_nothing_and_recovers(tmp_path: Path) -> None:
     # One page of deals re-seen every round (sortType 2 has no watermark), a
     # grace of 1.8 s: during a 3.5 s outage every deal looks stale.
     sim = await started(Simulator(sim_options(catalogue_size=140)))
     path = write_config(tmp_path, sim.base_url)
     path.write_text(
-        path.read_text().replace("sortType = 1", "sortType = 2").replace(
-            "grace_h = 1", "grace_h = 0.0005"
-        )
+        path.read_text()
+        .replace("sortType = 1", "sortType = 2")
+        .replace("grace_h = 1", "grace_h = 0.0005")
     )
     db = tmp_path / "deals.db"
-    d = InProc(load_config(path), path, backoff_cap_s=1.0, health_margin_s=1.0)
+    d = Running(load_config(path), path, api_key=SECRET, backoff_cap_s=1.0, health_margin_s=1.0)
     await wait_for(lambda: counts(db)[0] == 140, 10, "the catalogue stored")
     await asyncio.sleep(2.0)  # healthy past the grace: the janitor keeps what is re-seen
     assert counts(db)[0] == 140
@@ -300,9 +241,7 @@ async def test_an_outage_longer_than_the_grace_prunes_nothing_and_recovers(
 # -- 4. a refused key, fixed on disk, reloaded ---------------------------------
 
 
-async def test_a_refused_key_does_not_spin_and_a_reload_reads_the_fixed_key(
-    tmp_path: Path
-) -> None:
+async def test_a_refused_key_does_not_spin_and_a_reload_reads_the_fixed_key(tmp_path: Path) -> None:
     sim = await started(Simulator(sim_options(catalogue_size=100, api_keys=frozenset({SECRET}))))
     wrong = "SECRET-KEY-WRONG-0000"
     key_file = tmp_path / "keepa.key"
@@ -411,9 +350,7 @@ def crash_sim(size: int) -> Simulator:
     )
 
 
-async def test_sigkill_at_random_moments_loses_nothing_committed(
-    tmp_path: Path
-) -> None:
+async def test_sigkill_at_random_moments_loses_nothing_committed(tmp_path: Path) -> None:
     sim = await started(crash_sim(200))
     result = await kill_loop(sim, tmp_path, kills=20, seed=5)
     print(f"crash consistency: {result}")
@@ -433,8 +370,13 @@ async def test_soak_sigkill_many_times(tmp_path: Path) -> None:
 async def lock_hold(sim: Simulator, tmp_path: Path, hold_s: float) -> None:
     path = write_config(tmp_path, sim.base_url, max_batch=10)
     db = tmp_path / "deals.db"
-    sock = StatusSocket(tmp_path)
-    d = InProc(load_config(path), path, notifier=Notifier(sock.addr, watchdog_interval_s=0.2))
+    sock = NotifyListener(tmp_path)
+    d = Running(
+        load_config(path),
+        path,
+        api_key=SECRET,
+        notifier=Notifier(sock.addr, watchdog_interval_s=0.2),
+    )
     try:
         await wait_for(lambda: counts(db)[1] >= 20, 15, "a backfill under way")
         holder = await hold_write_lock(db, hold_s)
@@ -467,9 +409,7 @@ async def lock_hold(sim: Simulator, tmp_path: Path, hold_s: float) -> None:
     print(f"write lock held {hold_s}s: named in STATUS= after {named_after:.1f}s")
 
 
-async def test_a_write_lock_held_by_another_process_is_waited_out(
-    tmp_path: Path
-) -> None:
+async def test_a_write_lock_held_by_another_process_is_waited_out(tmp_path: Path) -> None:
     sim = await started(crash_sim(600))
     await lock_hold(sim, tmp_path, hold_s=8.0)
 
@@ -500,15 +440,13 @@ def small_fs(tmp_path: Path) -> AsyncIterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-async def test_a_full_disk_is_named_and_survived(
-    small_fs: Path, tmp_path: Path
-) -> None:
+async def test_a_full_disk_is_named_and_survived(small_fs: Path, tmp_path: Path) -> None:
     sim = await started(crash_sim(600))
     path = write_config(tmp_path, sim.base_url, max_batch=10)
     db = small_fs / "deals.db"
     path.write_text(path.read_text().replace(str(tmp_path / "deals.db"), str(db)))
-    sock = StatusSocket(tmp_path)
-    d = InProc(load_config(path), path, notifier=Notifier(sock.addr))
+    sock = NotifyListener(tmp_path)
+    d = Running(load_config(path), path, api_key=SECRET, notifier=Notifier(sock.addr))
     t0 = time.monotonic()
     try:
         await wait_for(lambda: "database full" in sock.last_status(), 30, "STATUS= database full")
@@ -587,9 +525,7 @@ def test_a_database_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) -> N
 # -- 10. signals under load ----------------------------------------------------
 
 
-async def test_sighup_storm_then_sigterm_mid_batch_commits_everything(
-    tmp_path: Path
-) -> None:
+async def test_sighup_storm_then_sigterm_mid_batch_commits_everything(tmp_path: Path) -> None:
     sim = await started(Simulator(sim_options(catalogue_size=800, latency_s=0.3)))
     path = write_config(tmp_path, sim.base_url, max_batch=100)
     db = tmp_path / "deals.db"
@@ -631,9 +567,7 @@ async def test_sighup_storm_then_sigterm_mid_batch_commits_everything(
     assert_no_secret(text, database_bytes(db))
 
 
-async def test_sigterm_with_the_writer_blocked_commits_what_it_acknowledged(
-    tmp_path: Path
-) -> None:
+async def test_sigterm_with_the_writer_blocked_commits_what_it_acknowledged(tmp_path: Path) -> None:
     sim = await started(crash_sim(600))
     path = write_config(tmp_path, sim.base_url, max_batch=10)
     db = tmp_path / "deals.db"
