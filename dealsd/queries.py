@@ -14,20 +14,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dealsd import schema
+from dealsd import mapping, schema
 from dealsd.clock import iso_utc
 
-DEAL_FEED_COLUMNS: tuple[str, ...] = (
-    "domain_id",
-    "title",
-    "image_url",
-    "root_category",
-    "current_amazon_cents",
-    "current_new_cents",
-    "current_used_cents",
-    "current_sales_rank",
-    "keepa_last_update",
-    "deal_json",
+# What a /deal page updates: the mapping's deal row, less the key and the
+# seen-stamp, which the upsert handles itself. One list, in the mapping.
+DEAL_FEED_COLUMNS: tuple[str, ...] = tuple(
+    c for c in mapping.DEAL_COLUMNS if c not in ("asin", "last_seen_at")
 )
 _NEVER_WRITTEN_BY_COLUMNS = frozenset({"asin", "first_seen_at"})
 _WORKER_COLUMNS = frozenset(
