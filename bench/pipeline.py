@@ -201,13 +201,7 @@ def run() -> list[Row]:
     return out
 
 
-def main() -> int:
-    from bench.__main__ import table
+if __name__ == "__main__":  # the same as `python -m bench pipeline`
+    from bench.__main__ import main
 
-    rows = run()
-    print(table([("pipeline", r) for r in rows]))
-    return 0 if all(r.ok for r in rows) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["pipeline"]))

@@ -216,9 +216,7 @@ def run() -> list[Row]:
     return asyncio.run(_all())
 
 
-if __name__ == "__main__":
-    from bench.__main__ import table
+if __name__ == "__main__":  # the same as `python -m bench tokens`
+    from bench.__main__ import main
 
-    got = run()
-    print(table([("tokens", r) for r in got]))
-    sys.exit(0 if all(r.ok for r in got) else 1)
+    sys.exit(main(["tokens"]))
