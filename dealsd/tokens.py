@@ -6,7 +6,9 @@ the local model is only a prediction between responses: every envelope
 adds the refill at each step (the first at sync time + ``refillIn``, then one
 per learned period) up to Keepa's cap of 60 x the rate. The period is learned
 from the envelopes (``refillIn`` bounds it below, the spacing of refill instants
-pins it), so a simulator with 100 ms "minutes" needs no configuration. Spending
+pins it), so a simulator with 100 ms "minutes" needs no configuration; until it
+is pinned, only the announced step is credited and a probe asks at the
+shortest period the evidence allows. Spending
 by another user of the key shows as a drain in the server's ledger and is
 taken off the predicted refill. No threshold anywhere is tied to a plan.
 
@@ -167,6 +169,7 @@ class TokenScheduler:
         self._drain_raw = 0.0
         self._drain_bucket = 0.0
         self._next_step: float | None = None
+        self._step_announced = False  # _next_step is the refill an envelope announced
         self._last_ts: int | None = None
         self._probe: _Ticket | None = None
         self._probe_at: float | None = None
@@ -310,8 +313,9 @@ class TokenScheduler:
         if self._synced and abs(predicted - self._balance) > max(rate, 10.0):
             log.debug("tokens.resync", predicted=round(predicted, 1), server=envelope.tokens_left)
         self._rate = rate
-        refill_in = envelope.refill_in / 1000.0
-        self._next_step = now + (refill_in if refill_in > 0 else self._period)
+        # refillIn 0 is a refill due now, not yet in tokensLeft.
+        self._next_step = now + max(0.0, envelope.refill_in / 1000.0)
+        self._step_announced = True
         self._last_ts = envelope.timestamp
         self._probe_due = False
         self._scout_due = False
@@ -355,15 +359,37 @@ class TokenScheduler:
         """Add the refills whose steps have passed since the last look."""
         if self._next_step is None or now + EPS < self._next_step:
             return
-        steps = math.floor((now + EPS - self._next_step) / self._period) + 1
-        cap = CAP_PERIODS * self._rate
-        # The cap stops refills; it never takes away a balance the server reported.
-        refill = steps * self._refill_per_step()
-        self._balance = max(self._balance, min(cap, self._balance + refill))
-        self._next_step += steps * self._period
         if self._spacing is None:
-            self._probe_due = True
+            self._next_step = self._advance_unknown_period(self._next_step, now)
+            return
+        steps = math.floor((now + EPS - self._next_step) / self._period) + 1
+        self._credit(steps * self._refill_per_step())
+        self._next_step += steps * self._period
         self._scout_due = True
+
+    def _advance_unknown_period(self, step: float, now: float) -> float:
+        """Before two refill instants pin the period, only the announced step is sure.
+
+        The step the last envelope announced (``refillIn``) gets its refill;
+        later steps are guesses, so they credit nothing and only let one probe
+        ask, at the shortest period ``refillIn`` allows. (Stepping by the
+        default period instead parked the model a minute away whenever the one
+        answer after the first step taught nothing, being stale or lost: on an
+        accelerated simulator that stalled every grant for 600 "minutes".)
+        Returns the next step.
+        """
+        if self._step_announced:
+            self._credit(self._refill_per_step())
+            self._step_announced = False
+            self._scout_due = True
+        self._probe_due = True
+        shortest = round_period(self._period_seen) if self._period_seen > 0 else self._period
+        return step + (math.floor((now + EPS - step) / shortest) + 1) * shortest
+
+    def _credit(self, refill: float) -> None:
+        # The cap stops refills; it never takes away a balance the server reported.
+        cap = CAP_PERIODS * self._rate
+        self._balance = max(self._balance, min(cap, self._balance + refill))
 
     def _expire(self, now: float) -> None:
         max_age = max(IN_FLIGHT_MAX_AGE_S, 2 * self._period)
@@ -578,6 +604,10 @@ class TokenScheduler:
         best: _Waiter | None = None
         best_key = (math.inf, math.inf)
         for queue in self._queues.values():
+            # A cancelled caller's future is done before its task can leave
+            # the queue; it must be passed over, not granted.
+            while queue and queue[0].fut.done():
+                queue.popleft()
             if not queue:
                 continue
             key = (self._start_tag(queue[0].consumer), float(queue[0].seq))

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from test_daemon import wait_for
 
 from dealsd.clock import FakeClock
 from dealsd.payloads import decode_deals, decode_envelope, decode_products
@@ -168,6 +169,20 @@ async def test_refill_in_counts_down_to_the_next_step(fake: tuple[Sim, FakeClock
     assert (await s.token())["refillIn"] == 650
     await clock.advance(0.7)
     assert (await s.token())["refillIn"] == 950
+
+
+async def test_a_slow_answer_reports_the_state_when_it_leaves(
+    fake: tuple[Sim, FakeClock],
+) -> None:
+    """Balance and refillIn are read together as the answer is sent: a refill
+    that fell during a slow answer is in the balance, not a refillIn of 0."""
+    s, clock = fake
+    s.sim.control(faults=Faults(hang=1.0, hang_s=1.5))
+    pending = asyncio.create_task(s.token())
+    await wait_for(lambda: clock.sleepers > 0, 5, "the request to hang on the fake clock")
+    await clock.advance(1.5)
+    doc = await asyncio.wait_for(pending, 5)
+    assert (doc["tokensLeft"], doc["refillIn"]) == (5, 500)
 
 
 async def test_plan_changes_scheduled_and_by_control_move_rate_and_cap() -> None:

@@ -143,7 +143,9 @@ async def test_sync_sets_balance_and_prediction_adds_refills_up_to_the_cap() -> 
     assert sched.snapshot().balance == 10
     await clock.advance(0.2)
     assert sched.snapshot().balance == 15
-    await clock.advance(600)
+    # A second refill instant 60 s after the first pins the period.
+    sched.sync(env(15, 59_900, 5, ts=2))
+    await clock.advance(59.9 + 540)
     assert sched.snapshot().balance == 65
     sched.sync(env(297, 1_000, 5, ts=2))
     await clock.advance(3 * 60)
@@ -285,6 +287,30 @@ async def test_waiter_cancelled_after_its_grant_gives_the_tokens_back() -> None:
     assert snap.in_flight == 0
 
 
+async def test_waiter_cancelled_before_a_grant_is_passed_over_not_granted() -> None:
+    clock = FakeClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    sched.sync(env(-1, 60_000, 5))
+    gone = asyncio.create_task(sched.acquire("upserter", 5))
+    kept = asyncio.create_task(sched.acquire("backfiller", 20))
+    await settle()
+    gone.cancel()  # its future is cancelled now; its task has not run its cleanup
+    sched.sync(env(10, 60_000, 5, ts=2))  # a grant in between must not raise
+    await settle()
+    assert gone.cancelled() and kept.done()
+    snap = sched.snapshot()
+    assert snap.granted_by == {"backfiller": 20}
+    assert snap.balance == 10 - 20
+
+
+async def test_refill_in_of_zero_means_a_refill_is_due_now() -> None:
+    clock = FakeClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    sched.sync(env(-10, 0, 20))
+    assert sched.snapshot().balance == 10
+    await asyncio.wait_for(sched.acquire("upserter", 5), 1)
+
+
 async def test_in_flight_requests_are_not_forgotten_by_an_earlier_envelope() -> None:
     clock = FakeClock()
     sched = TokenScheduler(clock=clock, weights=WEIGHTS)
@@ -338,6 +364,31 @@ async def test_stale_envelope_counts_but_does_not_rewind_the_balance() -> None:
     snap = sched.snapshot()
     assert snap.balance == 40
     assert snap.consumed_total == 7
+
+
+async def test_stale_answer_before_the_period_is_known_does_not_stall_grants() -> None:
+    """The bench stall under CPU load: a 100 ms simulator, one refill seen.
+
+    The only answer after the first refill step came back stale (stamped
+    before one already seen), so it taught nothing; the model must not then
+    park the next grant a whole default period (60 s) away.
+    """
+    clock = FakeClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    sched.sync(env(20, 100, 20, ts=1_000))
+    await sched.acquire("backfiller", 30)
+    sched.sync(env(-10, 90, 20, ts=1_010, consumed=30))
+    scout = asyncio.create_task(sched.acquire("backfiller", 20))
+    await clock.advance(0.1)  # the announced refill: the model holds 10
+    assert scout.done()
+    sched.sync(env(-10, 95, 20, ts=1_005, consumed=20))  # stale
+    assert sched.snapshot().in_flight == 0
+    after = asyncio.create_task(sched.acquire("upserter", 5))
+    await clock.advance(0.5)  # five of the shortest periods refillIn allows
+    assert after.done()
+    # It went as a probe: guessed steps credit nothing until the period is known.
+    assert sched.snapshot().balance == -15
+    await stop([after])
 
 
 async def test_request_without_response_stops_counting_as_in_flight_on_retry() -> None:
@@ -403,8 +454,9 @@ async def test_big_request_is_not_starved_by_a_stream_of_small_ones() -> None:
     assert max(big.waits[1:]) <= 45 * 60
     assert key.refused == 0
     # After a 100-token deficit, the next grant is a small one: it is behind.
-    after_big = [g for g in small[0].grants + small[1].grants + small[2].grants
-                 if g > big.grants[2]]
+    after_big = [
+        g for g in small[0].grants + small[1].grants + small[2].grants if g > big.grants[2]
+    ]
     assert min(after_big) < big.grants[3]
 
 
@@ -628,10 +680,13 @@ async def test_through_the_real_client_and_simulator_envelopes_pair_with_request
     sched = TokenScheduler(clock=clock, weights=WEIGHTS)
     try:
         async with KeepaClient(
-            base_url=base_url, api_key="test-key", domain=1, tokens=sched, clock=clock,
+            base_url=base_url,
+            api_key="test-key",
+            domain=1,
+            tokens=sched,
+            clock=clock,
             max_attempts=3,
         ) as client:
-
             done = asyncio.Event()  # calls finish, so every charge has its envelope
 
             async def upserter() -> None:

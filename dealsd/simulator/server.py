@@ -197,6 +197,9 @@ class Simulator:
 
     # HTTP -----------------------------------------------------------------------
     def _envelope(self, cost: int, started: float) -> dict[str, Any]:
+        # Read as the answer leaves: a refill due during a slow answer is in
+        # the balance, as on Keepa, not announced as a refillIn of 0.
+        self.bucket.advance()
         return {
             "timestamp": int(self.clock.now() * 1000),
             "tokensLeft": self.bucket.balance,
