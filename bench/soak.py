@@ -87,34 +87,34 @@ def rss_kb(pid: int) -> int | None:
 
 
 class Daemon:
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.proc: asyncio.subprocess.Process | None = None
-        self.logs = bytearray()
-        self._reader: asyncio.Task[None] | None = None
+    """`python -m dealsd run` as a real process, its stderr kept."""
 
-    async def start(self) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.logs = bytearray()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, config: Path) -> Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DEALSD_", "KEEPA_"))}
         env.pop("NOTIFY_SOCKET", None)
         env.update(KEEPA_API_KEY=SECRET, PYTHONUNBUFFERED="1")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dealsd", "run", "--config", str(self.config),
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dealsd", "run", "--config", str(config),
             env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        self._reader = asyncio.create_task(self._read())
+        return cls(proc)
 
     async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
+        assert self.proc.stderr is not None
         while chunk := await self.proc.stderr.read(65536):
             self.logs += chunk
 
     async def stop(self, sig: signal.Signals) -> int:
-        assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
         rc = await asyncio.wait_for(self.proc.wait(), 60)
-        if self._reader is not None:
-            await self._reader
+        await self._reader
         return rc
 
 
@@ -155,8 +155,7 @@ async def soak(minutes: float, period: float, kill_every: float, seed: int) -> d
     logs = bytearray()
     rss_start: int | None = None
     rss_end: int | None = None
-    d = Daemon(config)
-    await d.start()
+    d = await Daemon.start(config)
     long_lived_from = time.monotonic()
     next_kill = started + kill_every * rng.uniform(0.5, 1.5)
     next_event = started + 10.0
@@ -166,13 +165,11 @@ async def soak(minutes: float, period: float, kill_every: float, seed: int) -> d
         while time.monotonic() < end:
             await asyncio.sleep(0.5)
             now = time.monotonic()
-            assert d.proc is not None
             if d.proc.returncode is not None:
                 unexpected += 1  # it died on its own: count, say so, restart
                 logs += d.logs
                 print(f"unexpected exit {d.proc.returncode}", file=sys.stderr)
-                d = Daemon(config)
-                await d.start()
+                d = await Daemon.start(config)
                 long_lived_from = now
             if rss_start is None and now >= calm_from + 5:
                 rss_start = rss_kb(d.proc.pid)
@@ -184,8 +181,7 @@ async def soak(minutes: float, period: float, kill_every: float, seed: int) -> d
                     _t, _b, asins = db_counts(db)
                     lost |= seen - asins
                     seen = asins
-                d = Daemon(config)
-                await d.start()
+                d = await Daemon.start(config)
                 long_lived_from = now
                 next_kill = now + kill_every * rng.uniform(0.5, 1.5)
             if now >= next_event:
@@ -210,7 +206,7 @@ async def soak(minutes: float, period: float, kill_every: float, seed: int) -> d
                 else:
                     hups += 1
                     d.proc.send_signal(signal.SIGHUP)
-        rss_end = rss_kb(d.proc.pid) if d.proc is not None else None
+        rss_end = rss_kb(d.proc.pid)
         sim.control(outage=False)
         for h in holders:
             await h.wait()
@@ -219,7 +215,7 @@ async def soak(minutes: float, period: float, kill_every: float, seed: int) -> d
         if rc != 0:
             unexpected += 1
     finally:
-        if d.proc is not None and d.proc.returncode is None:
+        if d.proc.returncode is None:
             d.proc.kill()
             await d.proc.wait()
         stats = sim.stats()
