@@ -1,16 +1,7 @@
 """The token scheduler: one in-process, weighted-fair gate in front of every Keepa call.
 
-The balance lives on Keepa's side and is shared by everything using the key, so
-the local model is only a prediction between responses: every envelope
-(``sync``) replaces it with the server's numbers. Between responses the model
-adds the refill at each step (the first at sync time + ``refillIn``, then one
-per learned period) up to Keepa's cap of 60 x the rate. The period is learned
-from the envelopes (``refillIn`` bounds it below, the spacing of refill instants
-pins it), so a simulator with 100 ms "minutes" needs no configuration; until it
-is pinned, only the announced step is credited and a probe asks at the
-shortest period the evidence allows. Spending
-by another user of the key shows as a drain in the server's ledger and is
-taken off the predicted refill. No threshold anywhere is tied to a plan.
+How many tokens the key holds and when more come is ``dealsd.balance``: a
+prediction between responses, replaced by every envelope (``sync``).
 
 Keepa runs a request whenever the balance is >= 1, whatever it costs, so a
 request waits for a balance >= 1 and for its turn, never for its full cost
@@ -40,48 +31,21 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from dealsd.balance import BalanceModel
 from dealsd.clock import Clock
 from dealsd.payloads import Envelope
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PERIOD_S = 60.0
-CAP_PERIODS = 60  # Keepa lets unused tokens expire after 60 refills.
 EWMA_ALPHA = 0.3
-# Another user of the key is learned slowly: a one-off spend should barely move
-# the model, a steady one should be absorbed within a few tens of periods.
-DRAIN_ALPHA = 0.1
 # A granted request whose response never came (timeout, cancelled caller) stops
 # counting as in flight after this long, so a lost request cannot depress the
 # balance forever.
 IN_FLIGHT_MAX_AGE_S = 120.0
-# An envelope whose server timestamp is this much older than the newest seen is
-# from a slower, earlier request: its balance is stale. Far older means the
-# server clock was reset, and the envelope is believed.
-STALE_WINDOW_MS = 120_000
 # After its answer, a consumer that is behind keeps its turn this long (a
 # fraction of the period, capped) so it can store the result and ask again.
 GRACE_PERIODS = 0.1
 GRACE_MAX_S = 2.0
-# Timers may fire a hair early; a step this close counts as reached.
-EPS = 1e-3
-# "Nice" periods to round a learned period up to: refillIn counts down from the
-# period, so the largest value seen is at most the period and usually a little
-# under it (latency), and under-estimating the period means over-predicting
-# the balance.
-_NICE = sorted(
-    {m * 10.0**e for e in range(-2, 4) for m in (1.0, 2.0, 2.5, 5.0)}
-    | {15.0, 30.0, 60.0, 90.0, 120.0, 300.0, 600.0, 3600.0}
-)
-
-
-def round_period(seen_s: float) -> float:
-    """The period implied by the largest ``refillIn`` seen: the next nice value up."""
-    floor = seen_s * 0.98  # within 2 % of a nice value is that value (jitter)
-    for nice in _NICE:
-        if nice >= floor:
-            return nice
-    return seen_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,37 +104,13 @@ class TokenScheduler:
         self._weights: dict[str, float] = {}
         self.set_weights(weights)
         self._batch_minutes = batch_minutes
-        # The model (monotonic time only).
-        self._synced = False
+        self._model = BalanceModel()  # monotonic time only
         self._synced_wall: float | None = None
-        self._balance = 0.0
-        self._rate = 0.0
-        self._period = DEFAULT_PERIOD_S
-        # Period evidence: refillIn never exceeds the period (a lower bound),
-        # and two distinct refill instants are a whole number of periods apart
-        # (the smallest spacing seen is an upper bound, soon the period itself).
-        self._period_seen = 0.0
-        self._spacing: float | None = None
-        self._last_instant: float | None = None
-        self._probe_due = False
         # Tokens the model added at a refill step are a prediction until an
         # envelope confirms them: the first request after a step goes alone (a
         # scout), so another user of the key or a plan cut costs one 429, not
         # one per concurrent request.
-        self._scout_due = False
         self._scout: _Ticket | None = None
-        # A ledger of the server's numbers between envelopes: what refills and
-        # our own consumption explain, and the rest (another user of the key),
-        # learned as a drain per period and taken off the predicted refill.
-        self._ledger_left: int | None = None
-        self._ledger_instant: float | None = None
-        self._ledger_rate = 0.0
-        self._ledger_consumed = 0
-        self._drain_raw = 0.0
-        self._drain_bucket = 0.0
-        self._next_step: float | None = None
-        self._step_announced = False  # _next_step is the refill an envelope announced
-        self._last_ts: int | None = None
         self._probe: _Ticket | None = None
         self._probe_at: float | None = None
         self._in_flight: list[_Ticket] = []
@@ -214,11 +154,11 @@ class TokenScheduler:
     def sync(self, envelope: Envelope) -> None:
         """Take balance, rate and next refill from a response's envelope."""
         now = self._clock.monotonic()
-        self._advance(now)  # so the prediction compared with the truth is current
+        self._model.advance(now)  # so the prediction compared with the truth is current
         ticket = self._take_ticket()
         consumed = max(0, envelope.tokens_consumed)
         self._consumed_total += consumed
-        self._ledger_consumed += consumed
+        self._model.note_consumed(consumed)
         if ticket is not None or consumed:
             who = ticket.consumer if ticket is not None else "unattributed"
             self._consumed_by[who] = self._consumed_by.get(who, 0) + consumed
@@ -232,101 +172,13 @@ class TokenScheduler:
             if consumed > 0 and ticket.cost > 0:
                 self._learn_ratio(ticket.consumer, consumed / ticket.cost)
         self._expire(now)
-        if self._is_stale(envelope):
+        if self._model.is_stale(envelope):
             log.debug("tokens.stale_envelope", timestamp=envelope.timestamp)
         else:
-            self._apply(envelope, now)
+            in_flight = sum(t.expected for t in self._in_flight)
+            self._model.apply(envelope, now, in_flight=in_flight)
+            self._synced_wall = self._clock.now()
         self._dispatch()
-
-    def _learn_period(self, refill_in: float, now: float) -> None:
-        if refill_in <= 0:
-            return
-        self._period_seen = max(self._period_seen, refill_in)
-        instant = now + refill_in
-        if self._last_instant is not None:
-            spacing = abs(instant - self._last_instant)
-            # Closer than half the longest refillIn is the same refill seen
-            # through different latencies, not a new one.
-            if spacing > max(0.5 * self._period_seen, 0.002):
-                if self._spacing is None or spacing < self._spacing:
-                    self._spacing = spacing
-                self._last_instant = instant
-        else:
-            self._last_instant = instant
-        # refillIn is computed by the server, so unlike the instants it carries
-        # no latency: its maximum, rounded up, is the period. The smallest
-        # spacing of instants (latency-noisy on a 100 ms simulator, so never
-        # trusted below that) only raises it while few refillIns were seen.
-        period = round_period(self._period_seen)
-        if self._spacing is None:
-            # One refill seen: refillIn alone can be far below the period, and
-            # under-estimating it over-predicts the balance.
-            period = max(DEFAULT_PERIOD_S, period)
-        else:
-            period = max(period, self._spacing)
-        if period != self._period:
-            log.info("tokens.period_learned", period_s=period, old_s=self._period)
-            self._period = period
-
-    def _learn_drain(self, envelope: Envelope, now: float, rate: float) -> None:
-        """Tokens the server lost between two envelopes that we did not spend."""
-        instant = now + envelope.refill_in / 1000.0 if envelope.refill_in > 0 else None
-        prev_left, prev_instant = self._ledger_left, self._ledger_instant
-        if (
-            prev_left is not None
-            and prev_instant is not None
-            and instant is not None
-            and self._spacing is not None  # refills can only be counted at a known period
-            and rate == self._ledger_rate
-        ):
-            refills = round((instant - prev_instant) / self._period)
-            if refills >= 0 and prev_left + refills * rate <= CAP_PERIODS * rate:
-                self._drain_bucket += (
-                    prev_left + refills * rate - envelope.tokens_left - self._ledger_consumed
-                )
-                if refills >= 1:
-                    # Responses still in flight show up as drain in one bucket
-                    # and give it back in a later one, so samples stay signed.
-                    sample = min(max(self._drain_bucket / refills, -rate), rate)
-                    self._drain_raw += DRAIN_ALPHA * (sample - self._drain_raw)
-                    self._drain_bucket = 0.0
-        self._ledger_left, self._ledger_instant = envelope.tokens_left, instant
-        self._ledger_rate, self._ledger_consumed = rate, 0
-
-    def _refill_per_step(self) -> float:
-        """The predicted refill per step: the plan's rate less the learned drain."""
-        drain = min(max(self._drain_raw, 0.0), 0.9 * self._rate)
-        return self._rate - drain
-
-    def _apply(self, envelope: Envelope, now: float) -> None:
-        self._learn_period(envelope.refill_in / 1000.0, now)
-        rate = float(envelope.refill_rate)
-        self._learn_drain(envelope, now, rate)
-        if self._synced and rate != self._rate:
-            log.info("tokens.refill_rate_changed", old=self._rate, new=rate)
-        predicted = self._balance
-        # Requests still in flight were deducted locally but may not be in the
-        # server's number yet; subtracting them again at worst under-predicts
-        # until their own envelopes arrive, which is the safe side.
-        pending = sum(t.expected for t in self._in_flight)
-        self._balance = envelope.tokens_left - pending
-        if self._synced and abs(predicted - self._balance) > max(rate, 10.0):
-            log.debug("tokens.resync", predicted=round(predicted, 1), server=envelope.tokens_left)
-        self._rate = rate
-        # refillIn 0 is a refill due now, not yet in tokensLeft.
-        self._next_step = now + max(0.0, envelope.refill_in / 1000.0)
-        self._step_announced = True
-        self._last_ts = envelope.timestamp
-        self._probe_due = False
-        self._scout_due = False
-        self._synced = True
-        self._synced_wall = self._clock.now()
-
-    def _is_stale(self, envelope: Envelope) -> bool:
-        if self._last_ts is None:
-            return False
-        behind = self._last_ts - envelope.timestamp
-        return 0 < behind <= STALE_WINDOW_MS
 
     def _take_ticket(self) -> _Ticket | None:
         ticket = _TICKET.get()
@@ -348,65 +200,20 @@ class TokenScheduler:
     def note_rate_limited(self) -> None:
         """Count a 429: the server's balance is <= 0 until the next refill."""
         self._rate_limited += 1
-        self._advance(self._clock.monotonic())
-        self._balance = min(self._balance, 0.0)
+        self._model.advance(self._clock.monotonic())
+        self._model.rate_limited()
         log.info("tokens.rate_limited", count=self._rate_limited)
         self._dispatch()
 
-    # -- the model between responses -----------------------------------------
-
-    def _advance(self, now: float) -> None:
-        """Add the refills whose steps have passed since the last look."""
-        if self._next_step is None or now + EPS < self._next_step:
-            return
-        if self._spacing is None:
-            self._next_step = self._advance_unknown_period(self._next_step, now)
-            return
-        steps = math.floor((now + EPS - self._next_step) / self._period) + 1
-        self._credit(steps * self._refill_per_step())
-        self._next_step += steps * self._period
-        self._scout_due = True
-
-    def _advance_unknown_period(self, step: float, now: float) -> float:
-        """Before two refill instants pin the period, only the announced step is sure.
-
-        The step the last envelope announced (``refillIn``) gets its refill;
-        later steps are guesses, so they credit nothing and only let one probe
-        ask, at the shortest period ``refillIn`` allows. (Stepping by the
-        default period instead parked the model a minute away whenever the one
-        answer after the first step taught nothing, being stale or lost: on an
-        accelerated simulator that stalled every grant for 600 "minutes".)
-        Returns the next step.
-        """
-        if self._step_announced:
-            self._credit(self._refill_per_step())
-            self._step_announced = False
-            self._scout_due = True
-        self._probe_due = True
-        shortest = round_period(self._period_seen) if self._period_seen > 0 else self._period
-        return step + (math.floor((now + EPS - step) / shortest) + 1) * shortest
-
-    def _credit(self, refill: float) -> None:
-        # The cap stops refills; it never takes away a balance the server reported.
-        cap = CAP_PERIODS * self._rate
-        self._balance = max(self._balance, min(cap, self._balance + refill))
+    # -- when the next request may go ------------------------------------------
 
     def _expire(self, now: float) -> None:
-        max_age = max(IN_FLIGHT_MAX_AGE_S, 2 * self._period)
+        max_age = max(IN_FLIGHT_MAX_AGE_S, 2 * self._model.period)
         while self._in_flight and now - self._in_flight[0].granted_at > max_age:
             lost = self._in_flight.pop(0)
             if lost is self._probe:
                 self._probe = None
             log.debug("tokens.in_flight_expired", consumer=lost.consumer, cost=lost.cost)
-
-    def _time_to_balance(self, target: float, now: float) -> float:
-        """Seconds until the predicted balance reaches ``target`` (inf if never)."""
-        if self._balance + 1e-9 >= target:
-            return 0.0
-        if self._next_step is None or self._rate <= 0:
-            return math.inf
-        steps = math.ceil((target - self._balance - 1e-9) / self._refill_per_step())
-        return max(0.0, self._next_step + (steps - 1) * self._period - now)
 
     def _probe_wait(self, now: float) -> float:
         """Unsynced (or no refill at all): one request per period teaches the state.
@@ -416,25 +223,25 @@ class TokenScheduler:
         """
         if self._probe_at is None:
             return 0.0
-        return max(0.0, self._probe_at + self._period - now)
+        return max(0.0, self._probe_at + self._model.period - now)
 
     def _grant_wait(self, now: float, ahead: float = 0.0) -> float:
-        wait = self._time_to_balance(1.0 + ahead, now)
+        wait = self._model.time_to(1.0 + ahead, now)
         if wait <= 0:
             scout = self._scout
             if scout is None or scout.synced or scout not in self._in_flight:
                 return 0.0
             # Wait for the scout's envelope (at most a period if it is lost).
-            return max(0.0, scout.granted_at + self._period - now)
-        if not self._synced or self._rate <= 0:
+            return max(0.0, scout.granted_at + self._model.period - now)
+        if not self._model.synced or self._model.rate <= 0:
             return min(wait, self._probe_wait(now))
-        if self._spacing is None and self._next_step is not None:
+        if not self._model.period_known and self._model.next_step is not None:
             # The period is still a guess (an accelerated simulator may refill
             # every 100 ms): once a refill step has passed, one request may try;
             # at worst a free 429, whose envelope shows the second refill.
-            if self._probe_due:
+            if self._model.probe_due:
                 return 0.0
-            return min(wait, max(0.0, self._next_step - now))
+            return min(wait, max(0.0, self._model.next_step - now))
         return wait
 
     def _hold(self, head: _Waiter, now: float) -> float:
@@ -448,17 +255,17 @@ class TokenScheduler:
         period) and for a short grace after its answer (time to store what it
         got and ask again).
         """
-        if self._balance - self._expected(head.consumer, head.cost) >= 1.0:
+        if self._model.balance - self._expected(head.consumer, head.cost) >= 1.0:
             return 0.0
         mine = self._start_tag(head.consumer)
         hold = 0.0
         for ticket in self._in_flight:
             if ticket.consumer == head.consumer or self._queues.get(ticket.consumer):
                 continue
-            left = ticket.granted_at + self._period - now
+            left = ticket.granted_at + self._model.period - now
             if left > 0 and self._start_tag(ticket.consumer) < mine - 1e-9:
                 hold = max(hold, left)
-        grace = min(GRACE_PERIODS * self._period, GRACE_MAX_S)
+        grace = min(GRACE_PERIODS * self._model.period, GRACE_MAX_S)
         for consumer, answered_at in self._answered.items():
             if consumer == head.consumer or self._queues.get(consumer):
                 continue
@@ -476,11 +283,11 @@ class TokenScheduler:
         nothing else is in flight (it is then the last to arrive), or when the
         balance covers it too. Waits end with those envelopes (or a period).
         """
-        if self._balance - self._expected(head.consumer, head.cost) >= 1.0:
+        if self._model.balance - self._expected(head.consumer, head.cost) >= 1.0:
             return 0.0
         if not self._in_flight:
             return 0.0
-        return max(0.0, max(t.granted_at for t in self._in_flight) + self._period - now)
+        return max(0.0, max(t.granted_at for t in self._in_flight) + self._model.period - now)
 
     def _next_wait(self, now: float) -> float | None:
         """Seconds until the head may be granted; None if nobody waits."""
@@ -490,7 +297,7 @@ class TokenScheduler:
         wait = self._grant_wait(now)
         if wait > 0:
             return wait
-        if self._synced:
+        if self._model.synced:
             wait = self._overtake_wait(head, now)
         return wait if wait > 0 else self._hold(head, now)
 
@@ -567,7 +374,7 @@ class TokenScheduler:
 
     def _refund(self, ticket: _Ticket) -> None:
         self._forget(ticket)
-        self._balance += ticket.expected
+        self._model.balance += ticket.expected
         self._granted_by[ticket.consumer] -= ticket.cost
         self._finish[ticket.consumer] = self._finish.get(ticket.consumer, 0.0) - ticket.charge
 
@@ -575,7 +382,7 @@ class TokenScheduler:
         """Waiting, in flight, or just answered (and about to ask again)."""
         if self._queues.get(consumer) or any(t.consumer == consumer for t in self._in_flight):
             return True
-        grace = min(GRACE_PERIODS * self._period, GRACE_MAX_S)
+        grace = min(GRACE_PERIODS * self._model.period, GRACE_MAX_S)
         return self._answered.get(consumer, -math.inf) + grace > now
 
     def _start_tag(self, consumer: str) -> float:
@@ -618,7 +425,7 @@ class TokenScheduler:
     def _dispatch(self) -> None:
         """Grant every waiter the model allows now, then arm the one timer."""
         now = self._clock.monotonic()
-        self._advance(now)
+        self._model.advance(now)
         while (head := self._head()) is not None and self._next_wait(now) == 0:
             self._queues[head.consumer].popleft()
             self._grant(head, now)
@@ -634,13 +441,13 @@ class TokenScheduler:
         ticket = _Ticket(
             self, waiter.consumer, waiter.cost, expected, charge, weight, now, waiter.task
         )
-        if self._balance < 1.0:
+        if self._model.balance < 1.0:
             self._probe, self._probe_at = ticket, now
         # Any request after a step will show the next refill instant.
-        self._probe_due = False
-        if self._scout_due:
-            self._scout, self._scout_due = ticket, False
-        self._balance -= expected
+        self._model.probe_due = False
+        if self._model.scout_due:
+            self._scout, self._model.scout_due = ticket, False
+        self._model.balance -= expected
         self._in_flight.append(ticket)
         self._granted_by[waiter.consumer] = self._granted_by.get(waiter.consumer, 0) + waiter.cost
         waiter.fut.set_result(ticket)
@@ -690,16 +497,16 @@ class TokenScheduler:
     ) -> int:
         """Items of ``kind`` whose expected cost fits ``batch_minutes`` of refill, in [lo, hi]."""
         per_item = self._cost_per_item.get((consumer, kind), default_cost)
-        if self._rate <= 0:
+        if self._model.rate <= 0:
             return lo
-        budget = self._batch_minutes * self._rate
+        budget = self._batch_minutes * self._model.rate
         n = math.floor(budget / per_item + 1e-9) if per_item > 0 else hi
         return max(lo, min(hi, n))
 
     def expected_wait(self, consumer: str, cost: int = 0) -> float:
         """Seconds until ``consumer`` could be granted, by the model (inf: unknown)."""
         now = self._clock.monotonic()
-        self._advance(now)
+        self._model.advance(now)
         mine = self._start_tag(consumer)
         ahead = 0.0
         # Other consumers' queued requests whose start tags come first go first.
@@ -717,12 +524,14 @@ class TokenScheduler:
 
     def snapshot(self) -> TokenSnapshot:
         now = self._clock.monotonic()
-        self._advance(now)
+        self._model.advance(now)
         return TokenSnapshot(
-            balance=self._balance,
-            refill_rate=self._rate,
-            refill_in_s=None if self._next_step is None else max(0.0, self._next_step - now),
-            period_s=self._period,
+            balance=self._model.balance,
+            refill_rate=self._model.rate,
+            refill_in_s=None
+            if self._model.next_step is None
+            else max(0.0, self._model.next_step - now),
+            period_s=self._model.period,
             consumed_total=self._consumed_total,
             consumed_by=dict(self._consumed_by),
             granted_by=dict(self._granted_by),
@@ -730,5 +539,5 @@ class TokenScheduler:
             rate_limited=self._rate_limited,
             synced_at=self._synced_wall,
             in_flight=len(self._in_flight),
-            other_use_per_period=self._rate - self._refill_per_step(),
+            other_use_per_period=self._model.rate - self._model.refill_per_step(),
         )

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from dealsd.balance import round_period
 from dealsd.clock import Clock, FakeClock, SystemClock
 from dealsd.payloads import Envelope
-from dealsd.tokens import TokenScheduler, round_period
+from dealsd.tokens import TokenScheduler
 
 WEIGHTS = {"upserter": 1.0, "backfiller": 3.0}
 
