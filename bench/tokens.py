@@ -9,12 +9,15 @@ against its weight, the longest wait for a grant (one still pending at the
 end included).
 
     .venv/bin/python -m bench.tokens          # this file's table
+    .venv/bin/python -m bench.tokens --loaded 10   # the steady run under CPU load
     .venv/bin/python -m bench                 # every bench module
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -221,7 +224,41 @@ def run() -> list[Row]:
     return asyncio.run(_all())
 
 
-if __name__ == "__main__":  # the same as `python -m bench tokens`
-    from bench.__main__ import main
+def loaded(runs: int, busy: int = 3) -> int:
+    """The steady run, ``runs`` times, while ``busy`` busy loops hold the cores.
+
+    This is how the scheduler's stall under CPU load was caught (a grant held
+    for the rest of the run); a wait over 10 periods counts as a stall.
+    """
+    configure_logging("warning", "console")
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    stalls = 0
+    try:
+        for i in range(runs):
+            out = asyncio.run(scenario("steady", rate=20, periods=150, initial=20))
+            stalled = out.longest_wait_s > 10 * PERIOD_S
+            stalls += stalled
+            print(
+                f"run {i + 1}: utilization {out.utilization:.3f}, 429s {out.rate_limited}, "
+                f"longest wait {out.longest_wait_s:.3f} s{' STALL' if stalled else ''}",
+                flush=True,
+            )
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    print(f"stalls (a wait over 10 periods): {stalls} of {runs}")
+    return 1 if stalls else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.tokens")
+    parser.add_argument(
+        "--loaded", type=int, metavar="RUNS",
+        help="run the steady scenario RUNS times under CPU load (3 busy loops)",
+    )  # fmt: skip
+    if (runs := parser.parse_args().loaded) is not None:
+        sys.exit(loaded(runs))
+    from bench.__main__ import main  # the same as `python -m bench tokens`
 
     sys.exit(main(["tokens"]))
