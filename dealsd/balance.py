@@ -126,9 +126,13 @@ class BalanceModel:
         if self.synced and abs(predicted - self.balance) > max(rate, 10.0):
             log.debug("tokens.resync", predicted=round(predicted, 1), server=envelope.tokens_left)
         self.rate = rate
-        # refillIn 0 is a refill due now, not yet in tokensLeft.
-        self.next_step = now + max(0.0, envelope.refill_in / 1000.0)
-        self._step_announced = True
+        if envelope.refill_in >= 0:
+            # refillIn 0 is a refill due now, not yet in tokensLeft.
+            self.next_step = now + envelope.refill_in / 1000.0
+            self._step_announced = True
+        elif self.next_step is None:
+            # Not said: the model keeps its own step, or guesses one period.
+            self.next_step = now + self.period
         self._last_ts = envelope.timestamp
         self.probe_due = False
         self.scout_due = False

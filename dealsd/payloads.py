@@ -33,7 +33,7 @@ class Envelope(msgspec.Struct, frozen=True, rename="camel"):
 
     timestamp: int
     tokens_left: int
-    refill_in: int
+    refill_in: int  # ms until the next refill; -1 if the response did not say
     refill_rate: int
     tokens_consumed: int = 0
     token_flow_reduction: float = 0.0
@@ -155,7 +155,7 @@ def decode_envelope(body: bytes) -> tuple[Envelope | None, KeepaErrorBody | None
     envelope = Envelope(
         timestamp=env.timestamp or 0,
         tokens_left=env.tokensLeft,
-        refill_in=env.refillIn if env.refillIn is not None else 0,
+        refill_in=env.refillIn if env.refillIn is not None else -1,
         refill_rate=env.refillRate,
         tokens_consumed=env.tokensConsumed or 0,
         token_flow_reduction=env.tokenFlowReduction or 0.0,

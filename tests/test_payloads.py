@@ -50,6 +50,9 @@ def test_envelope_read_from_success_and_error_bodies() -> None:
     assert err is not None and err.type == "tokens"
     assert decode_envelope(b"<html>502</html>") == (None, None)
     assert decode_envelope(b'{"tokensLeft": 3}') == (None, None)
+    # No refillIn: not "a refill is due now" (0), but unknown.
+    env, _ = decode_envelope(b'{"timestamp": 1, "tokensLeft": 3, "refillRate": 5}')
+    assert env is not None and env.refill_in == -1
 
 
 def test_malformed_items_are_skipped_with_reason_and_neighbours_survive() -> None:

@@ -312,6 +312,17 @@ async def test_refill_in_of_zero_means_a_refill_is_due_now() -> None:
     await asyncio.wait_for(sched.acquire("upserter", 5), 1)
 
 
+async def test_envelope_without_refill_in_keeps_the_predicted_step() -> None:
+    clock = FakeClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    sched.sync(env(-10, 30_000, 20))
+    await clock.advance(10)
+    sched.sync(env(-12, -1, 20, ts=2))  # refillIn not reported
+    snap = sched.snapshot()
+    assert snap.balance == -12  # no refill credited on a guess
+    assert snap.refill_in_s == pytest.approx(20)
+
+
 async def test_in_flight_requests_are_not_forgotten_by_an_earlier_envelope() -> None:
     clock = FakeClock()
     sched = TokenScheduler(clock=clock, weights=WEIGHTS)
