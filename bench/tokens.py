@@ -204,8 +204,12 @@ def rows(out: Outcome) -> list[Row]:
     return result
 
 
+async def _steady() -> Outcome:
+    return await scenario("steady 20/period", rate=20, periods=150, initial=20)
+
+
 async def _all() -> list[Row]:
-    steady = await scenario("steady 20/period", rate=20, periods=150, initial=20)
+    steady = await _steady()
     plans = await scenario(
         "plan 5->25->5",
         rate=5,
@@ -235,7 +239,7 @@ def loaded(runs: int, busy: int = 3) -> int:
     stalls = 0
     try:
         for i in range(runs):
-            out = asyncio.run(scenario("steady", rate=20, periods=150, initial=20))
+            out = asyncio.run(_steady())
             stalled = out.longest_wait_s > 10 * PERIOD_S
             stalls += stalled
             print(

@@ -524,14 +524,13 @@ class TokenScheduler:
 
     def snapshot(self) -> TokenSnapshot:
         now = self._clock.monotonic()
-        self._model.advance(now)
+        model = self._model
+        model.advance(now)
         return TokenSnapshot(
-            balance=self._model.balance,
-            refill_rate=self._model.rate,
-            refill_in_s=None
-            if self._model.next_step is None
-            else max(0.0, self._model.next_step - now),
-            period_s=self._model.period,
+            balance=model.balance,
+            refill_rate=model.rate,
+            refill_in_s=None if model.next_step is None else max(0.0, model.next_step - now),
+            period_s=model.period,
             consumed_total=self._consumed_total,
             consumed_by=dict(self._consumed_by),
             granted_by=dict(self._granted_by),
@@ -539,5 +538,5 @@ class TokenScheduler:
             rate_limited=self._rate_limited,
             synced_at=self._synced_wall,
             in_flight=len(self._in_flight),
-            other_use_per_period=self._model.rate - self._model.refill_per_step(),
+            other_use_per_period=model.rate - model.refill_per_step(),
         )
