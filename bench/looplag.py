@@ -31,15 +31,14 @@ from pathlib import Path
 
 from bench import Row
 from bench.pipeline import ZLIB_LEVEL, sample_body
-from dealsd import payloads
-from dealsd.backfiller import Backfiller
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig
-from dealsd.health import Health
-from dealsd.keepa import KeepaClient
+from dealsd.keepa import KeepaClient, payloads
 from dealsd.logs import configure_logging
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
+from dealsd.workers.backfiller import Backfiller
+from dealsd.workers.health import Health
 
 PROBE_S = 0.010
 ROUNDS = 10  # of 100 products each

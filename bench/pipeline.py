@@ -4,7 +4,7 @@ A 100-product /product response is built from the real recorded sample
 (``dealsd/samples/product_B0D8W1YVBX.json``, compact as Keepa sends it:
 ~208 KB a product, mostly price history) with each copy's ASIN rewritten.
 The pipeline is what the client and the backfiller really run on such a
-body: ``decode_envelope`` and ``decode_products`` (keepa.py), then for each
+body: ``decode_envelope`` and ``decode_products`` (dealsd/keepa/client.py), then for each
 product the backfiller's own ``_store_one`` (derive columns with
 ``dealsd.mapping``, zlib-compress in a thread, commit through the store with
 ``queries.store_product``), all products of the batch gathered as ``round()``
@@ -14,7 +14,7 @@ cannot borrow the second core.
 The floor is a plain ``json.loads`` of the same body. Goals: the pipeline
 costs <= 2x that floor, and runs >= 2x what the largest Keepa plan can buy:
 ASSUMED PLAN 4,000 tokens/min at ~1 token per product (history and stats are
-free extras, KEEPA_API.md) = 67 products/s, so the goal is >= 134 products/s.
+free extras, docs/keepa.md) = 67 products/s, so the goal is >= 134 products/s.
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ from typing import Any, cast
 import msgspec
 
 from bench import Row
-from dealsd import payloads
-from dealsd.backfiller import PAYLOAD_ZLIB_LEVEL, Backfiller
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig
-from dealsd.health import Health
-from dealsd.keepa import KeepaClient
+from dealsd.keepa import KeepaClient, payloads
 from dealsd.logs import configure_logging
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
+from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL, Backfiller
+from dealsd.workers.health import Health
 
 ZLIB_LEVEL = PAYLOAD_ZLIB_LEVEL
 SAMPLE = Path(__file__).resolve().parent.parent / "dealsd" / "samples" / "product_B0D8W1YVBX.json"

@@ -33,10 +33,12 @@ import msgspec
 
 from bench import Row
 from bench.looplag import simulator_process
-from dealsd import mapping, payloads, queries, schema
-from dealsd.backfiller import PAYLOAD_ZLIB_LEVEL
+from dealsd import mapping
 from dealsd.clock import iso_utc
 from dealsd.config import ProfitConfig
+from dealsd.keepa import payloads
+from dealsd.store import queries, schema
+from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL
 
 N = 100_000
 SAMPLES = Path(__file__).resolve().parent.parent / "dealsd" / "samples"

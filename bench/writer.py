@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import Row
-from dealsd import queries, schema
 from dealsd.clock import SystemClock, iso_utc
-from dealsd.store import Store
+from dealsd.store import Store, queries, schema
 
 ROWS = 30_000
 PRODUCERS = 100
@@ -129,7 +128,7 @@ def synchronous(
 
     The writer's figure divided by this one is what asyncio and the thread hop
     cost. ``per_write_savepoint`` adds what the writer paid before groups ran
-    optimistically (dealsd/groups.py): a SAVEPOINT and RELEASE around each write.
+    optimistically (dealsd/store/groups.py): a SAVEPOINT and RELEASE around each write.
     """
     conn = _connect(path)
     fns = [make(r) for r in rows]

@@ -30,20 +30,19 @@ from typing import Any
 import msgspec
 import structlog
 
-from dealsd import queries
-from dealsd.backfiller import Backfiller
 from dealsd.clock import Clock, iso_utc, sleep_or_stop
 from dealsd.config import Config, ConfigError, diff_live, load_config
-from dealsd.health import Health, HealthSnapshot, State, WorkerRow
-from dealsd.janitor import Janitor
 from dealsd.keepa import KeepaClient
 from dealsd.lock import AlreadyRunning, InstanceLock
 from dealsd.logs import FailureLog, set_level
 from dealsd.notify import Notifier
-from dealsd.store import Store, StoreError
-from dealsd.supervisor import Supervisor
+from dealsd.store import Store, StoreError, queries
 from dealsd.tokens import TokenScheduler
-from dealsd.upserter import Upserter, price_type
+from dealsd.workers.backfiller import Backfiller
+from dealsd.workers.health import Health, HealthSnapshot, State, WorkerRow
+from dealsd.workers.janitor import Janitor
+from dealsd.workers.supervisor import Supervisor
+from dealsd.workers.upserter import Upserter, price_type
 
 log = structlog.get_logger(__name__)
 

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from dealsd import queries
 from dealsd.clock import SystemClock
 from dealsd.config import load_config
 from dealsd.daemon import run_daemon
 from dealsd.notify import Notifier
 from dealsd.simulator import SimOptions, Simulator
+from dealsd.store import queries
 
 # One Keepa minute per second at 20 tokens/minute, starting from a small
 # balance: the first fill is quick and the backfill then visibly runs at the

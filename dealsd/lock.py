@@ -1,6 +1,6 @@
 """One daemon per database: an flock(2) on ``<db>.lock`` holding the owner's PID.
 
-Two writers on one SQLite file is how the old system died (FIELD_NOTES 1), so
+Two writers on one SQLite file is how the old system died (docs/field-notes.md #1), so
 ``dealsd run`` takes this lock before it opens the database and keeps it for
 its whole life. flock is the right tool because the kernel drops it when the
 holder's last descriptor closes, however the process ends: after ``kill -9``

@@ -35,7 +35,7 @@ import structlog
 from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
 
 from dealsd.clock import Clock, iso_utc
-from dealsd.keepa import redact as redact_text
+from dealsd.redact import redact as redact_text
 
 __all__ = [
     "FailureLog",

@@ -1,7 +1,7 @@
 """Keepa objects to column values: the one mapping, pure and typed.
 
 Every column dealsd derives from Keepa data is named here once, next to the
-function that computes it (FIELD_NOTES item 8: the old refresh path read rows
+function that computes it (docs/field-notes.md #8: the old refresh path read rows
 by display names while rows used column names, and profit silently became 0).
 The full backfill and the stats-only refresh both call ``product_columns``, so
 they cannot disagree about a name or a unit.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dealsd.clock import iso_utc, keepa_minutes_to_epoch
-from dealsd.payloads import (
+from dealsd.keepa.payloads import (
     AMAZON,
     BUY_BOX_SHIPPING,
     COUNT_NEW,

@@ -123,7 +123,7 @@ class Notifier:
             self._failures += 1
             if not self._failing:
                 # Once per outage: a dead socket pinged every minute must not
-                # fill the journal (FIELD_NOTES 7).
+                # fill the journal (docs/field-notes.md #7).
                 self._failing = True
                 log.warning(
                     "notify_send_failed",

@@ -4,7 +4,7 @@ The database is opened read-only, so this works while the daemon runs and
 after it stopped. Whether a daemon runs at all comes from the instance lock
 (``lock.holder_pid``), not from the rows: a daemon killed without writing
 ``stopped_at`` leaves a heartbeat that looks recent for a moment, and a stale
-heartbeat must read as "not running", never as healthy (FIELD_NOTES item 2).
+heartbeat must read as "not running", never as healthy (docs/field-notes.md #2).
 
 Exit status: 0 healthy, 1 unhealthy or not running, 2 no database or an
 unreadable config.
@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from dealsd import queries
 from dealsd.clock import iso_utc, parse_iso_utc
 from dealsd.lock import holder_pid
+from dealsd.store import queries
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NO_DATABASE = 0, 1, 2
 # A heartbeat older than this many snapshot intervals (plus slack) means the

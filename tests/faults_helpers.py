@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 # A key nobody could mistake for anything else: it must never show up in a
-# log line, a status output or the database file (FIELD_NOTES, KEEPA_API.md).
+# log line, a status output or the database file (docs/field-notes.md, docs/keepa.md).
 SECRET = "SECRET-KEY-1234567890"
 HERE = Path(__file__).resolve().parent
 

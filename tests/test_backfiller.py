@@ -2,7 +2,7 @@
 
 The full backfill (history, offers) and the stats-only refresh cost very
 different amounts per product, so each kind of work is sized by its own
-observed cost (FIELD_NOTES item 5), while fairness stays per consumer.
+observed cost (docs/field-notes.md #5), while fairness stays per consumer.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import structlog
 
-from dealsd.backfiller import KIND_REFRESH, Backfiller
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig
-from dealsd.health import Health
 from dealsd.keepa import KeepaClient
 from dealsd.simulator import SimOptions, Simulator
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
+from dealsd.workers.backfiller import KIND_REFRESH, Backfiller
+from dealsd.workers.health import Health
 
 RATE = 50  # tokens per (accelerated) minute: one minute of refill is the batch budget
 

@@ -74,7 +74,7 @@ def test_iso_round_trip_and_format() -> None:
 
 
 def test_keepa_time() -> None:
-    # KEEPA_API.md: unix_ms = (keepa_minutes + 21564000) * 60000
+    # docs/keepa.md: unix_ms = (keepa_minutes + 21564000) * 60000
     assert keepa_minutes_to_epoch(8075762) == (8075762 + 21564000) * 60
     assert iso_utc(keepa_minutes_to_epoch(8075762) or 0) == "2026-05-10T04:02:00Z"
     assert keepa_minutes_to_epoch(-1) is None

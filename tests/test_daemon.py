@@ -445,7 +445,7 @@ async def test_a_refused_key_reads_unhealthy_but_the_watchdog_keeps_going(
 
 async def test_profit_follows_the_current_price_after_deals_change(tmp_path: Path) -> None:
     # Deals keep changing price; each upsert of a backfilled deal recomputes
-    # profit from its new current price (FIELD_NOTES item 8: never a stale 0).
+    # profit from its new current price (docs/field-notes.md #8: never a stale 0).
     s = Simulator(sim_options(catalogue_size=160, changed_deals_per_period=10))
     await s.start("127.0.0.1", 0)
     try:

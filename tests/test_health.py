@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dealsd.clock import FakeClock
-from dealsd.health import Health, State
+from dealsd.workers.health import Health, State
 
 
 @dataclass

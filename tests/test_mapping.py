@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dealsd import mapping
-from dealsd.payloads import Product, decode_deals, decode_products
+from dealsd.keepa.payloads import Product, decode_deals, decode_products
 
 SAMPLES = Path("/work/shared/keepa-samples")
 if not SAMPLES.is_dir():  # the packaged copy, where the shared folder is absent
@@ -142,7 +142,7 @@ def test_product_that_lies_short_arrays_and_odd_negatives() -> None:
 
 
 def test_refresh_through_sqlite_keeps_names(tmp_path: Path) -> None:
-    """FIELD_NOTES 8: a row written by column name and read back estimates the same."""
+    """docs/field-notes.md #8: a row written by column name and read back estimates the same."""
     db = sqlite3.connect(tmp_path / "m.db")
     db.row_factory = sqlite3.Row
     db.execute(
@@ -348,9 +348,9 @@ def test_buy_cost_from_row_read_back_with_null() -> None:
 
 
 def test_every_mapped_column_exists_in_the_schema(tmp_path: Path) -> None:
-    """The names here and the `deals` table must agree (FIELD_NOTES 8): checked
+    """The names here and the `deals` table must agree (docs/field-notes.md #8): checked
     on a real database file migrated by the real schema."""
-    from dealsd import schema
+    from dealsd.store import schema
 
     conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
     try:

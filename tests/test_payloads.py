@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dealsd.payloads import PayloadError, decode_deals, decode_envelope, decode_products
+from dealsd.keepa.payloads import PayloadError, decode_deals, decode_envelope, decode_products
 
 SAMPLES = Path(__file__).resolve().parents[1] / "dealsd" / "samples"
 if not SAMPLES.exists():  # before the simulator ships its copy

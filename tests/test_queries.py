@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dealsd import mapping, queries, schema
+from dealsd import mapping
 from dealsd.clock import FakeClock, iso_utc
-from dealsd.payloads import decode_products
-from dealsd.store import Store
+from dealsd.keepa.payloads import decode_products
+from dealsd.store import Store, queries, schema
 
 T = TypeVar("T")
 NOW = 1_800_000_000.0

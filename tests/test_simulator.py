@@ -21,7 +21,7 @@ import pytest
 from test_daemon import wait_for
 
 from dealsd.clock import FakeClock
-from dealsd.payloads import decode_deals, decode_envelope, decode_products
+from dealsd.keepa.payloads import decode_deals, decode_envelope, decode_products
 from dealsd.simulator import Faults, SimOptions, Simulator
 
 SAMPLES = Path(__file__).resolve().parents[1] / "dealsd" / "samples"

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from dealsd import queries
 from dealsd.cli import main
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import load_config
@@ -21,7 +20,7 @@ from dealsd.lock import InstanceLock
 from dealsd.notify import Notifier
 from dealsd.simulator import SimOptions, Simulator
 from dealsd.status import gather
-from dealsd.store import Store
+from dealsd.store import Store, queries
 
 
 def write_config(tmp_path: Path, base_url: str) -> Path:

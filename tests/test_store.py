@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from dealsd import queries, schema
 from dealsd.clock import FakeClock, iso_utc
-from dealsd.store import NotADatabase, SchemaTooNew, Store, StoreClosed, StoreFull
+from dealsd.store import NotADatabase, SchemaTooNew, Store, StoreClosed, StoreFull, queries, schema
 
 HERE = Path(__file__).parent
 
@@ -506,7 +505,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
 
 async def test_dashboard_process_holding_the_lock_loses_no_write(tmp_path: Path) -> None:
     """A second OS process reads all along and once holds the write lock ~6 s:
-    longer than the writer's 5 s busy_timeout (FIELD_NOTES item 1)."""
+    longer than the writer's 5 s busy_timeout (docs/field-notes.md #1)."""
     db = tmp_path / "deals.db"
     store = await Store.open(db, clock=FakeClock())
     dash = await asyncio.create_subprocess_exec(

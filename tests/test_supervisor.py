@@ -5,8 +5,9 @@ import asyncio
 from structlog.testing import capture_logs
 
 from dealsd.clock import FakeClock
-from dealsd.health import Health, State
-from dealsd.supervisor import RoundResult, Supervisor
+from dealsd.workers.base import RoundResult
+from dealsd.workers.health import Health, State
+from dealsd.workers.supervisor import Supervisor
 
 
 class Steady:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dealsd.balance import round_period
 from dealsd.clock import Clock, FakeClock, SystemClock
-from dealsd.payloads import Envelope
+from dealsd.keepa.payloads import Envelope
 from dealsd.tokens import TokenScheduler
+from dealsd.tokens.balance import round_period
 
 WEIGHTS = {"upserter": 1.0, "backfiller": 3.0}
 
@@ -449,7 +449,7 @@ async def test_two_saturated_consumers_share_by_weight() -> None:
 
 
 async def test_big_request_is_not_starved_by_a_stream_of_small_ones() -> None:
-    # FIELD_NOTES 3: 100-token batches against three 5-token streams, 5/min.
+    # docs/field-notes.md #3: 100-token batches against three 5-token streams, 5/min.
     clock = FakeClock()
     sched = TokenScheduler(clock=clock, weights={"upserter": 1, "backfiller": 1})
     key = KeepaKey(clock, rate=5, balance=5)
@@ -555,7 +555,7 @@ async def test_steady_other_user_is_learned_as_a_drain() -> None:
 
 
 async def test_local_drift_and_plan_upgrade_do_not_livelock() -> None:
-    # FIELD_NOTES 4: local -229 while Keepa says -104, then a plan upgrade.
+    # docs/field-notes.md #4: local -229 while Keepa says -104, then a plan upgrade.
     clock = FakeClock()
     sched = TokenScheduler(clock=clock, weights=WEIGHTS)
     key = KeepaKey(clock, rate=5, balance=-104)
@@ -577,7 +577,7 @@ async def test_local_drift_and_plan_upgrade_do_not_livelock() -> None:
 
 
 async def test_batch_size_follows_observed_cost_and_refill_rate() -> None:
-    # FIELD_NOTES 5: estimated 2 tokens per ASIN, really 7.7.
+    # docs/field-notes.md #5: estimated 2 tokens per ASIN, really 7.7.
     clock = FakeClock()
     sched = TokenScheduler(clock=clock, weights=WEIGHTS, batch_minutes=1.0)
     assert sched.batch_size("backfiller", lo=1, hi=100, default_cost=2) == 1  # unsynced

@@ -164,7 +164,7 @@ class ProductQuery:
         )
 
     def cost_per_product(self, offer_pages: int) -> int:
-        """KEEPA_API.md's table: base (or offer pages) plus the paid extras."""
+        """Keepa's documented table: base (or offer pages) plus the paid extras."""
         cost = OFFER_PAGE_COST * offer_pages if self.offers else 1
         if self.rating:
             cost += 1

@@ -1,6 +1,6 @@
 """The simulated deal catalogue: deterministic from a seed, evolving per Keepa minute.
 
-Each deal follows Keepa's Deal object (KEEPA_API.md, "/deal"): arrays indexed
+Each deal follows Keepa's Deal object (docs/keepa.md, "/deal"): arrays indexed
 by price type (36 entries, -1 = no data), ``delta``/``deltaPercent``/``avg``
 indexed by date range then price type, times in Keepa minutes. Drops are
 negative deltas (current - average), so sortType 4 puts the deepest drop first.

@@ -4,7 +4,7 @@ A deal not seen for ``grace_h`` hours is gone from Keepa's results and is
 deleted, in chunks so no single transaction holds the writer for long.
 
 The old system's janitor kept deleting while ingestion was down and drained
-the dashboard to zero (FIELD_NOTES item 6). "Not seen" only means "gone" when
+the dashboard to zero (docs/field-notes.md #6). "Not seen" only means "gone" when
 the upserter is actually looking, so this janitor prunes only while the
 upserter has succeeded recently (within twice its interval plus the backoff
 of a failed round), and pauses — saying so once — otherwise.
@@ -16,12 +16,11 @@ import asyncio
 
 import structlog
 
-from dealsd import queries
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import JanitorConfig
-from dealsd.health import Health
-from dealsd.store import Store
-from dealsd.supervisor import RoundResult
+from dealsd.store import Store, queries
+from dealsd.workers.base import RoundResult
+from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """One group of writes on the writer thread: a transaction, optimistic first.
 
 Plain synchronous functions of the writer's ``sqlite3.Connection``, called by
-``dealsd/store.py`` in one thread hop per group; nothing here knows asyncio.
+``dealsd/store/writer.py`` in one thread hop per group; nothing here knows asyncio.
 
 A group runs optimistically, without a savepoint per write: one costs about
 as much as a one-row UPSERT (bench/writer.py). If a write raises, the group

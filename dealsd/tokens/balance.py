@@ -23,7 +23,7 @@ import math
 
 import structlog
 
-from dealsd.payloads import Envelope
+from dealsd.keepa.payloads import Envelope
 
 log = structlog.get_logger(__name__)
 

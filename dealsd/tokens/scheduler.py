@@ -1,6 +1,6 @@
 """The token scheduler: one in-process, weighted-fair gate in front of every Keepa call.
 
-How many tokens the key holds and when more come is ``dealsd.balance``: a
+How many tokens the key holds and when more come is ``dealsd.tokens.balance``: a
 prediction between responses, replaced by every envelope (``sync``).
 
 Keepa runs a request whenever the balance is >= 1, whatever it costs, so a
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from dealsd.balance import BalanceModel
 from dealsd.clock import Clock
-from dealsd.payloads import Envelope
+from dealsd.keepa.payloads import Envelope
+from dealsd.tokens.balance import BalanceModel
 
 log = structlog.get_logger(__name__)
 

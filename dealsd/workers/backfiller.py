@@ -4,7 +4,7 @@ Work comes in this order: deals never backfilled, newest first; then deals
 whose derived columns are older than ``refresh_after_h``, refreshed with the
 cheap stats-only parameters (no history, offers, rating or buy box). The batch
 size follows the refill rate and the cost per product actually observed
-(``tokens.batch_size``; FIELD_NOTES item 5), not a fixed number.
+(``tokens.batch_size``; docs/field-notes.md #5), not a fixed number.
 
 Each product is its own write (its payload compressed off the event loop),
 so a crash loses at most the batch in flight; what is stored is never bought
@@ -24,10 +24,9 @@ from typing import Any
 
 import structlog
 
-from dealsd import mapping, queries
+from dealsd import mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import BackfillerConfig
-from dealsd.health import Health
 from dealsd.keepa import (
     AccessDenied,
     KeepaClient,
@@ -35,11 +34,12 @@ from dealsd.keepa import (
     ProductParams,
     RequestRejected,
 )
+from dealsd.keepa.payloads import PRODUCT_TYPE_INVALID, Item, PayloadError, Product
 from dealsd.logs import FailureLog
-from dealsd.payloads import PRODUCT_TYPE_INVALID, Item, PayloadError, Product
-from dealsd.store import Store
-from dealsd.supervisor import RoundResult
+from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
+from dealsd.workers.base import RoundResult
+from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
 

@@ -23,8 +23,8 @@ import msgspec
 from msgspec import Meta
 
 # The errors live in their own module; ConfigError is imported from here too.
-from dealsd.config_errors import ConfigError as ConfigError
-from dealsd.config_errors import translate as translate
+from dealsd.config.errors import ConfigError as ConfigError
+from dealsd.config.errors import translate as translate
 
 EX_CONFIG = 78  # sysexits.h: the unit's RestartPreventExitStatus, a restart cannot fix a typo
 DEFAULT_CONFIG_PATH = Path("/etc/dealsd/config.toml")
@@ -34,7 +34,7 @@ PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
 NonNegativeInt = Annotated[int, Meta(ge=0)]
 BatchSize = Annotated[int, Meta(ge=1, le=100)]  # Keepa's /product takes at most 100 ASINs
-# Keepa's domain ids: 7 does not exist (KEEPA_API.md, "Domains").
+# Keepa's domain ids: 7 does not exist (docs/keepa.md, "Domains").
 Domain = Literal[1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]
 HttpUrl = Annotated[str, Meta(pattern=r"^https?://[^\s/]+", description="an http(s):// URL")]
 NonEmpty = Annotated[str, Meta(min_length=1)]
@@ -43,7 +43,7 @@ CONSUMERS = ("upserter", "backfiller")  # who spends tokens
 
 
 def default_selection() -> dict[str, Any]:
-    """KEEPA_API.md's realistic selection: used books on amazon.com, biggest drops first."""
+    """Keepa's documented realistic selection: used books on amazon.com, biggest drops first."""
     return {
         "includeCategories": [283155],
         "priceTypes": [2],

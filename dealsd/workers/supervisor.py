@@ -3,7 +3,7 @@
 Every worker is a plain object with ``name``, ``expected_round_s`` and
 ``async def round() -> RoundResult``. The loop around it lives here once:
 a round that raises is logged (its traceback once per distinct error, then
-counted by ``logs.FailureLog``, FIELD_NOTES item 7), and the worker is run again after an
+counted by ``logs.FailureLog``, docs/field-notes.md #7), and the worker is run again after an
 exponential backoff (1 s doubling to 60 s, reset after a healthy stretch),
 seconds rather than the old system's 30 minutes (item 10).
 
@@ -16,42 +16,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import structlog
 
 from dealsd.clock import Clock
-from dealsd.health import Health
 from dealsd.logs import FailureLog
+from dealsd.workers.base import Worker
+from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class RoundResult:
-    """What one round did and how long to wait before the next.
-
-    ``progressed`` counts units of real work (pages, products, rows); ``idle``
-    says the round looked for work and found none, which is a sign of life
-    too. A round with neither (a batch that failed and was skipped) is not
-    progress: repeated, it makes the worker read as stalled.
-    """
-
-    sleep_s: float
-    progressed: int = 0
-    what: str = "items"
-    idle: bool = False
-
-
-class Worker(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def expected_round_s(self) -> float: ...
-
-    async def round(self) -> RoundResult: ...
 
 
 OnRestart = Callable[[str, str], Awaitable[None]]
@@ -91,7 +64,7 @@ class Supervisor:
         # begun afterwards is not cut short by an old wake.
         self._woken = asyncio.Event()
         # A persistent fault is said once with its traceback, then counted in
-        # one summary line a minute at most (FIELD_NOTES item 7).
+        # one summary line a minute at most (docs/field-notes.md #7).
         self._errors = FailureLog(clock=clock)
         self.restarts: dict[str, int] = {w.name: 0 for w in self._workers}
         for w in self._workers:

@@ -4,7 +4,7 @@ Each takes a ``sqlite3.Connection`` and is called inside ``store.write(fn)``
 (the writer's group transaction: no function here commits) or
 ``store.read(fn)``. They work whatever the connection's ``row_factory``.
 Column names are checked against the schema, so a misspelt column raises
-instead of silently writing nothing (FIELD_NOTES item 8).
+instead of silently writing nothing (docs/field-notes.md #8).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dealsd import mapping, schema
+from dealsd import mapping
 from dealsd.clock import iso_utc
+from dealsd.store import schema
 
 # What a /deal page updates: the mapping's deal row, less the key and the
 # seen-stamp, which the upsert handles itself. One list, in the mapping.

@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-# Price-type indexes (KEEPA_API.md, "Prices and arrays").
+# Price-type indexes (docs/keepa.md, "Prices and arrays").
 AMAZON, NEW, USED, SALES = 0, 1, 2, 3
 COUNT_NEW, COUNT_USED = 11, 12
 BUY_BOX_SHIPPING = 18

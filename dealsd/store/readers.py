@@ -1,9 +1,9 @@
 """The store's read side: a few read-only connections, one thread hop per read.
 
-Apart from the writer (``dealsd/store.py``) because nothing here shares its
+Apart from the writer (``dealsd/store/writer.py``) because nothing here shares its
 path: each reader opens the file ``mode=ro``, so a read function can never
 write by mistake, and WAL lets it see the last COMMIT while the writer works.
-A fixed set of connections, all closed by ``close()`` (FIELD_NOTES item 9).
+A fixed set of connections, all closed by ``close()`` (docs/field-notes.md #9).
 """
 
 from __future__ import annotations

@@ -12,21 +12,14 @@ import re
 
 import aiohttp
 
-from dealsd.payloads import Envelope, KeepaErrorBody
+from dealsd.keepa.payloads import Envelope, KeepaErrorBody
+from dealsd.redact import redact
 
 # The part of an error body kept in an exception: enough to read, not a dump.
 DETAIL_MAX = 300
 
-# Any ``key=`` parameter, including ``api_key=``, ``apikey=``, ``api-key=`` (``\b``
-# alone misses ``_key``, ``_`` being a word character), but not ``monkey=``.
-_KEY_RE = re.compile(r"(?i)(?<![a-z0-9])((?:api|access|secret)?[_-]?key=)[^&\s'\"<>#]*")
 # How Keepa (and the simulator) say "this key is no good", whatever the status.
 BAD_KEY_RE = re.compile(r"(?i)(invalid|unknown|wrong|missing|bad)[ _-]?(api[ _-]?)?key")
-
-
-def redact(text: str) -> str:
-    """Replace the value of every ``key=``-like parameter in ``text`` with ``***``."""
-    return _KEY_RE.sub(r"\1***", text)
 
 
 class KeepaError(Exception):

@@ -1,4 +1,4 @@
-"""Health from progress, not from existence (FIELD_NOTES items 2 and 6).
+"""Health from progress, not from existence (docs/field-notes.md #2 and #6).
 
 Each worker reports what it does (``running``, ``waiting_for_tokens``,
 ``backing_off``, ``stopped``) and every bit of progress it makes. Whether it is

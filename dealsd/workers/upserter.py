@@ -12,7 +12,7 @@ One round is one pass over the selection's result, from page 0 until
 Each page is ONE write: the deals upserted, the page cursor (and, at the end
 of a pass, the watermark) advanced in the same transaction. A restart in the
 middle of a pass therefore resumes at the next page instead of paying again
-for the pages already stored (FIELD_NOTES item 10). Checkpoint names carry a
+for the pages already stored (docs/field-notes.md #10). Checkpoint names carry a
 hash of the selection, so a changed selection starts afresh instead of
 trusting a watermark that belongs to another query.
 """
@@ -28,18 +28,17 @@ from typing import Any
 
 import structlog
 
-from dealsd import mapping, queries
+from dealsd import mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import UpserterConfig
-from dealsd.health import Health
-from dealsd.keepa import AccessDenied, KeepaClient
-from dealsd.store import Store
-from dealsd.supervisor import RoundResult
+from dealsd.keepa import DEAL_PAGE_SIZE, AccessDenied, KeepaClient
+from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
+from dealsd.workers.base import RoundResult
+from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
 
-PAGE_SIZE = 150
 DEAL_PAGE_COST = 5
 # When the key is refused, asking again soon only fills the log: the operator
 # has to act (pay, fix the key), and SIGHUP or a restart brings it back sooner.
@@ -141,7 +140,7 @@ class Upserter:
             if deals:
                 pass_max = max(pass_max, max(d.last_update for d in deals))
             reached = stop_at is not None and any(d.last_update <= stop_at for d in deals)
-            short = len(result.items) + len(result.skipped) < PAGE_SIZE
+            short = len(result.items) + len(result.skipped) < DEAL_PAGE_SIZE
             finished = reached or short
             checkpoints = {
                 cursor_name: json.dumps(

@@ -2,22 +2,22 @@
 
 Every write is a plain function ``fn(conn) -> T`` handed to ONE writer
 coroutine (the Datasette shape): SQLite allows one writer at a time, so a
-second writing connection would only ever wait for the first (FIELD_NOTES
-item 1). The writer commits in groups: it takes what is queued (up to
+second writing connection would only ever wait for the first
+(docs/field-notes.md #1). The writer commits in groups: it takes what is queued (up to
 ``group_max``, waiting at most ``group_latency_s`` for more), runs the
 functions one after another inside one ``BEGIN IMMEDIATE ... COMMIT``, and
 answers each caller only after COMMIT, so an acknowledged write survives
 kill -9 (WAL + synchronous=NORMAL is durable against process death).
 
 A group runs without a savepoint per write and is replayed without a write
-that raises (``dealsd/groups.py``): a bad write never fails nor rolls back
+that raises (``dealsd/store/groups.py``): a bad write never fails nor rolls back
 the writes that shared its transaction.
 
 Another process (a dashboard) holding the write lock is waited for, never
 reported to a worker as "database is locked"; a full disk fails only the
 writes of that group, as ``StoreFull``, and the writer keeps serving. There
 is one write connection and ``readers`` read connections
-(``dealsd/readers.py``), all closed by ``close()`` (FIELD_NOTES item 9).
+(``dealsd/store/readers.py``), all closed by ``close()`` (docs/field-notes.md #9).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from typing import Any, Generic, TypeVar
 import aiosqlite
 import structlog
 
-from dealsd import groups, schema
 from dealsd.clock import Clock
-from dealsd.groups import Outcome
-from dealsd.readers import ReaderPool, on_thread
-from dealsd.schema import NotADatabase, SchemaTooNew
+from dealsd.store import groups, schema
+from dealsd.store.groups import Outcome
+from dealsd.store.readers import ReaderPool, on_thread
+from dealsd.store.schema import NotADatabase, SchemaTooNew
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import aiohttp
 import msgspec
@@ -33,24 +33,18 @@ import structlog
 from yarl import URL
 
 from dealsd.clock import Clock
-
-# Errors, redaction and the /product parameters live in their own modules;
-# re-exported, so `from dealsd.keepa import ...` stays the public path.
-from dealsd.keepa_errors import (
+from dealsd.keepa.errors import (
     BAD_KEY_RE,
     DETAIL_MAX,
+    AccessDenied,
+    RateLimited,
+    RequestRejected,
+    TransientError,
     format_error,
 )
-from dealsd.keepa_errors import AccessDenied as AccessDenied
-from dealsd.keepa_errors import KeepaError as KeepaError
-from dealsd.keepa_errors import RateLimited as RateLimited
-from dealsd.keepa_errors import RequestRejected as RequestRejected
-from dealsd.keepa_errors import TransientError as TransientError
-from dealsd.keepa_errors import describe_transport as _describe
-from dealsd.keepa_errors import redact as redact
-from dealsd.keepa_params import ProductParams as ProductParams
-from dealsd.keepa_params import estimate_product_cost as estimate_product_cost
-from dealsd.payloads import (
+from dealsd.keepa.errors import describe_transport as _describe
+from dealsd.keepa.params import DEAL_COST, MAX_ASINS, ProductParams, estimate_product_cost
+from dealsd.keepa.payloads import (
     Deal,
     Decoded,
     Envelope,
@@ -63,12 +57,14 @@ from dealsd.payloads import (
     decode_envelope,
     decode_products,
 )
-from dealsd.tokens import TokenScheduler
+from dealsd.redact import redact
+
+if TYPE_CHECKING:
+    # Only a type here: the scheduler imports the payload types of this package.
+    from dealsd.tokens import TokenScheduler
 
 log = structlog.get_logger(__name__)
 
-DEAL_COST = 5  # tokens per /deal page (KEEPA_API.md)
-MAX_ASINS = 100  # per /product request
 BIG_BODY = 1 << 20
 
 T = TypeVar("T")

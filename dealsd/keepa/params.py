@@ -1,8 +1,12 @@
-"""The /product parameters dealsd uses, and what a call should cost before asking."""
+"""What Keepa requests ask for and cost: the /deal page, the /product parameters."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+DEAL_COST = 5  # tokens per /deal page
+DEAL_PAGE_SIZE = 150  # deals per /deal page; a shorter page is the result's end
+MAX_ASINS = 100  # per /product request
 
 OFFERS_COST = 6  # replaces the base token: one page of 10 offers assumed
 RATING_COST = 1
