@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import sample_bytes
 
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import Config, load_config
@@ -29,7 +30,6 @@ from dealsd.simulator import SimOptions, Simulator
 
 PERIOD_S = 0.1
 REAL_ASINS = ("B0D8W1YVBX", "B0F7XPYCSJ")
-SAMPLE = Path("/work/shared/keepa-samples/product_B0D8W1YVBX.json")
 
 
 def write_config(tmp_path: Path, base_url: str, *, max_batch: int = 20, extra: str = "") -> Path:
@@ -228,7 +228,7 @@ async def test_derived_columns_of_the_real_samples_flow_through(
     assert await d.finish() == 0
     found = db_query(db, "SELECT * FROM deals WHERE asin IN (?, ?)", REAL_ASINS)
     rows = {r["asin"]: r for r in found}
-    # Values read by hand from /work/shared/keepa-samples/product_B0D8W1YVBX.json.
+    # Values read by hand from dealsd/samples/product_B0D8W1YVBX.json.
     a = rows["B0D8W1YVBX"]
     assert a["avg90_new_cents"] == 1797
     assert a["avg90_buy_box_cents"] == 1805
@@ -239,7 +239,7 @@ async def test_derived_columns_of_the_real_samples_flow_through(
     b = rows["B0F7XPYCSJ"]
     assert b["buy_box_cents"] is None  # buyBoxPrice -2: not available, never a price
     payload = db_query(db, "SELECT payload FROM product_history WHERE asin = ?", ("B0D8W1YVBX",))
-    sample = SAMPLE.read_bytes()  # noqa: ASYNC240 - a small file, once
+    sample = sample_bytes("B0D8W1YVBX")
     stored = json.loads(zlib.decompress(payload[0]["payload"]))
     assert stored == json.loads(sample)["products"][0]
 

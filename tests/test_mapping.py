@@ -1,6 +1,6 @@
 """The Keepa-to-column mapping, against real payloads.
 
-Expected values were read by hand from /work/shared/keepa-samples/*.json (and
+Expected values were read by hand from dealsd/samples/*.json (and
 from the deal objects written below), never computed by the code under test.
 """
 
@@ -13,17 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import sample_bytes
 
 from dealsd import mapping
 from dealsd.keepa.payloads import Product, decode_deals, decode_products
 
-SAMPLES = Path("/work/shared/keepa-samples")
-if not SAMPLES.is_dir():  # the packaged copy, where the shared folder is absent
-    SAMPLES = Path(__file__).resolve().parents[1] / "dealsd" / "samples"
-
 
 def _product(asin: str) -> Product:
-    body = (SAMPLES / f"product_{asin}.json").read_bytes()
+    body = sample_bytes(asin)
     decoded = decode_products(body)
     assert decoded.skipped == []
     [item] = decoded.items

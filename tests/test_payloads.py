@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import sample_bytes
 
 from dealsd.keepa.payloads import PayloadError, decode_deals, decode_envelope, decode_products
 
-SAMPLES = Path(__file__).resolve().parents[1] / "dealsd" / "samples"
-if not SAMPLES.exists():  # before the simulator ships its copy
-    SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "keepa-samples"
-
 
 def _sample(asin: str) -> bytes:
-    return (SAMPLES / f"product_{asin}.json").read_bytes()
+    return sample_bytes(asin)
 
 
 def test_real_product_decodes_with_values_read_from_the_file() -> None:

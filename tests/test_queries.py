@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from helpers import sample_bytes
 
 from dealsd import mapping
 from dealsd.clock import FakeClock, iso_utc
@@ -19,9 +20,6 @@ from dealsd.store import Store, queries, schema
 
 T = TypeVar("T")
 NOW = 1_800_000_000.0
-SAMPLES = Path("/work/shared/keepa-samples")
-if not SAMPLES.is_dir():
-    SAMPLES = Path(__file__).resolve().parents[1] / "dealsd" / "samples"
 
 
 def ts(offset_s: float = 0.0) -> str:
@@ -215,7 +213,7 @@ async def test_due_refresh_oldest_data_first(store: Store) -> None:
 
 
 async def test_store_product_writes_real_columns_and_history(store: Store) -> None:
-    raw = (SAMPLES / "product_B0D8W1YVBX.json").read_bytes()
+    raw = sample_bytes("B0D8W1YVBX")
     [item] = decode_products(raw).items
     cols = mapping.product_columns(item.value)
     cols["backfilled_at"] = ts()
