@@ -125,6 +125,8 @@ def gather(db_path: Path, *, now: float | None = None) -> dict[str, Any]:
         "added_last_day": int(deals_in.get("added_last_day") or 0),
         "newest_keepa_update": deals_in.get("newest_keepa_update"),
         "newest_age_s": None,
+        # Stored with a Keepa field that could not be read (kept, that field NULL).
+        "unreadable_fields": int(deals_in.get("unreadable_fields") or 0),
     }
     newest = _ts(deals_in.get("newest_keepa_update"))
     if newest is not None:
@@ -243,6 +245,8 @@ def render(doc: Mapping[str, Any], *, now: float | None = None) -> str:
         f"added {deals['added_last_hour']} last hour, {deals['added_last_day']} last day"
     )
     lines.append(f"newest deal: {_age(now, deals['newest_keepa_update'])}")
+    if deals["unreadable_fields"]:
+        lines.append(f"products with unreadable Keepa fields: {deals['unreadable_fields']}")
     lines.append(f"backfill ETA: {_duration(doc['backfill_eta_s'])}")
     lines.append(
         f"tokens: balance {tok['balance']}, refill {tok['refill_rate']} per {tok['period_s']:g}s, "
