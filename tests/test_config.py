@@ -98,7 +98,7 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
         "bad reference",
         "[profit]\nreference = 'ebay'\n",
         "profit.reference",
-        "one of 'used', 'new', 'buy_box', 'amazon', got 'ebay'",
+        "one of 'used', 'new', 'buy_box', 'used_buy_box', 'amazon', got 'ebay'",
     ),
     (
         "fee over 100",

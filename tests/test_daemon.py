@@ -32,7 +32,9 @@ PERIOD_S = 0.1
 REAL_ASINS = ("B0D8W1YVBX", "B0F7XPYCSJ")
 
 
-def write_config(tmp_path: Path, base_url: str, *, max_batch: int = 20, extra: str = "") -> Path:
+def write_config(
+    tmp_path: Path, base_url: str, *, max_batch: int = 20, extra: str = "", backfiller: str = ""
+) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(
         f"""
@@ -58,6 +60,7 @@ idle_s = 0.2
 max_batch = {max_batch}
 retry_base_s = 1
 max_attempts = 2
+{backfiller}
 
 [janitor]
 interval_s = 1
@@ -207,7 +210,9 @@ async def test_first_run_fills_the_table_and_backfills_it(sim: Simulator, tmp_pa
 async def test_derived_columns_of_the_real_samples_flow_through(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    path = write_config(tmp_path, sim.base_url)
+    # The parameters B0D8W1YVBX was recorded with: the simulator then answers
+    # exactly the recorded product (without them, no buy box, no rating).
+    path = write_config(tmp_path, sim.base_url, backfiller="buybox = true\nrating = true")
     db = tmp_path / "deals.db"
     d = Running(load_config(path), path)
 
@@ -450,7 +455,10 @@ async def test_profit_follows_the_current_price_after_deals_change(tmp_path: Pat
     await s.start("127.0.0.1", 0)
     try:
         # The simulated products have no used-price history: resell as new.
-        path = write_config(tmp_path, s.base_url, extra='[profit]\nreference = "new"\n')
+        # No closing fee: the formula below is the one this test is about.
+        path = write_config(
+            tmp_path, s.base_url, extra='[profit]\nreference = "new"\nclosing_fee_cents = 0\n'
+        )
         db = tmp_path / "deals.db"
         d = Running(load_config(path), path)
         await wait_for(lambda: counts(db)[1] >= 150, 10, "a backfill")

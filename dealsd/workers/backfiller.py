@@ -47,7 +47,6 @@ ACCESS_DENIED_BACKOFF_S = 600.0
 # After a failed batch: soon enough to catch a passing fault, slow enough that
 # a persistent one does not spin.
 FAILED_BATCH_PAUSE_S = 10.0
-_PRICE_COLUMNS = ("current_amazon_cents", "current_new_cents", "current_used_cents")
 # The two kinds of work differ in price (history and offers vs stats only), so
 # their observed cost per product is learned apart (tokens.observe's kind); the
 # full backfill is the consumer's main work and keeps the plain key.
@@ -99,7 +98,11 @@ class Backfiller:
         self._health = health
         self.failed_batches = 0
         self._faults = FailureLog(clock=clock)
+        # Kept apart from _faults, which a good batch clears: an odd field is
+        # said once per kind of oddity, then counted, however many batches pass.
+        self._oddities = FailureLog(clock=clock)
         self.given_up = 0
+        self.unreadable_products = 0
 
     @property
     def expected_round_s(self) -> float:
@@ -136,12 +139,6 @@ class Backfiller:
             # Nothing to do is a sign of life, not a stall.
             return RoundResult(sleep_s=float(cfg.idle_s), idle=True)
         asins = [r.asin for r in rows]
-        buy_costs = {
-            r.asin: mapping.buy_cost_cents(
-                {c: getattr(r, c, None) for c in _PRICE_COLUMNS}, self._price_type
-            )
-            for r in rows
-        }
         # The ETA uses what the client will ask for: this kind's observed cost.
         cost = self._client.expected_product_cost(params, len(asins), consumer=self.name, kind=kind)
         wait = self._tokens.expected_wait(self.name, cost)
@@ -181,8 +178,7 @@ class Backfiller:
         # one: it fails alone), but they are handed over together so the writer can
         # commit them in one group instead of one fsync per product.
         results = await asyncio.gather(
-            *(self._store_one(item, buy_costs.get(item.value.asin), per_product, refresh)
-              for item in valid)
+            *(self._store_one(item, per_product, params, refresh) for item in valid)
         )  # fmt: skip
         stored = sum(1 for ok in results if ok)
         for skipped in page.skipped:
@@ -226,29 +222,41 @@ class Backfiller:
         )
 
     async def _store_one(
-        self, item: Item[Product], buy_cost: int | None, tokens_spent: int, refresh: bool
+        self, item: Item[Product], tokens_spent: int, params: ProductParams, refresh: bool
     ) -> bool:
         product = item.value
         # zlib releases the GIL: compressing a 200 KB product in a thread keeps
         # the event loop (and the other worker) responsive (bench/looplag.py).
         level = PAYLOAD_ZLIB_LEVEL
         payload = None if refresh else await asyncio.to_thread(zlib.compress, item.raw, level)
-        columns = self._columns(product, buy_cost, refresh=refresh)
-        fetched_at = iso_utc(self._clock.now())
+        columns = mapping.product_columns(product)
+        if refresh:
+            # What the refresh's parameters did not ask for is not "no data":
+            # the backfill's values stay (e.g. offer prices bought with `offers`).
+            for name in mapping.unfetched_columns(offers=bool(params.offers), buybox=params.buybox):
+                columns.pop(name, None)
+        columns["unreadable_fields"] = ",".join(item.unreadable) or None
+        if item.unreadable:
+            self._unreadable(product.asin, item.unreadable)
+        stamp = iso_utc(self._clock.now())
+        columns["refreshed_at" if refresh else "backfilled_at"] = stamp
         ok = await self._store.write(
-            self._product_writer(product, fetched_at, tokens_spent, payload, columns)
+            self._product_writer(product, stamp, tokens_spent, payload, columns)
         )
         self._health.progress(self.name, 1, "products")
         return ok
 
-    def _columns(
-        self, product: Product, buy_cost: int | None, *, refresh: bool
-    ) -> dict[str, object]:
-        columns = mapping.product_columns(product)
-        columns.update(mapping.estimate(columns, buy_cost_cents=buy_cost, profit=self._profit))
-        stamp = iso_utc(self._clock.now())
-        columns["refreshed_at" if refresh else "backfilled_at"] = stamp
-        return columns
+    def _unreadable(self, asin: str, fields: Sequence[str]) -> None:
+        """A paid product kept with fields left NULL: said once per kind, then counted."""
+        self.unreadable_products += 1
+        self._oddities.log_failure(
+            log,
+            "product_fields_unreadable",
+            "unreadable:" + ",".join(fields),
+            asin=asin,
+            fields=",".join(fields),
+            unreadable_products=self.unreadable_products,
+        )
 
     def _product_writer(
         self,
@@ -258,7 +266,20 @@ class Backfiller:
         payload: bytes | None,
         columns: dict[str, object],
     ) -> Callable[[sqlite3.Connection], bool]:
+        price_type, profit = self._price_type, self._profit
+
         def write(conn: sqlite3.Connection) -> bool:
+            # The estimate is made from the row as it is at commit time: its
+            # current price (the upserter may have moved it since the batch
+            # was chosen) and the columns this fetch did not renew.
+            row = queries.deal_by_asin(conn, product.asin)
+            if row is None:
+                return False  # pruned while its product was being fetched
+            merged = {**row, **columns}
+            buy = mapping.buy_cost_cents(merged, price_type)
+            estimate = mapping.estimate(
+                merged, buy_cost_cents=buy, price_type=price_type, profit=profit
+            )
             return queries.store_product(
                 conn,
                 asin=product.asin,
@@ -266,7 +287,7 @@ class Backfiller:
                 keepa_last_update=mapping.keepa_time_iso(product.last_update),
                 tokens_spent=tokens_spent,
                 payload_zlib=payload,
-                columns=columns,
+                columns={**columns, **estimate},
             )
 
         return write
