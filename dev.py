@@ -10,19 +10,19 @@
 Each creates (or reuses) the virtual environment `.venv` beside this file and
 installs dealsd into it: stock Debian and Ubuntu refuse a system-wide
 `pip install` (PEP 668). Where the `venv` module cannot provide pip (Debian
-without python3-venv), the environment is made without pip and pip is
-bootstrapped from its wheel on PyPI.
+and Ubuntu ship ensurepip apart, in python3.X-venv), a pip already on the
+system installs pip into the environment; with neither, dev.py names the
+package to install and stops.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
-import urllib.request
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -35,20 +35,45 @@ def _run(*args: str | Path, check: bool = True) -> int:
     return subprocess.run([str(a) for a in args], check=check).returncode
 
 
-def _bootstrap_pip() -> None:
-    """Install pip into a venv made --without-pip, from its wheel on PyPI."""
-    with urllib.request.urlopen("https://pypi.org/pypi/pip/json", timeout=60) as resp:
-        meta = json.load(resp)
-    wheel = next(u for u in meta["urls"] if u["filename"].endswith(".whl"))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / wheel["filename"]
-        with urllib.request.urlopen(wheel["url"], timeout=120) as resp:
-            data = resp.read()
-        if hashlib.sha256(data).hexdigest() != wheel["digests"]["sha256"]:
-            sys.exit("dev.py: the pip wheel downloaded does not match PyPI's checksum")
-        path.write_bytes(data)
-        # A pip wheel runs from the zip itself: use it to install itself.
-        _run(PY, f"{path}/pip", "install", "--quiet", str(path))
+def _has_ensurepip() -> bool:
+    # The test venv itself makes before it fails with "ensurepip is not available".
+    return Path(sysconfig.get_path("stdlib"), "ensurepip", "__main__.py").exists()
+
+
+def _pip_from_system() -> bool:
+    """Install pip into the new venv with a pip this Python already has, if any.
+
+    ``pip --python`` (pip 22.3+) runs that pip against another interpreter: it
+    installs from the package index pip is configured for, as every later
+    install does, so nothing here names one.
+    """
+    probe = [sys.executable, "-m", "pip", "--python", str(PY), "--version"]
+    if subprocess.run(probe, capture_output=True).returncode != 0:
+        return False  # no pip, or one too old for --python
+    print("dev.py: no ensurepip here; installing pip into the environment with the system's pip",
+          flush=True)
+    _run(sys.executable, "-m", "pip", "--python", PY, "install", "--quiet",
+         "--disable-pip-version-check", "pip")
+    return True
+
+
+def _create_venv() -> None:
+    print(f"dev.py: creating {VENV}", flush=True)
+    try:
+        if _has_ensurepip():
+            _run(sys.executable, "-m", "venv", VENV)
+            return
+        _run(sys.executable, "-m", "venv", "--clear", "--without-pip", VENV)
+        if _pip_from_system():
+            return
+    except BaseException:
+        shutil.rmtree(VENV, ignore_errors=True)  # half made: the next run starts again
+        raise
+    shutil.rmtree(VENV, ignore_errors=True)
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sys.exit(f"dev.py: {sys.executable} has neither ensurepip nor pip to set up {VENV}: "
+             f"install the python{minor}-venv package (apt install python{minor}-venv) "
+             "and run dev.py again")
 
 
 def ensure_venv(extras: str) -> None:
@@ -56,14 +81,7 @@ def ensure_venv(extras: str) -> None:
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may run under any python3
         sys.exit(f"dev.py: dealsd needs Python 3.11 or newer, this is {sys.version.split()[0]}")
     if not PY.exists():
-        print(f"dev.py: creating {VENV}", flush=True)
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True,
-                           capture_output=True)
-        except subprocess.CalledProcessError:
-            subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(VENV)],
-                           check=True)
-            _bootstrap_pip()
+        _create_venv()
     # Reinstall only when pyproject.toml changed or these extras are not in yet
     # (an install with [dev] serves the plain one too).
     stamp = VENV / ".dealsd-installed"
