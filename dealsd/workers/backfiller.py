@@ -28,7 +28,6 @@ from dealsd import mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import BackfillerConfig
 from dealsd.keepa import (
-    AccessDenied,
     KeepaClient,
     KeepaError,
     ProductParams,
@@ -38,12 +37,11 @@ from dealsd.keepa.payloads import PRODUCT_TYPE_INVALID, Item, PayloadError, Prod
 from dealsd.logs import FailureLog
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.base import RoundResult
+from dealsd.workers.base import KeepaWorker, RoundResult
 from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
 
-ACCESS_DENIED_BACKOFF_S = 600.0
 # After a failed batch: soon enough to catch a passing fault, slow enough that
 # a persistent one does not spin.
 FAILED_BATCH_PAUSE_S = 10.0
@@ -74,7 +72,7 @@ def product_params(cfg: BackfillerConfig) -> ProductParams:
     )
 
 
-class Backfiller:
+class Backfiller(KeepaWorker):
     name = "backfiller"
 
     def __init__(
@@ -89,14 +87,13 @@ class Backfiller:
         profit: mapping.ProfitSettings,
         health: Health,
     ) -> None:
+        super().__init__(tokens=tokens, health=health)
         self._client = client
-        self._tokens = tokens
         self._store = store
         self._clock = clock
         self._cfg = config
         self._price_type = price_type
         self._profit = profit
-        self._health = health
         self.failed_batches = 0
         self._faults = FailureLog(clock=clock)
         self.given_up = 0
@@ -112,7 +109,7 @@ class Backfiller:
         self._price_type = price_type
         self._profit = profit
 
-    async def round(self) -> RoundResult:
+    async def _round(self) -> RoundResult:
         cfg = self._cfg
         now_s = self._clock.now()
         now = iso_utc(now_s)
@@ -144,16 +141,10 @@ class Backfiller:
         }
         # The ETA uses what the client will ask for: this kind's observed cost.
         cost = self._client.expected_product_cost(params, len(asins), consumer=self.name, kind=kind)
-        wait = self._tokens.expected_wait(self.name, cost)
-        if wait > 1.0:
-            self._health.waiting_for_tokens(self.name, wait)
         try:
-            page = await self._client.products(asins, params, consumer=self.name, kind=kind)
-        except AccessDenied as exc:
-            self._health.access_denied(str(exc))
-            self._health.backing_off(self.name, "keepa access denied", ACCESS_DENIED_BACKOFF_S)
-            log.error("backfiller_access_denied", error=str(exc))
-            return RoundResult(sleep_s=ACCESS_DENIED_BACKOFF_S)
+            page = await self._paid(
+                cost, self._client.products(asins, params, consumer=self.name, kind=kind)
+            )
         except RequestRejected as exc:
             # Keepa refused this batch itself: an ASIN it will never accept
             # must not block the queue, so each one is retried later on its own clock.
@@ -164,10 +155,8 @@ class Backfiller:
         except (KeepaError, PayloadError) as exc:
             self._batch_failed(exc, len(asins))
             return RoundResult(sleep_s=self._pause_s())
-        self._health.access_granted()
         for key in self._faults.active():
             self._faults.clear(key)
-        self._health.running(self.name)
         returned = max(1, len(page.items))
         per_product = round(page.tokens_consumed / returned)
         valid = []
