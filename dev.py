@@ -3,7 +3,7 @@
 
     python3 dev.py demo      # dealsd demo against the built-in Keepa simulator
     python3 dev.py test      # the test suite
-    python3 dev.py check     # ruff and mypy
+    python3 dev.py check     # ruff, mypy, and no path of the build machine in tracked files
     python3 dev.py bench     # every benchmark, one table
     python3 dev.py dealsd …  # any dealsd command inside the environment
 
@@ -17,8 +17,10 @@ package to install and stops.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,6 +98,83 @@ def ensure_venv(extras: str) -> None:
     stamp.write_text(" ".join([digest, *sorted({*kept, extras} - {""})]))
 
 
+# -- the path check -------------------------------------------------------------
+#
+# A fresh clone must work anywhere, so no tracked file may name where it was
+# built, or lean on a file beside the checkout. What counts:
+# - an absolute path under a home or workspace root (/home, /root, /work,
+#   /Users, /mnt, /media followed by a name): dealsd never uses one at run
+#   time (its unit even hides /home), so such a path can only be a machine's;
+# - under /opt, anything but the product's own /opt/dealsd (a build machine
+#   keeps wheels and indexes there);
+# - the checkout's own absolute path, wherever it is (a worktree in /tmp);
+# - a relative path that climbs with .. first and, from the file's folder,
+#   leaves the repository or names nothing in it (a folder beside the checkout).
+# Allowed: every other absolute path. The system paths dealsd really uses
+# (/etc/dealsd, /var/lib/dealsd, /usr/bin/env, /dev/null, /proc/self) and
+# made-up paths in tests (/tmp/x.db, /srv/dealsd.toml) live there, and so do
+# the API's endpoints (/deal, /product). A path glued to a word or a host
+# (https://host/home/x, $here/../.venv) is not a path of its own. Skipped:
+# binary files, and the Keepa samples (recorded answers, quoted byte for byte).
+PATH_CHECK_SKIP = ("dealsd/samples/*.json",)
+_EDGE = r"(?<![\w.~$}-])"  # what may not come right before a path of its own (file:/// may)
+_REST = r"[\w.~-]+(?:/[\w.~-]+)*"  # the rest of the path, for the report
+_MACHINE = re.compile(_EDGE + r"/(?:home|root|work|Users|mnt|media)/" + _REST)
+_OPT = re.compile(_EDGE + r"/opt/(?!dealsd(?![\w.-]))" + _REST)
+_CLIMB = re.compile(r"(?<![\w.~$}/-])(?:\.\./)+[\w.-]*(?:/[\w.-]+)*")
+
+
+def _tracked_text(root: Path) -> list[tuple[str, str]]:
+    """(path, text) of every tracked text file the check reads."""
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    files: list[tuple[str, str]] = []
+    for name in filter(None, names):
+        if any(fnmatch.fnmatch(name, pattern) for pattern in PATH_CHECK_SKIP):
+            continue
+        path = root / name
+        if not path.is_file():
+            continue  # deleted, not yet committed
+        data = path.read_bytes()
+        try:
+            if b"\0" not in data:
+                files.append((name, data.decode("utf-8")))
+        except UnicodeDecodeError:
+            pass  # binary
+    return files
+
+
+def path_findings(root: Path) -> list[str]:
+    """Each ``file:line: what: path`` naming this machine or a place outside ``root``."""
+    root = root.resolve()
+    own = re.compile(re.escape(str(root)) + r"(?![\w.-])")
+    found: list[str] = []
+    for name, text in _tracked_text(root):
+        folder = (root / name).parent
+        for number, line in enumerate(text.splitlines(), 1):
+            hits = [("absolute path of a machine", m.group()) for m in _MACHINE.finditer(line)]
+            hits += [("absolute path outside /opt/dealsd", m.group()) for m in _OPT.finditer(line)]
+            hits += [("the checkout's own path", m.group()) for m in own.finditer(line)]
+            for m in _CLIMB.finditer(line):
+                target = (folder / m.group()).resolve()
+                if not target.is_relative_to(root):
+                    hits.append(("path outside the repository", m.group()))
+                elif not target.exists():
+                    hits.append(("path naming nothing in the repository", m.group()))
+            found += [f"{name}:{number}: {what}: {path}" for what, path in hits]
+    return found
+
+
+def check_paths(root: Path = ROOT) -> int:
+    found = path_findings(root)
+    for line in found:
+        print(line)
+    if found:
+        print(f"dev.py: {len(found)} path(s) of the build machine or outside the repository "
+              "in tracked files", file=sys.stderr)
+    return 1 if found else 0
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -112,9 +191,10 @@ def main(argv: list[str]) -> int:
     if cmd == "test":
         return _run(PY, "-m", "pytest", *rest, check=False)
     if cmd == "check":
+        paths = check_paths()
         ruff = _run(PY, "-m", "ruff", "check", "dealsd", "tests", "bench", "dev.py", check=False)
         mypy = _run(PY, "-m", "mypy", check=False)
-        return ruff or mypy
+        return paths or ruff or mypy
     if cmd == "bench":
         return _run(PY, "-m", "bench", *rest, check=False)
     print(f"dev.py: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
