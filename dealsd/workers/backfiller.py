@@ -20,6 +20,7 @@ import asyncio
 import sqlite3
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,6 +31,7 @@ from dealsd.config import BackfillerConfig
 from dealsd.keepa import (
     KeepaClient,
     KeepaError,
+    ProductPage,
     ProductParams,
     RequestRejected,
 )
@@ -72,6 +74,21 @@ def product_params(cfg: BackfillerConfig) -> ProductParams:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one round buys: the ASINs, at which parameters, and what each costs to buy."""
+
+    asins: list[str]
+    buy_costs: dict[str, int | None]
+    params: ProductParams
+    kind: str  # KIND_BACKFILL or KIND_REFRESH
+    picked_at: str  # the round's time, stamped on its ledger row
+
+    @property
+    def refresh(self) -> bool:
+        return self.kind == KIND_REFRESH
+
+
 class Backfiller(KeepaWorker):
     name = "backfiller"
 
@@ -110,35 +127,56 @@ class Backfiller(KeepaWorker):
         self._profit = profit
 
     async def _round(self) -> RoundResult:
+        """One batch: pick it, buy it from Keepa, store what came back."""
+        batch = await self._pick()
+        if batch is None:
+            # Nothing to do is a sign of life, not a stall.
+            return RoundResult(sleep_s=float(self._cfg.idle_s), idle=True)
+        page = await self._fetch(batch)
+        if page is None:  # the batch failed: counted, and rescheduled if it was its fault
+            return RoundResult(sleep_s=self._pause_s())
+        await self._store_page(batch, page)
+        # More work may be waiting: the token scheduler paces the next batch.
+        return RoundResult(sleep_s=0.0)
+
+    async def _pick(self) -> Batch | None:
+        """The next batch: deals never backfilled first, then refreshes due; None if neither."""
         cfg = self._cfg
         now_s = self._clock.now()
         now = iso_utc(now_s)
-        full = product_params(cfg)
-        size = self._batch_size(full, KIND_BACKFILL)
+        params, kind = product_params(cfg), KIND_BACKFILL
+        size = self._batch_size(params, kind)
         rows: Sequence[Any] = await self._store.read(
             lambda c: queries.pending_backfill(
                 c, now=now, max_attempts=cfg.max_attempts, limit=size
             )
         )
-        refresh = False
-        params, kind = full, KIND_BACKFILL
         if not rows:
-            refresh, params, kind = True, full.stats_only(), KIND_REFRESH
+            params, kind = params.stats_only(), KIND_REFRESH
             size = self._batch_size(params, kind)
             older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
             rows = await self._store.read(
                 lambda c: queries.due_refresh(c, older_than=older, limit=size)
             )
         if not rows:
-            # Nothing to do is a sign of life, not a stall.
-            return RoundResult(sleep_s=float(cfg.idle_s), idle=True)
-        asins = [r.asin for r in rows]
+            return None
         buy_costs = {
             r.asin: mapping.buy_cost_cents(
                 {c: getattr(r, c, None) for c in _PRICE_COLUMNS}, self._price_type
             )
             for r in rows
         }
+        return Batch(
+            asins=[r.asin for r in rows],
+            buy_costs=buy_costs,
+            params=params,
+            kind=kind,
+            picked_at=now,
+        )
+
+    async def _fetch(self, batch: Batch) -> ProductPage | None:
+        """Buy the batch from Keepa; None when it failed (already counted and logged)."""
+        asins, params, kind = batch.asins, batch.params, batch.kind
         # The ETA uses what the client will ask for: this kind's observed cost.
         cost = self._client.expected_product_cost(params, len(asins), consumer=self.name, kind=kind)
         try:
@@ -150,13 +188,18 @@ class Backfiller(KeepaWorker):
             # must not block the queue, so each one is retried later on its own clock.
             self._batch_failed(exc, len(asins))
             for asin in asins:
-                await self._failure(asin, f"rejected: {exc}", refresh=refresh)
-            return RoundResult(sleep_s=self._pause_s())
+                await self._failure(asin, f"rejected: {exc}", refresh=batch.refresh)
+            return None
         except (KeepaError, PayloadError) as exc:
             self._batch_failed(exc, len(asins))
-            return RoundResult(sleep_s=self._pause_s())
+            return None
         for key in self._faults.active():
             self._faults.clear(key)
+        return page
+
+    async def _store_page(self, batch: Batch, page: ProductPage) -> None:
+        """Store each product bought; reschedule what came back invalid, malformed or not at all."""
+        refresh = batch.refresh
         returned = max(1, len(page.items))
         per_product = round(page.tokens_consumed / returned)
         valid = []
@@ -170,7 +213,7 @@ class Backfiller(KeepaWorker):
         # one: it fails alone), but they are handed over together so the writer can
         # commit them in one group instead of one fsync per product.
         results = await asyncio.gather(
-            *(self._store_one(item, buy_costs.get(item.value.asin), per_product, refresh)
+            *(self._store_one(item, batch.buy_costs.get(item.value.asin), per_product, refresh)
               for item in valid)
         )  # fmt: skip
         stored = sum(1 for ok in results if ok)
@@ -182,7 +225,7 @@ class Backfiller(KeepaWorker):
         await self._store.write(
             lambda c: queries.record_tokens(
                 c,
-                at=now,
+                at=batch.picked_at,
                 consumer=self.name,
                 endpoint="product",
                 items=len(page.items),
@@ -192,7 +235,7 @@ class Backfiller(KeepaWorker):
         log.info(
             "backfill_batch",
             mode="refresh" if refresh else "backfill",
-            asked=len(asins),
+            asked=len(batch.asins),
             stored=stored,
             missing=len(page.missing),
             skipped=len(page.skipped),
@@ -201,8 +244,6 @@ class Backfiller(KeepaWorker):
         if stored == 0:
             # Everything failed and was rescheduled: that was still work done.
             self._health.progress(self.name, 0, "products", idle=True)
-        # More work may be waiting: the token scheduler paces the next batch.
-        return RoundResult(sleep_s=0.0)
 
     def _batch_size(self, params: ProductParams, kind: str) -> int:
         """Products of this kind whose observed cost fits the scheduler's batch budget."""
