@@ -45,8 +45,8 @@ def git_repo(path: Path, files: dict[str, str | bytes], untracked: dict[str, str
 HOME = "/" + "home/someone/dealsd/tests/x.py"
 WORK = "/" + "work/main/dealsd/cli.py"
 WHEELS = "/" + "opt/wheels"
-SHARED = ".." + "/shared/FIELD_NOTES.md"
-LIBRARY = ".." + "/../.library/env"
+SHARED = ".." + "/shared/notes.md"
+LIBRARY = ".." + "/../library/env"
 
 
 def test_a_repo_naming_this_machine_or_a_path_outside_it_fails(tmp_path: Path) -> None:
