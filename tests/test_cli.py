@@ -227,3 +227,26 @@ def test_sigterm_during_startup_exits_zero(tmp_path: Path, delay_s: float) -> No
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err[-2000:]
+
+
+def test_check_config_refuses_a_missing_key_file_as_run_does(tmp_path: Path) -> None:
+    # It used to answer "config OK" here while `run` exited 78.
+    missing = tmp_path / "keepa_api_key"
+    path = good_config(tmp_path)
+    path.write_text(path.read_text().replace("[keepa]\n", f"[keepa]\napi_key_file = '{missing}'\n"))
+    for cmd in ("check-config", "run"):
+        r = dealsd(cmd, "--config", str(path))
+        assert r.returncode == 78, (cmd, r.stderr)
+        assert f"{missing}: keepa.api_key_file: no such API key file (read as " in r.stderr, cmd
+        assert "Traceback" not in r.stderr
+    missing.write_text("the-k3y\n")
+    r = dealsd("check-config", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"config OK: {path}"
+    assert f"API key: {missing}, read as " in r.stderr and "k3y" not in r.stdout + r.stderr
+    # No key anywhere (systemd's ExecReload, as root, without the credential):
+    # a warning naming LoadCredential, and still exit 0 for a valid file.
+    r = dealsd("check-config", "--config", str(good_config(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    assert "warning: no API key visible here" in r.stderr
+    assert "LoadCredential=keepa_api_key:/etc/dealsd/keepa_api_key" in r.stderr

@@ -373,3 +373,95 @@ format = "json"
     # What the daemon does with it: the restart-only tables keep running values.
     kept = msgspec.structs.replace(new, keepa=old.keepa, database=old.database)
     assert diff_live(old, kept)[1] == ["log.format"]
+
+
+# -- check-config and the API key it can see -------------------------------------------
+
+
+def _me() -> str:
+    import pwd
+
+    return f"user {pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "fifo", "empty", "unreadable"])
+def test_check_config_refuses_an_unusable_key_file_naming_key_and_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    key_file = tmp_path / "keepa_api_key"
+    fragment = {
+        "missing": "no such API key file",
+        "directory": "is a directory",
+        "fifo": "not a regular file",
+        "empty": "API key file is empty",
+        "unreadable": "permission denied",
+    }[kind]
+    if kind == "directory":
+        key_file.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(key_file)  # opened, it would block check-config until a writer came
+    elif kind == "empty":
+        key_file.write_text("\n")
+    elif kind == "unreadable":
+        if os.geteuid() == 0:
+            pytest.skip("root reads a mode-000 file anyway")
+        key_file.write_text("the-secret-key\n")
+        key_file.chmod(0)
+    path = write(tmp_path, f"[keepa]\napi_key_file = '{key_file}'\n")
+    # $KEEPA_API_KEY does not rescue a named file that is broken: `run` would refuse it too.
+    env = {"KEEPA_API_KEY": "would-not-be-used"}
+    assert check_config(path, env=env) == EX_CONFIG == 78
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    line = captured.err.strip()
+    assert line.startswith(f"dealsd: config error: {key_file}: keepa.api_key_file: "), line
+    assert fragment in (line.lower() if kind == "unreadable" else line)
+    if kind != "empty":  # whether a file can be read depends on who reads it
+        assert f"read as {_me()}" in line
+    assert "secret" not in line
+    with pytest.raises(ConfigError) as info:  # what `run` says is the same error
+        load_api_key(load_config(path), env)
+    assert str(info.value) in line
+
+
+def test_check_config_says_where_the_key_is_and_never_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = tmp_path / "keepa_api_key"
+    key_file.write_text("s3cret-k3y\n")
+    path = write(tmp_path, f"[keepa]\napi_key_file = '{key_file}'\n")
+    assert check_config(path, env={}) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"config OK: {path}"
+    assert captured.err.strip() == f"dealsd: API key: {key_file}, read as {_me()}"
+    # The credential comes first, as in `run`: it is the one checked.
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "keepa_api_key").write_text("")
+    assert check_config(path, env={"CREDENTIALS_DIRECTORY": str(creds)}) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert f"{creds / 'keepa_api_key'}: keepa.api_key: API key file is empty" in err
+    plain = write(tmp_path, "[log]\nlevel = 'info'\n", "env-key.toml")
+    assert check_config(plain, env={"KEEPA_API_KEY": "s3cret-k3y"}) == 0
+    captured = capsys.readouterr()
+    assert "dealsd: API key: $KEEPA_API_KEY" in captured.err
+    assert "s3cret" not in captured.out + captured.err
+
+
+def test_check_config_with_no_key_visible_warns_where_systemd_hands_it_over(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ExecReload runs check-config as root, without the service's credential.
+    path = write(tmp_path, "[log]\nlevel = 'info'\n")
+    assert check_config(path, env={}) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"config OK: {path}"
+    warning = captured.err.strip()
+    assert warning.startswith("dealsd: warning: no API key visible here"), warning
+    assert "LoadCredential=keepa_api_key:/etc/dealsd/keepa_api_key" in warning
+    assert "could not be checked from here" in warning
+    assert len(captured.err.splitlines()) == 1
+    # An invalid file is still refused: the warning never hides an error.
+    bad = write(tmp_path, "[upserter]\ninterval_s = 0\n", "bad.toml")
+    assert check_config(bad, env={}) == EX_CONFIG
+    assert "warning" not in capsys.readouterr().err
