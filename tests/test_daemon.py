@@ -48,8 +48,10 @@ async def test_first_run_fills_the_table_and_backfills_it(sim: Simulator, tmp_pa
     assert await d.finish() == 0
     total, backfilled = counts(db)
     assert total == backfilled > 150  # more than one page, all of it backfilled
-    # Each payload is the product exactly as Keepa sent it, zlib-compressed.
-    rows = db_query(db, "SELECT asin, payload FROM product_history LIMIT 5")
+    # Every deal has its history: the product exactly as Keepa sent it, zlib-compressed.
+    rows = db_query(db, "SELECT asin, payload FROM product_history")
+    deals = {r["asin"] for r in db_query(db, "SELECT asin FROM deals")}
+    assert {r["asin"] for r in rows} == deals and len(rows) == total
     for r in rows:
         assert json.loads(zlib.decompress(r["payload"]))["asin"] == r["asin"]
     # Nothing bought twice in one uninterrupted run.
