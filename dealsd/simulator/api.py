@@ -269,14 +269,19 @@ def corrupt_deal(data: bytes, rng: random.Random) -> bytes:
 
 
 def corrupt_product(data: bytes, rng: random.Random) -> bytes:
+    """A product that lies: no asin (unusable), a string or nulls where numbers
+    belong (Keepa sends nulls: readable around them), a productType string."""
     product = msgspec.json.decode(data)
-    how = rng.randrange(3)
+    how = rng.randrange(4)
     if how == 0:
         product.pop("asin", None)
     elif how == 1 and isinstance(product.get("stats"), dict):
         avg90 = list(product["stats"].get("avg90") or [-1] * N_TYPES)
         avg90[1] = "n/a"
         product["stats"]["avg90"] = avg90
+    elif how == 2 and isinstance(product.get("stats"), dict):
+        product["lastUpdate"] = None
+        product["stats"]["salesRankDrops90"] = None
     else:
         product["productType"] = "standard"
     return msgspec.json.encode(product)
