@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import sample_bytes
+import structlog
+from helpers import Running, StartSim, sample_bytes, wait_for, write_config
 
 from dealsd import mapping
 from dealsd.config import Config, check_config, config_warnings, load_config
@@ -238,3 +239,16 @@ def test_check_config_warns_when_the_reference_is_never_fetched(tmp_path: Path) 
         path.write_text('[profit]\nreference = "used_buy_box"\n' + fix)
         assert config_warnings(load_config(path)) == []
     assert config_warnings(Config()) == []  # the defaults ("used") need nothing paid
+
+
+async def test_the_daemon_logs_the_config_warning_at_start(
+    start_sim: StartSim, tmp_path: Path
+) -> None:
+    sim = await start_sim()
+    path = write_config(tmp_path, sim.base_url, extra='[profit]\nreference = "buy_box"\n')
+    with structlog.testing.capture_logs() as logs:
+        d = Running(load_config(path), path)
+        await wait_for(lambda: any(e["event"] == "ready" for e in logs), 10, "ready")
+        assert await d.finish() == 0
+    [line] = [e for e in logs if e["event"] == "config_warning"]
+    assert 'profit.reference: "buy_box" needs buy box data' in line["warning"]
