@@ -18,6 +18,7 @@ from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig
 from dealsd.keepa import KeepaClient
 from dealsd.simulator import Faults
+from dealsd.status import read_status, render
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.backfiller import Backfiller
@@ -90,6 +91,10 @@ async def test_odd_products_are_stored_counted_and_logged_once(
     assert all(r["backfill_attempts"] == 1 for r in lost)
     assert len(odd) + len(lost) == len(asins)
     assert summary["deals"]["unreadable_fields"] == len(odd)
+    # ... and `dealsd status` shows it.
+    doc = read_status(tmp_path / "deals.db")
+    assert doc.deals.unreadable_fields == len(odd)
+    assert f"products with unreadable Keepa fields: {len(odd)}" in render(doc)
     # Said once per kind of oddity, then counted: not one line per product.
     lines = [e for e in logs if e["event"] == "product_fields_unreadable"]
     assert sorted(e["fields"] for e in lines) == sorted(kinds)
