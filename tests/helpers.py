@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from dealsd.clock import SystemClock
-from dealsd.config import Config
+from dealsd.config import Config, ProfitConfig, UpserterConfig
 from dealsd.daemon import run_daemon
 from dealsd.keepa import KeepaClient
 from dealsd.notify import Notifier
+from dealsd.selections import Selection
 from dealsd.simulator import SimOptions, Simulator
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
@@ -49,6 +50,14 @@ def sample_bytes(asin: str) -> bytes:
 # -- settings: the simulator in accelerated time, the daemon's config file ----
 
 PERIOD_S = 0.1  # a Keepa minute lasts 0.1 s in the simulator
+
+
+def one_selection(cfg: UpserterConfig, *, domain: int = 1, name: str = "default") -> Selection:
+    """The selection an ``[upserter]`` table of the one-selection era makes."""
+    return Selection(
+        name=name, domain=domain, query=dict(cfg.selection), interval_s=cfg.interval_s,
+        max_pages_per_run=cfg.max_pages_per_run, weight=1.0, profit=ProfitConfig(),
+    )  # fmt: skip
 
 
 def sim_options(**kw: Any) -> SimOptions:

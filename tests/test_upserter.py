@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import StartSim, WorkerParts, db_query, worker_parts
+from helpers import StartSim, WorkerParts, db_query, one_selection, worker_parts
 
-from dealsd.config import ProfitConfig, UpserterConfig
+from dealsd.config import UpserterConfig
 from dealsd.simulator import Simulator
 from dealsd.store import queries
 from dealsd.workers.base import RoundResult
@@ -38,10 +38,10 @@ async def sim(start_sim: StartSim) -> Simulator:
 
 
 def upserter(parts: WorkerParts, **config: Any) -> Upserter:
+    cfg = UpserterConfig(interval_s=INTERVAL_S, **config)
     return Upserter(
         client=parts.client, tokens=parts.tokens, store=parts.store, clock=parts.clock,
-        config=UpserterConfig(interval_s=INTERVAL_S, **config), domain=1,
-        profit=ProfitConfig(), health=parts.health,
+        selection=one_selection(cfg), health=parts.health,
     )  # fmt: skip
 
 

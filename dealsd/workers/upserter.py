@@ -1,4 +1,8 @@
-"""The upserter: pages Keepa's /deal for the configured selection into `deals`.
+"""The upserter: pages Keepa's /deal for one selection into `deals`.
+
+One Upserter runs per selection (``dealsd.selections``), with its own name
+(worker, token consumer, ledger), marketplace, checkpoints and schedule; every
+log line names the selection and its domain.
 
 One round is one pass over the selection's result, from page 0 until
 
@@ -14,13 +18,14 @@ of a pass, the watermark) advanced in the same transaction. A restart in the
 middle of a pass therefore resumes at the next page instead of paying again
 for the pages already stored (docs/field-notes.md #10). Checkpoint names carry a
 hash of the selection, so a changed selection starts afresh instead of
-trusting a watermark that belongs to another query.
+trusting a watermark that belongs to another query; a selection removed and
+added again finds its checkpoints (the janitor drops them only after a week
+unwritten).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import sqlite3
 from collections.abc import Mapping
@@ -30,8 +35,10 @@ import structlog
 
 from dealsd import mapping
 from dealsd.clock import Clock, iso_utc
-from dealsd.config import UpserterConfig
 from dealsd.keepa import DEAL_COST, DEAL_PAGE_SIZE, KeepaClient
+from dealsd.selections import Pricing, Selection
+from dealsd.selections import price_type as price_type
+from dealsd.selections import selection_key as selection_key
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.base import KeepaWorker, RoundResult
@@ -44,21 +51,7 @@ log = structlog.get_logger(__name__)
 CONTINUE_PASS_S = 1.0
 
 
-def selection_key(selection: Mapping[str, Any], domain: int) -> str:
-    """A short stable hash of what is asked of Keepa: the checkpoints' namespace."""
-    canonical = json.dumps({"domain": domain, "selection": selection}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-def price_type(selection: Mapping[str, Any]) -> int:
-    """The selection's one price type (Keepa insists on exactly one)."""
-    types = selection.get("priceTypes") or [2]
-    return int(types[0])
-
-
 class Upserter(KeepaWorker):
-    name = "upserter"
-
     def __init__(
         self,
         *,
@@ -66,37 +59,49 @@ class Upserter(KeepaWorker):
         tokens: TokenScheduler,
         store: Store,
         clock: Clock,
-        config: UpserterConfig,
-        domain: int,
-        profit: mapping.ProfitSettings,
+        selection: Selection,
         health: Health,
+        pricing: Pricing | None = None,
         stop: asyncio.Event | None = None,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
         self._client = client
         self._store = store
         self._clock = clock
-        self._cfg = config
-        self._domain = domain
-        self._profit = profit
+        self._pricing = pricing
         self._stop = stop
+        self.reconfigure(selection=selection)
+        # For `dealsd status`: when the last pass finished, and the newest
+        # Keepa update (Keepa minutes) it saw: the selection's freshness.
+        self.last_pass_at: float | None = None
+        self.newest_update: int | None = None
 
     @property
     def expected_round_s(self) -> float:
-        return float(self._cfg.interval_s)
+        return float(self._sel.interval_s)
 
-    def reconfigure(self, *, config: UpserterConfig, profit: mapping.ProfitSettings) -> None:
-        """Live changes (SIGHUP): take effect from the next page."""
-        self._cfg = config
-        self._profit = profit
+    @property
+    def selection(self) -> Selection:
+        return self._sel
+
+    def reconfigure(self, *, selection: Selection) -> None:
+        """Live changes (SIGHUP): take effect from the next page.
+
+        The name stays (it is the worker's); a changed query or domain moves
+        to other checkpoint names by itself.
+        """
+        self._sel = selection
+        self.name = selection.worker
+        self._log = log.bind(selection=selection.name, domain=selection.domain)
 
     def _names(self) -> tuple[str, str]:
-        key = selection_key(self._cfg.selection, self._domain)
+        key = self._sel.key
         return f"upserter.{key}.cursor", f"upserter.{key}.watermark"
 
     async def _round(self) -> RoundResult:
-        cfg = self._cfg
-        selection = dict(cfg.selection)
+        cfg = self._sel
+        domain = cfg.domain
+        selection = dict(cfg.query)
         cursor_name, watermark_name = self._names()
         saved = await self._store.read(queries.get_checkpoints)
         watermark = int(saved[watermark_name]) if watermark_name in saved else None
@@ -108,19 +113,18 @@ class Upserter(KeepaWorker):
             pass_max = int(cursor.get("max", -1))
         newest_first = selection.get("sortType") == 1
         stop_at = watermark if newest_first else None
-        ptype = price_type(selection)
         pages = 0
         finished = False
         while pages < cfg.max_pages_per_run:
             if self._stop is not None and self._stop.is_set():
                 break
             result = await self._paid(
-                DEAL_COST, self._client.deals(selection, page, consumer=self.name)
+                DEAL_COST, self._client.deals(selection, page, consumer=self.name, domain=domain)
             )
             seen_at = iso_utc(self._clock.now())
             deals = [item.value for item in result.items]
             rows = [
-                mapping.deal_row(item.value, item.raw, domain_id=self._domain, seen_at=seen_at)
+                mapping.deal_row(item.value, item.raw, domain_id=domain, seen_at=seen_at)
                 for item in result.items
             ]
             if deals:
@@ -137,11 +141,13 @@ class Upserter(KeepaWorker):
                 checkpoints[watermark_name] = str(pass_max)
             tokens_spent = result.envelope.tokens_consumed if result.envelope else 0
             counts = await self._store.write(
-                self._page_writer(rows, checkpoints, seen_at, ptype, tokens_spent)
+                self._page_writer(rows, checkpoints, seen_at, tokens_spent)
             )
             pages += 1
             self._health.progress(self.name, 1, "pages")
-            log.debug(
+            if pass_max >= 0:
+                self.newest_update = pass_max
+            self._log.debug(
                 "deal_page_stored",
                 page=page,
                 deals=len(rows),
@@ -152,8 +158,10 @@ class Upserter(KeepaWorker):
             if finished:
                 break
             page += 1
+        if finished:
+            self.last_pass_at = self._clock.now()
         if pages:
-            log.info("upserter_round", pages=pages, finished=finished)
+            self._log.info("upserter_round", pages=pages, finished=finished)
         sleep = float(cfg.interval_s) if finished or pages == 0 else CONTINUE_PASS_S
         return RoundResult(sleep_s=sleep)
 
@@ -162,30 +170,35 @@ class Upserter(KeepaWorker):
         rows: list[dict[str, object]],
         checkpoints: dict[str, str],
         now: str,
-        ptype: int,
         tokens_spent: int,
     ) -> Any:
         by_asin = {str(r["asin"]): r for r in rows}
-        profit = self._profit
-
-        def recompute(existing: sqlite3.Row) -> Mapping[str, object]:
-            # A deal already backfilled has its averages: the new current price
-            # changes what buying it costs, so profit and margin follow now.
-            current: Mapping[str, object] = by_asin.get(existing["asin"]) or {
-                k: existing[k] for k in existing.keys()
-            }
-            columns = {k: existing[k] for k in existing.keys()}
-            return mapping.estimate(
-                columns,
-                buy_cost_cents=mapping.buy_cost_cents(current, ptype),
-                price_type=ptype,
-                profit=profit,
-            )
+        sel, pricing = self._sel, self._pricing
 
         def write(conn: sqlite3.Connection) -> object:
+            def recompute(existing: sqlite3.Row) -> Mapping[str, object]:
+                # A deal already backfilled has its averages: the new current price
+                # changes what buying it costs, so profit and margin follow now,
+                # by the settings of the selection that settles its estimate.
+                settle = sel
+                if pricing is not None and len(pricing.names()) > 1:
+                    matched = queries.selections_of(conn, sel.domain, existing["asin"])
+                    settle = pricing.choose(sel.domain, [*matched, sel.name])
+                current: Mapping[str, object] = by_asin.get(existing["asin"]) or {
+                    k: existing[k] for k in existing.keys()
+                }
+                columns = {k: existing[k] for k in existing.keys()}
+                return mapping.estimate(
+                    columns,
+                    buy_cost_cents=mapping.buy_cost_cents(current, settle.price_type),
+                    price_type=settle.price_type,
+                    profit=settle.profit,
+                )
+
             counts = queries.upsert_deals(
-                conn, rows, checkpoints=checkpoints, now=now, recompute=recompute
-            )
+                conn, rows, checkpoints=checkpoints, now=now, recompute=recompute,
+                selection=sel.name,
+            )  # fmt: skip
             queries.record_tokens(
                 conn, at=now, consumer=self.name, endpoint="deal", items=1, tokens=tokens_spent
             )
