@@ -317,8 +317,8 @@ def _check(path: Path, cfg: Config) -> Config:
 
 def _check_selections(path: Path, cfg: Config) -> None:
     seen: dict[str, str] = {}
-    for sel in cfg.selection:
-        prefix = f"selection.{sel.name}"
+    for i, sel in enumerate(cfg.selection):
+        prefix = f"selection[{i}]"
         if sel.name in seen:
             raise ConfigError(path, f"{prefix}.name", "two [[selection]] tables have this name")
         _check_selection(path, sel.query, f"{prefix}.query")
@@ -499,6 +499,21 @@ def config_warnings(cfg: Config) -> list[str]:
     return warnings
 
 
+def migration_note(cfg: Config, raw: Mapping[str, Any]) -> str | None:
+    """How a file written with [upserter.selection] moves to [[selection]] tables."""
+    upserter = raw.get("upserter")
+    if cfg.selection or not (isinstance(upserter, Mapping) and "selection" in upserter):
+        return None
+    return (
+        'upserter.selection: read as one [[selection]] named "default" on [keepa] domain '
+        f"{cfg.keepa.domain}; to watch several queries or marketplaces with this key, "
+        'replace [upserter.selection] by [[selection]] tables: name = "default" and its keys '
+        "under [selection.query] keep this one's checkpoints, and each further [[selection]] "
+        "has its own name, domain, query, interval_s, weight and [selection.profit] "
+        "(config.toml shows one)"
+    )
+
+
 def check_config(
     path: str | os.PathLike[str],
     *,
@@ -537,5 +552,9 @@ def check_config(
         early_line(f"dealsd: API key: {where}", level="info", stream=err, env=env)
     for warning in config_warnings(cfg):
         early_line(f"dealsd: warning: {path}: {warning}", level="warning", stream=err, env=env)
+    p = Path(path)
+    note = migration_note(cfg, _parse(p, _read_bytes(p)))
+    if note is not None:
+        early_line(f"dealsd: note: {path}: {note}", level="info", stream=err, env=env)
     print(f"config OK: {path}", file=out or sys.stdout)
     return EX_OK
