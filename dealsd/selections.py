@@ -29,6 +29,7 @@ from dealsd.mapping import MINOR_UNIT_DIGITS as MINOR_UNIT_DIGITS
 DEFAULT_NAME = "default"
 UPSERTER = "upserter"  # the consumer whose [tokens] weight the selections share
 
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     """One resolved deal selection: all its upserter and its deals' estimate need."""

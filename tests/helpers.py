@@ -86,14 +86,19 @@ def write_config(
     max_batch: int = 20,
     extra: str = "",
     backfiller: str = "",
+    janitor: str = "interval_s = 1\ngrace_h = 1",
+    selections: str | None = None,
     **keepa: object,
 ) -> Path:
     """``tmp_path/config.toml`` for a daemon on ``base_url``, intervals of a second.
 
     ``keepa`` replaces or adds ``[keepa]`` settings (timeouts, attempts, the
     key file); ``backfiller`` is added as it is to ``[backfiller]`` (lines of
-    TOML); ``extra`` is appended as it is (more tables).
+    TOML), ``janitor`` is the ``[janitor]`` table's lines; ``extra`` is
+    appended as it is (more tables). ``selections`` (``[[selection]]`` tables)
+    replaces the one ``[upserter.selection]``.
     """
+    one = "[upserter.selection]\npriceTypes = [2]\nsortType = 1"
     settings: dict[str, object] = {
         "base_url": base_url, "max_attempts": 2, "read_timeout_s": 5, "connect_timeout_s": 2,
         **keepa,
@@ -112,9 +117,7 @@ path = "{tmp_path / "deals.db"}"
 interval_s = 1
 max_pages_per_run = 67
 
-[upserter.selection]
-priceTypes = [2]
-sortType = 1
+{one if selections is None else ""}
 
 [backfiller]
 idle_s = 0.2
@@ -124,12 +127,12 @@ max_attempts = 2
 {backfiller}
 
 [janitor]
-interval_s = 1
-grace_h = 1
+{janitor}
 
 [tokens]
 batch_minutes = 1.0
 {extra}
+{selections or ""}
 """
     )
     return path
