@@ -383,3 +383,34 @@ def test_no_query_scans_the_deals_table(tmp_path: Path) -> None:
                 assert not (step.startswith("SCAN deals") and "INDEX" not in step), (sql, plan)
                 assert "TEMP B-TREE" not in step, (sql, plan)
     conn.close()
+
+
+def test_the_per_product_statements_use_the_asin_index(tmp_path: Path) -> None:
+    # Schema v2 keys deals by (domain_id, asin) while the daemon names the asin
+    # alone: without deals_asin each of these would scan the table.
+    conn = sqlite3.connect(tmp_path / "big.db", isolation_level=None)
+    schema.apply_migrations(conn)
+    conn.execute("BEGIN")
+    queries.upsert_deals(
+        conn, [deal(f"B{i:09d}", updated=-i) for i in range(5_000)], checkpoints={}, now=ts()
+    )
+    conn.execute("COMMIT")
+    spy = _Spy(conn)
+    c: Any = spy
+    asin = "B000000042"
+    assert queries.deal_by_asin(c, asin) is not None
+    assert queries.store_product(
+        c, asin=asin, fetched_at=ts(), keepa_last_update=ts(), tokens_spent=1,
+        payload_zlib=b"x", columns={"backfilled_at": ts(), "roi_pct": 12.5},
+    )  # fmt: skip
+    queries.record_backfill_failure(c, asin=asin, reason="r", retry_at=None, now=ts())
+    queries.upsert_deals(c, [deal(asin, updated=5)], checkpoints={}, now=ts())
+    assert len(spy.seen) >= 5
+    for sql, params in spy.seen:
+        plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        for step in plan:
+            assert not (step.startswith("SCAN deals") and "INDEX" not in step), (sql, plan)
+    sql = "SELECT domain_id FROM product_history WHERE asin = ?"
+    (domain,) = conn.execute(sql, (asin,)).fetchone()
+    assert domain == 1  # the history took its deal's key
+    conn.close()
