@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from helpers import sample_bytes
 
+from dealsd import estimate as est
 from dealsd import mapping
 from dealsd.clock import FakeClock, iso_utc
 from dealsd.keepa.payloads import decode_products
@@ -262,7 +263,7 @@ def test_schema_has_every_mapping_column() -> None:
     cols = set(schema.table_columns("deals"))
     assert set(mapping.DEAL_COLUMNS) <= cols
     assert set(mapping.PRODUCT_COLUMNS) <= cols
-    assert set(mapping.ESTIMATE_COLUMNS) <= cols
+    assert set(est.ESTIMATE_COLUMNS) <= cols
 
 
 async def test_prune_stale_in_chunks_with_history_cascading(store: Store) -> None:

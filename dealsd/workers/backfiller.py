@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import BackfillerConfig
 from dealsd.keepa import (
@@ -104,7 +104,7 @@ class Backfiller(KeepaWorker):
         clock: Clock,
         config: BackfillerConfig,
         price_type: int,
-        profit: mapping.ProfitSettings,
+        profit: estimate.ProfitSettings,
         health: Health,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
@@ -127,7 +127,7 @@ class Backfiller(KeepaWorker):
         return float(self._cfg.idle_s)
 
     def reconfigure(
-        self, *, config: BackfillerConfig, price_type: int, profit: mapping.ProfitSettings
+        self, *, config: BackfillerConfig, price_type: int, profit: estimate.ProfitSettings
     ) -> None:
         self._cfg = config
         self._price_type = price_type
@@ -304,8 +304,8 @@ class Backfiller(KeepaWorker):
             if row is None:
                 return False  # pruned while its product was being fetched
             merged = {**row, **columns}
-            buy = mapping.buy_cost_cents(merged, price_type)
-            estimate = mapping.estimate(
+            buy = estimate.buy_cost_cents(merged, price_type)
+            figures = estimate.estimate(
                 merged, buy_cost_cents=buy, price_type=price_type, profit=profit
             )
             return queries.store_product(
@@ -315,7 +315,7 @@ class Backfiller(KeepaWorker):
                 keepa_last_update=mapping.keepa_time_iso(product.last_update),
                 tokens_spent=tokens_spent,
                 payload_zlib=payload,
-                columns={**columns, **estimate},
+                columns={**columns, **figures},
             )
 
         return write
