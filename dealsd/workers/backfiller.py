@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import BackfillerConfig
 from dealsd.keepa import (
@@ -109,7 +109,7 @@ class Backfiller(KeepaWorker):
         clock: Clock,
         config: BackfillerConfig,
         price_type: int,
-        profit: mapping.ProfitSettings,
+        profit: estimate.ProfitSettings,
         health: Health,
         pricing: Pricing | None = None,
     ) -> None:
@@ -139,7 +139,7 @@ class Backfiller(KeepaWorker):
         *,
         config: BackfillerConfig,
         price_type: int,
-        profit: mapping.ProfitSettings,
+        profit: estimate.ProfitSettings,
         pricing: Pricing | None = None,
     ) -> None:
         self._cfg = config
@@ -338,8 +338,8 @@ class Backfiller(KeepaWorker):
                 settle = pricing.choose(domain, queries.selections_of(conn, domain, product.asin))
                 price_type, profit = settle.price_type, settle.profit
             merged = {**row, **columns}
-            buy = mapping.buy_cost_cents(merged, price_type)
-            estimate = mapping.estimate(
+            buy = estimate.buy_cost_cents(merged, price_type)
+            figures = estimate.estimate(
                 merged, buy_cost_cents=buy, price_type=price_type, profit=profit
             )
             return queries.store_product(
@@ -349,7 +349,7 @@ class Backfiller(KeepaWorker):
                 keepa_last_update=mapping.keepa_time_iso(product.last_update),
                 tokens_spent=tokens_spent,
                 payload_zlib=payload,
-                columns={**columns, **estimate},
+                columns={**columns, **figures},
                 domain_id=domain,
             )
 

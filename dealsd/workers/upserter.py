@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.keepa import DEAL_COST, DEAL_PAGE_SIZE, KeepaClient
 from dealsd.selections import Pricing, Selection
@@ -188,9 +188,9 @@ class Upserter(KeepaWorker):
                     k: existing[k] for k in existing.keys()
                 }
                 columns = {k: existing[k] for k in existing.keys()}
-                return mapping.estimate(
+                return estimate.estimate(
                     columns,
-                    buy_cost_cents=mapping.buy_cost_cents(current, settle.price_type),
+                    buy_cost_cents=estimate.buy_cost_cents(current, settle.price_type),
                     price_type=settle.price_type,
                     profit=settle.profit,
                 )
