@@ -31,7 +31,7 @@ from pathlib import Path
 
 import msgspec
 
-from bench import Row
+from bench import Row, stop_process
 from bench.looplag import simulator_process
 from dealsd import estimate, mapping
 from dealsd.clock import iso_utc
@@ -135,12 +135,7 @@ def daemon_process(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, within_s=15)
 
 
 def time_to_ready(config: Path, directory: Path) -> float:
