@@ -279,7 +279,7 @@ async def _three() -> Outcome:
     """
     sels = selections.resolve(THREE)
     return await scenario(
-        "3 selections + backfiller", rate=20, periods=60, initial=20, period_s=0.5,
+        "3 selections + backfiller", rate=20, periods=100, initial=20, period_s=0.5,
         pollers=[Poller(s.worker, s.domain, s.query) for s in sels],
         weights=selections.token_weights(THREE, sels),
     )  # fmt: skip
