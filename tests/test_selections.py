@@ -28,6 +28,7 @@ from helpers import (
     Running,
     StartSim,
     db_query,
+    status,
     status_doc,
     wait_for,
     write_config,
@@ -129,6 +130,9 @@ async def test_three_selections_on_two_marketplaces_share_one_key(
     assert sel["cheap"]["deals"] == len(cheap) and sel["books"]["worker"] == "upserter:books"
     assert all(s["pages_last_hour"] >= 1 and s["tokens_last_hour"] >= 5 for s in sel.values())
     assert all(s["freshness_s"] is not None for s in sel.values())
+    code, text = await status(db, as_json=False)
+    assert "selection de (domain 3, EUR, weight 2.0): last pass " in text, text
+    assert f"; {len(cheap)} deals; newest " in text
     assert await running.finish() == 0
 
 
