@@ -56,6 +56,7 @@ def _run(config_arg: str | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _early_stop)
 
+    from dealsd.alerts.channels import load_channels
     from dealsd.clock import SystemClock
     from dealsd.config import ConfigError, load_api_key, load_config, resolve_config_path
     from dealsd.daemon import run_daemon
@@ -66,9 +67,15 @@ def _run(config_arg: str | None) -> int:
         path = resolve_config_path(config_arg)
         cfg = load_config(path)
         api_key = load_api_key(cfg)
+        channels = load_channels(cfg.alerts)
     except ConfigError as exc:
         return _config_error(exc)
     configure_logging(cfg.log.level, cfg.log.format)
+    alert_sender = None
+    if channels:
+        from dealsd.alerts.channels import Sender
+
+        alert_sender = Sender(channels)
     notifier = Notifier.from_env()
     try:
         return asyncio.run(
@@ -80,6 +87,7 @@ def _run(config_arg: str | None) -> int:
                 config_path=path,
                 key_loader=load_api_key,
                 stop=stop,
+                alert_channels=alert_sender,
             )
         )
     finally:

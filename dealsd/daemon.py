@@ -30,6 +30,8 @@ from typing import Any
 import msgspec
 import structlog
 
+from dealsd.alerts.outbox import Evaluator
+from dealsd.alerts.sender import AlertSender, Channels
 from dealsd.clock import Clock, iso_utc, sleep_or_stop
 from dealsd.config import Config, ConfigError, diff_live, load_config
 from dealsd.keepa import KeepaClient
@@ -39,6 +41,7 @@ from dealsd.notify import Notifier
 from dealsd.store import Store, StoreError, queries
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.backfiller import Backfiller
+from dealsd.workers.base import Worker
 from dealsd.workers.health import Health, HealthSnapshot, State, WorkerRow
 from dealsd.workers.janitor import Janitor
 from dealsd.workers.supervisor import Supervisor
@@ -101,6 +104,7 @@ class Daemon:
         health_margin_s: float,
         backoff_cap_s: float,
         key_loader: Callable[[Config], str] | None = None,
+        alert_channels: Channels | None = None,
     ) -> None:
         self.cfg = cfg
         self._client = client
@@ -119,19 +123,33 @@ class Daemon:
         self._stopping_sent = False
         self.health = Health(clock=clock, writer_stats=store.writer_stats, margin_s=health_margin_s)
         sel = cfg.upserter.selection
+        # Alerts are queued inside the writes that change a deal (the outbox).
+        self.alerts: AlertSender | None = None
+        on_change = None
+        if alert_channels is not None and cfg.alerts.rule:
+            evaluator = Evaluator(
+                rules=cfg.alerts.rule, channels=alert_channels.names,
+                price_type=price_type(sel), realert_drop_pct=cfg.alerts.realert_drop_pct,
+            )  # fmt: skip
+            on_change = evaluator.on_deals_changed
+            self.alerts = AlertSender(
+                store=store, clock=clock, config=cfg.alerts, channels=alert_channels
+            )
         self.upserter = Upserter(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.upserter,
             domain=cfg.keepa.domain, profit=cfg.profit, health=self.health, stop=stop,
+            on_change=on_change,
         )  # fmt: skip
         self.backfiller = Backfiller(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.backfiller,
             price_type=price_type(sel), profit=cfg.profit, health=self.health,
+            on_change=on_change,
         )  # fmt: skip
         self.janitor = Janitor(
             store=store, clock=clock, config=cfg.janitor, health=self.health, stop=stop
         )
         self.supervisor = Supervisor(
-            workers=[self.upserter, self.backfiller, self.janitor],
+            workers=[self.upserter, self.backfiller, self.janitor, *self._extra_workers()],
             clock=clock,
             health=self.health,
             stop=stop,
@@ -141,6 +159,9 @@ class Daemon:
         self.started_at = iso_utc(clock.now())
         self._last_status: str | None = None
         self._last_healthy: bool | None = None
+
+    def _extra_workers(self) -> list[Worker]:
+        return [self.alerts] if self.alerts is not None else []
 
     # -- signals --------------------------------------------------------------
 
@@ -377,6 +398,7 @@ async def run_daemon(
     health_margin_s: float = 60.0,
     backoff_cap_s: float = 60.0,
     key_loader: Callable[[Config], str] | None = None,
+    alert_channels: Channels | None = None,
 ) -> int:
     """Run dealsd until stopped; returns the process exit status."""
     from dealsd.store import NotADatabase, SchemaTooNew
@@ -430,6 +452,7 @@ async def run_daemon(
                     health_margin_s=health_margin_s,
                     backoff_cap_s=backoff_cap_s,
                     key_loader=key_loader,
+                    alert_channels=alert_channels,
                 )
                 installed = _install_signals(daemon) if install_signals else []
                 try:

@@ -122,6 +122,40 @@ class ProfitConfig(_Table, frozen=True):
     extra_cost_cents: NonNegativeInt = 0
 
 
+Percent = Annotated[float, Meta(ge=0, le=100)]
+ALERT_CHANNELS_CREDENTIAL = "alert_channels"  # LoadCredential=alert_channels:/path
+DEFAULT_SELECTION = "default"  # the one selection of [upserter] selection
+
+
+class AlertRuleConfig(_Table, frozen=True):
+    """One ``[[alerts.rule]]``: a deal matches when every threshold given passes."""
+
+    name: NonEmpty
+    # Channel names from the channels file; empty = every channel.
+    channels: list[NonEmpty] = msgspec.field(default_factory=list)
+    min_profit_cents: int | None = None
+    min_roi_pct: float | None = None
+    min_margin_pct: float | None = None
+    max_sales_rank: PositiveInt | None = None
+    min_monthly_sold: NonNegativeInt | None = None
+    min_rank_drops_30: NonNegativeInt | None = None
+    max_buy_cents: PositiveInt | None = None
+    categories: list[int] = msgspec.field(default_factory=list)
+    selections: list[NonEmpty] = msgspec.field(default_factory=list)
+
+
+class AlertsConfig(_Table, frozen=True):
+    # Apprise URLs carry secrets: they live in this file (one `name = url` a
+    # line) or the systemd credential alert_channels, never in config.toml.
+    channels_file: NonEmpty | None = None
+    max_per_minute: PositiveInt = 10
+    realert_drop_pct: Annotated[float, Meta(gt=0, le=100)] = 10.0
+    poll_s: PositiveFloat = 5.0
+    retry_base_s: PositiveFloat = 30.0
+    retry_max_s: PositiveFloat = 900.0
+    rule: list[AlertRuleConfig] = msgspec.field(default_factory=list)
+
+
 class LogConfig(_Table, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "journal", "console", "json"] = "auto"
@@ -135,6 +169,7 @@ class Config(_Table, frozen=True):
     janitor: JanitorConfig = msgspec.field(default_factory=JanitorConfig)
     tokens: TokensConfig = msgspec.field(default_factory=TokensConfig)
     profit: ProfitConfig = msgspec.field(default_factory=ProfitConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
@@ -264,9 +299,35 @@ def _check(path: Path, cfg: Config) -> Config:
             raise ConfigError(
                 path, f"tokens.weights.{name}", "unknown consumer (expected upserter or backfiller)"
             )
+    _check_alerts(path, cfg.alerts)
     # A consumer left out keeps its default share rather than a share of zero.
     weights = {**default_weights(), **cfg.tokens.weights}
     return msgspec.structs.replace(cfg, tokens=msgspec.structs.replace(cfg.tokens, weights=weights))
+
+
+def _check_alerts(path: Path, alerts: AlertsConfig) -> None:
+    seen: set[str] = set()
+    for i, rule in enumerate(alerts.rule):
+        key = f"alerts.rule[{i}]"
+        if rule.name in seen:
+            raise ConfigError(path, f"{key}.name", f"another rule is named {rule.name!r}")
+        seen.add(rule.name)
+        for sel in rule.selections:
+            if sel != DEFAULT_SELECTION:
+                raise ConfigError(
+                    path,
+                    f"{key}.selections",
+                    f"unknown selection {sel!r} (the one selection is {DEFAULT_SELECTION!r})",
+                )
+    if alerts.rule:
+        try:
+            import apprise  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                path,
+                "alerts.rule",
+                "alert rules need the alerts extra: pip install 'dealsd[alerts]' (Apprise)",
+            ) from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -38,7 +38,7 @@ from dealsd.keepa.payloads import PRODUCT_TYPE_INVALID, Item, PayloadError, Prod
 from dealsd.logs import FailureLog
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.base import RoundResult
+from dealsd.workers.base import DealsChanged, RoundResult
 from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
@@ -88,6 +88,7 @@ class Backfiller:
         price_type: int,
         profit: mapping.ProfitSettings,
         health: Health,
+        on_change: DealsChanged | None = None,
     ) -> None:
         self._client = client
         self._tokens = tokens
@@ -97,6 +98,7 @@ class Backfiller:
         self._price_type = price_type
         self._profit = profit
         self._health = health
+        self._on_change = on_change
         self.failed_batches = 0
         self._faults = FailureLog(clock=clock)
         self.given_up = 0
@@ -258,8 +260,10 @@ class Backfiller:
         payload: bytes | None,
         columns: dict[str, object],
     ) -> Callable[[sqlite3.Connection], bool]:
+        on_change = self._on_change
+
         def write(conn: sqlite3.Connection) -> bool:
-            return queries.store_product(
+            stored = queries.store_product(
                 conn,
                 asin=product.asin,
                 fetched_at=fetched_at,
@@ -268,6 +272,9 @@ class Backfiller:
                 payload_zlib=payload,
                 columns=columns,
             )
+            if stored and on_change is not None:
+                on_change(conn, [product.asin], fetched_at)
+            return stored
 
         return write
 

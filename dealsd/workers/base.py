@@ -8,8 +8,14 @@ the sleep, restarts and the error policy live once, in the supervisor.
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+# Called INSIDE the write that changed these deals' numbers (connection, ASINs,
+# the write's time), so what it writes commits with them: the alert outbox.
+DealsChanged = Callable[[sqlite3.Connection, Sequence[str], str], object]
 
 
 @dataclass(frozen=True, slots=True)
