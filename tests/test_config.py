@@ -249,8 +249,11 @@ def test_sample_is_the_defaults_and_documents_every_key(
     text = SAMPLE.read_text()
     for table, struct in msgspec.structs.asdict(Config()).items():
         for field in msgspec.structs.asdict(struct):
-            if field == "api_key_file":  # no default value: shown commented out
+            if field in ("api_key_file", "channels_file"):  # no default: shown commented out
                 assert f"# {field} = " in text
+                continue
+            if field == "rule":  # a list of tables, empty by default: an example, commented
+                assert f"# [[{table}.{field}]]" in text
                 continue
             assert field in raw[table], f"[{table}] {field} missing from config.toml"
     assert Config().keepa.base_url == "https://api.keepa.com"
