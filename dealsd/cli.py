@@ -14,7 +14,7 @@ import signal
 import sys
 from pathlib import Path
 
-EX_CONFIG = 78
+from dealsd.exits import EX_CONFIG, EXIT_NO_DATABASE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,7 +105,7 @@ def _run(config_arg: str | None) -> int:
 
 def _status(config_arg: str | None, database: str | None, as_json: bool) -> int:
     from dealsd.config import ConfigError, load_config, resolve_config_path
-    from dealsd.status import EXIT_NO_DATABASE, run_status
+    from dealsd.status import run_status
 
     if database is not None:
         return run_status(Path(database), as_json=as_json)

@@ -34,6 +34,7 @@ from dealsd.alerts.outbox import Evaluator
 from dealsd.alerts.sender import AlertSender, Channels
 from dealsd.clock import Clock, iso_utc, sleep_or_stop
 from dealsd.config import Config, ConfigError, diff_live, load_config
+from dealsd.exits import EX_CANTCREAT, EX_DATAERR, EX_OK, EX_TEMPFAIL
 from dealsd.keepa import KeepaClient
 from dealsd.lock import AlreadyRunning, InstanceLock
 from dealsd.logs import FailureLog, set_level
@@ -49,11 +50,6 @@ from dealsd.workers.upserter import Upserter, price_type
 
 log = structlog.get_logger(__name__)
 
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_DATAERR = 65  # the database file is not ours to use (not SQLite, schema too new)
-EX_TEMPFAIL = 75  # another instance holds the lock
-EX_CANTCREAT = 73  # the database cannot be opened or created
 SNAPSHOT_EVERY_S = 5.0
 SUMMARY_LOG_EVERY_S = 60.0
 STOP_GRACE_S = 10.0

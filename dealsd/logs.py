@@ -15,7 +15,7 @@ the same shape whoever wrote it. Formats:
 Every value passes ``redact`` first: Keepa puts the API key in the query
 string, so any URL or aiohttp error text may carry ``key=<secret>``.
 
-``FailureLog`` is field note 7 (1.6 GB of logs): the first occurrence of a
+``FailureLog`` is docs/field-notes.md #7 (1.6 GB of logs): the first occurrence of a
 fault is logged in full, repeats are counted into one summary line at most
 every ``summary_every_s``, and the recovery is one more line.
 """

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dealsd.clock import iso_utc, parse_iso_utc
+from dealsd.exits import EXIT_HEALTHY, EXIT_NO_DATABASE, EXIT_UNHEALTHY
 from dealsd.lock import holder_pid
 from dealsd.store import queries
 
-EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NO_DATABASE = 0, 1, 2
 # A heartbeat older than this many snapshot intervals (plus slack) means the
 # process holding the lock no longer runs its watch loop: hung, not healthy.
 STALE_HEARTBEATS = 3

@@ -1,5 +1,9 @@
 """Shared guards: nothing a test starts outlives it, and no test can kill pytest.
 
+The shared fixtures come first: ``sim`` (the simulator with the tests'
+usual options, over loopback) and ``start_sim`` (one with options of the
+test's own). Then the guards.
+
 Two ways a failing end-to-end test could take the whole run down instead of
 failing alone:
 
@@ -29,6 +33,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from helpers import StartSim, sim_options
 
 from dealsd.daemon import Daemon
 from dealsd.simulator import Simulator
@@ -41,6 +46,29 @@ SIM_STOP_S = 10.0
 CHILD_STOP_S = 5.0
 
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+@pytest.fixture
+async def start_sim() -> AsyncIterator[StartSim]:
+    """``await start_sim(**options)``: a simulator on a free loopback port, ``sim_options``
+    with the test's changes; each one started is stopped after the test."""
+    started: list[Simulator] = []
+
+    async def start(**options: Any) -> Simulator:
+        sim = Simulator(sim_options(**options))
+        await sim.start("127.0.0.1", 0)
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        await sim.stop()
+
+
+@pytest.fixture
+async def sim(start_sim: StartSim) -> Simulator:
+    """The simulator with the usual options (``helpers.sim_options()``), at ``sim.base_url``."""
+    return await start_sim()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -19,7 +19,15 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from test_daemon import Running, counts, db_query, sim_options, wait_for, write_config
+from helpers import (
+    Running,
+    StartSim,
+    counts,
+    database_bytes,
+    db_query,
+    wait_for,
+    write_config,
+)
 
 from dealsd.alerts import message, outbox
 from dealsd.alerts.channels import Channel, Redactor, Sender, load_channels
@@ -28,7 +36,6 @@ from dealsd.alerts.rules import DealFacts, facts, matches
 from dealsd.alerts.sender import AlertSender
 from dealsd.clock import FakeClock, iso_utc
 from dealsd.config import AlertRuleConfig, AlertsConfig, ConfigError, load_config
-from dealsd.simulator import Simulator
 from dealsd.store import Store
 from dealsd.store.schema import apply_migrations
 
@@ -393,12 +400,6 @@ async def test_a_channel_down_for_hours_gets_one_digest_when_it_is_back(
 # -- end to end --------------------------------------------------------------------
 
 
-def _database_holds(folder: Path, text: str) -> bool:
-    files = [p for p in folder.iterdir() if p.name.startswith("deals.db")]
-    assert files, "no database files"
-    return any(text.encode() in p.read_bytes() for p in files)
-
-
 def _alerts_toml(channels: Path, rules: str) -> str:
     # The simulator's products carry new-price averages (not used ones): the
     # estimate resells at the new average, so deals have a profit to match.
@@ -409,10 +410,9 @@ def _alerts_toml(channels: Path, rules: str) -> str:
 
 
 async def test_a_matching_deal_arrives_and_a_non_matching_rule_never_sends(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: Receiver, start_sim: StartSim
 ) -> None:
-    sim = Simulator(sim_options(catalogue_size=150))
-    await sim.start("127.0.0.1", 0)
+    sim = await start_sim(catalogue_size=150)
     channels = tmp_path / "channels"
     channels.write_text(f"hook = {receiver.url()}\n")
     rules = (
@@ -433,19 +433,17 @@ async def test_a_matching_deal_arrives_and_a_non_matching_rule_never_sends(
         assert rules_sent == {"any"}
     finally:
         assert await run.finish() == 0
-        await sim.stop()
     text = json.dumps(receiver.messages)
     assert "profit" in text and "amazon.com/dp/" in text
-    assert not _database_holds(tmp_path, SECRET)
+    assert SECRET.encode() not in database_bytes(db)
 
 
 async def test_sigkill_between_commit_and_send_loses_no_alert(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: Receiver, start_sim: StartSim
 ) -> None:
     """A real daemon process queues alerts while the channel is unreachable, is
     killed with SIGKILL, and delivers them after its restart."""
-    sim = Simulator(sim_options(catalogue_size=150))
-    await sim.start("127.0.0.1", 0)
+    sim = await start_sim(catalogue_size=150)
     port = receiver.port
     await receiver.stop()  # nothing listens: every send fails until it is back
     channels = tmp_path / "channels"
@@ -499,7 +497,6 @@ async def test_sigkill_between_commit_and_send_loses_no_alert(
         if first.returncode is None:
             first.kill()
             await first.wait()
-        await sim.stop()
     delivered = sum(
         int(m["title"].split()[0]) if m["title"].endswith("worth a look") else 1
         for m in receiver.messages

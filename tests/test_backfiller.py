@@ -8,16 +8,16 @@ observed cost (docs/field-notes.md #5), while fairness stays per consumer.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import structlog
+from helpers import StartSim
 
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig
 from dealsd.keepa import KeepaClient
-from dealsd.simulator import SimOptions, Simulator
+from dealsd.simulator import Simulator
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.backfiller import KIND_REFRESH, Backfiller
@@ -27,17 +27,8 @@ RATE = 50  # tokens per (accelerated) minute: one minute of refill is the batch 
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    s = Simulator(
-        SimOptions(
-            refill_rate=RATE, refill_period_s=0.1, catalogue_size=120,
-            new_deals_per_period=0, changed_deals_per_period=0,
-            missing_rate=0.0, invalid_rate=0.0,
-        )
-    )  # fmt: skip
-    await s.start("127.0.0.1", 0)
-    yield s
-    await s.stop()
+async def sim(start_sim: StartSim) -> Simulator:
+    return await start_sim(refill_rate=RATE, catalogue_size=120)
 
 
 async def test_refresh_batches_are_sized_by_the_refresh_cost(

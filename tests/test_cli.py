@@ -12,23 +12,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_daemon import NotifyListener
+from helpers import NotifyListener, clean_env, write_config
 
 from dealsd.simulator import Faults, SimOptions, Simulator
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"KEEPA_API_KEY", "CREDENTIALS_DIRECTORY", "DEALSD_CONFIG", "NOTIFY_SOCKET"}
-    }
-    env.update(extra, PYTHONUNBUFFERED="1")
-    return env
 
 
 def dealsd(
@@ -44,14 +33,8 @@ def dealsd(
 
 
 def good_config(tmp_path: Path, base_url: str = "http://127.0.0.1:9") -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[keepa]\nbase_url = "{base_url}"\nmax_attempts = 1\n'
-        f'[database]\npath = "{tmp_path / "deals.db"}"\n'
-        "[upserter]\ninterval_s = 1\n[upserter.selection]\npriceTypes = [2]\nsortType = 1\n"
-        "[backfiller]\nidle_s = 1\n"
-    )
-    return path
+    """A valid config (one attempt per request); by default Keepa is nowhere."""
+    return write_config(tmp_path, base_url, max_attempts=1)
 
 
 def test_config_errors_exit_78_naming_file_and_key(tmp_path: Path) -> None:
@@ -130,14 +113,6 @@ def test_demo_runs_the_real_daemon_and_reports(tmp_path: Path) -> None:
     assert total > 0 and backfilled > 0
 
 
-@pytest.fixture
-async def sim_url() -> AsyncIterator[str]:
-    s = Simulator(SimOptions(refill_rate=500, refill_period_s=0.1, catalogue_size=200))
-    base = await s.start("127.0.0.1", 0)
-    yield base
-    await s.stop()
-
-
 async def _read_until(stream: asyncio.StreamReader, needle: str, within: float) -> str:
     seen: list[str] = []
     deadline = time.monotonic() + within
@@ -152,9 +127,9 @@ async def _read_until(stream: asyncio.StreamReader, needle: str, within: float) 
 
 
 async def test_sighup_applies_live_changes_and_rejects_a_bad_file(
-    sim_url: str, tmp_path: Path
+    sim: Simulator, tmp_path: Path
 ) -> None:
-    path = good_config(tmp_path, sim_url)
+    path = good_config(tmp_path, sim.base_url)
     notify = NotifyListener(tmp_path)  # systemd's side of the notify protocol
     notified = notify.drain
 
@@ -205,9 +180,7 @@ async def test_a_second_sigterm_exits_at_once(tmp_path: Path) -> None:
         SimOptions(refill_period_s=0.1, faults=Faults(hang=1.0, hang_s=60.0))
     )
     base = await s.start("127.0.0.1", 0)
-    path = good_config(tmp_path, base)
-    text = path.read_text().replace("max_attempts = 1", "max_attempts = 1\nread_timeout_s = 60")
-    path.write_text(text)
+    path = write_config(tmp_path, base, max_attempts=1, read_timeout_s=60)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dealsd", "run", "--config", str(path),
         env=clean_env(KEEPA_API_KEY="k"), stderr=asyncio.subprocess.PIPE,

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_daemon import wait_for
+from helpers import wait_for
 
 from dealsd.clock import FakeClock
 from dealsd.keepa.payloads import decode_deals, decode_envelope, decode_products

@@ -25,8 +25,8 @@ from msgspec import Meta
 # The errors live in their own module; ConfigError is imported from here too.
 from dealsd.config.errors import ConfigError as ConfigError
 from dealsd.config.errors import translate as translate
+from dealsd.exits import EX_CONFIG as EX_CONFIG
 
-EX_CONFIG = 78  # sysexits.h: the unit's RestartPreventExitStatus, a restart cannot fix a typo
 DEFAULT_CONFIG_PATH = Path("/etc/dealsd/config.toml")
 CREDENTIAL_NAME = "keepa_api_key"  # LoadCredential=keepa_api_key:/path in the unit
 
