@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -513,3 +514,48 @@ async def test_sigkill_between_commit_and_send_loses_no_alert(
     out, err = await asyncio.wait_for(listing.communicate(), 30)
     assert listing.returncode == 0, err.decode()
     assert out.decode().startswith("channel hook: ") and SECRET not in out.decode()
+
+
+# -- commands and the optional extra ------------------------------------------------
+
+
+def _run_cli(*args: str, code: str = "") -> subprocess.CompletedProcess[str]:
+    prog = f"import sys\n{code}\nfrom dealsd.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", prog, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_alerts_test_reports_each_channel_and_fails_when_one_does(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    channels = tmp_path / "channels"
+    channels.write_text(f"good = {receiver.url()}\ndead = {receiver.url(port=1)}\n")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[alerts]\nchannels_file = "{channels}"\n'
+        '[[alerts.rule]]\nname = "all"\n[[alerts.rule]]\nname = "one"\nchannels = ["good"]\n'
+    )
+    every = await asyncio.to_thread(_run_cli, "alerts", "test", "--config", str(path))
+    assert every.returncode == 1, every.stderr
+    lines = every.stdout.splitlines()
+    assert lines[0] == "good (json://***): sent"
+    assert lines[1].startswith("dead (json://***): FAILED: ") and len(lines) == 2
+    assert SECRET not in every.stdout + every.stderr
+    args = ("alerts", "test", "--config", str(path), "--rule", "one")
+    one = await asyncio.to_thread(_run_cli, *args)
+    assert (one.returncode, one.stdout) == (0, "good (json://***): sent\n")
+    assert [m["title"] for m in receiver.messages] == ["dealsd: test alert"] * 2
+
+
+def test_a_rule_without_the_alerts_extra_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[alerts.rule]]\nname = "x"\n')
+    # Apprise made unimportable in that process, as on an install without the extra.
+    r = _run_cli("check-config", "--config", str(path), code="sys.modules['apprise'] = None")
+    assert r.returncode == 78, r.stderr
+    assert "alerts.rule" in r.stderr and "dealsd[alerts]" in r.stderr
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[alerts]\nmax_per_minute = 3\n")  # no rule: no extra needed
+    r = _run_cli("check-config", "--config", str(plain), code="sys.modules['apprise'] = None")
+    assert r.returncode == 0, r.stderr
