@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from dealsd.alerts.channels import Sender, load_channels
 from dealsd.alerts.outbox import Evaluator
 from dealsd.alerts.sender import AlertSender, Channels
 from dealsd.clock import Clock, iso_utc, sleep_or_stop
@@ -121,9 +122,10 @@ class Daemon:
         sel = cfg.upserter.selection
         # Alerts are queued inside the writes that change a deal (the outbox).
         self.alerts: AlertSender | None = None
+        self._evaluator: Evaluator | None = None
         on_change = None
         if alert_channels is not None and cfg.alerts.rule:
-            evaluator = Evaluator(
+            self._evaluator = evaluator = Evaluator(
                 rules=cfg.alerts.rule, channels=alert_channels.names,
                 price_type=price_type(sel), realert_drop_pct=cfg.alerts.realert_drop_pct,
             )  # fmt: skip
@@ -368,6 +370,25 @@ class Daemon:
         # Workers refused with the old key sleep out a long pause: try now.
         self.supervisor.wake()
 
+    def _reconfigure_alerts(self, new: Config) -> None:
+        """Rules, limits and channels apply live; alerts where none ran need a restart."""
+        if self.alerts is None or self._evaluator is None:
+            if new.alerts.rule:
+                log.warning("config_change_needs_restart", key="alerts.rule")
+            return
+        try:
+            channels = Sender(load_channels(new.alerts)) if new.alerts.rule else None
+        except ConfigError as exc:
+            log.error("reload_rejected", error=str(exc), keeping="running alerts")
+            return
+        self._evaluator.reconfigure(
+            rules=new.alerts.rule,
+            channels=channels.names if channels else [],
+            realert_drop_pct=new.alerts.realert_drop_pct,
+        )
+        if channels is not None:
+            self.alerts.reconfigure(config=new.alerts, channels=channels)
+
     def apply(self, new: Config) -> None:
         self.cfg = new
         sel = new.upserter.selection
@@ -376,6 +397,7 @@ class Daemon:
             config=new.backfiller, price_type=price_type(sel), profit=new.profit
         )
         self.janitor.reconfigure(config=new.janitor)
+        self._reconfigure_alerts(new)
         self._tokens.set_weights(dict(new.tokens.weights))
         self._tokens.set_batch_minutes(new.tokens.batch_minutes)
         set_level(new.log.level)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from helpers import (
+    DaemonProc,
     Running,
     StartSim,
     counts,
@@ -452,15 +452,6 @@ async def test_sigkill_between_commit_and_send_loses_no_alert(
     rules = '[[alerts.rule]]\nname = "any"\nmin_profit_cents = -100000\nchannels = ["hook"]\n'
     path = write_config(tmp_path, sim.base_url, extra=_alerts_toml(channels, rules))
     db = tmp_path / "deals.db"
-    env = dict(os.environ, KEEPA_API_KEY="test-key", PYTHONUNBUFFERED="1")
-    logs = [tmp_path / "first.log", tmp_path / "second.log"]
-
-    async def start(log: Path) -> asyncio.subprocess.Process:
-        with log.open("wb") as err:  # a file, not a pipe nobody reads while it runs
-            return await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "dealsd", "run", "--config", str(path),
-                env=env, stdout=asyncio.subprocess.DEVNULL, stderr=err,
-            )  # fmt: skip
 
     def unsent(up_to: int = 2**62) -> int:
         if not db.exists():
@@ -471,42 +462,36 @@ async def test_sigkill_between_commit_and_send_loses_no_alert(
         except sqlite3.OperationalError:  # not migrated yet
             return 0
 
-    first = await start(logs[0])
-    try:
-        def failing() -> bool:
-            q = "SELECT count(*) FROM alert_channels WHERE failing_since IS NOT NULL"
-            return unsent() >= 5 and int(db_query(db, q)[0][0]) == 1
+    def failing() -> bool:
+        q = "SELECT count(*) FROM alert_channels WHERE failing_since IS NOT NULL"
+        return unsent() >= 5 and int(db_query(db, q)[0][0]) == 1
 
+    first = await DaemonProc(path).start()
+    second = DaemonProc(path)
+    try:
         await wait_for(failing, 30, "alerts queued and a failed send")
-        first.kill()  # SIGKILL: no chance to send or to mark anything
-        await asyncio.wait_for(first.wait(), 10)
-        assert first.returncode == -signal.SIGKILL
+        assert await first.kill() == -signal.SIGKILL  # no chance to send or mark anything
         queued = unsent()
         assert queued >= 5
         last = int(db_query(db, "SELECT max(id) FROM alert_outbox")[0][0])
         await receiver.start(port)
-        second = await start(logs[1])
-        try:
-            # Everything queued before the kill goes out (new deals keep
-            # queueing more meanwhile, within the minute's budget).
-            await wait_for(lambda: unsent(last) == 0, 30, "the killed run's alerts delivered")
-        finally:
-            second.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(second.wait(), 20)
-        assert second.returncode == 0, logs[1].read_text()[-2000:]
+        await second.start()
+        # Everything queued before the kill goes out (new deals keep queueing
+        # more meanwhile, within the minute's budget).
+        await wait_for(lambda: unsent(last) == 0, 30, "the killed run's alerts delivered")
+        second.signal(signal.SIGTERM)
+        assert await second.wait() == 0, second.log_text()[-2000:]
     finally:
-        if first.returncode is None:
-            first.kill()
-            await first.wait()
+        await first.ensure_dead()
+        await second.ensure_dead()
     delivered = sum(
         int(m["title"].split()[0]) if m["title"].endswith("worth a look") else 1
         for m in receiver.messages
     )
     assert delivered >= queued
-    first_log = logs[0].read_text()
-    assert "alert_send_failed" in first_log  # the failure was logged...
-    for log in logs:
-        assert SECRET not in log.read_text()  # ...without the URL's secret
+    assert "alert_send_failed" in first.log_text()  # the failure was logged...
+    for run in (first, second):
+        assert SECRET not in run.log_text()  # ...without the URL's secret
     listing = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dealsd", "alerts", "list", "--database", str(db),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -559,3 +544,30 @@ def test_a_rule_without_the_alerts_extra_is_a_config_error_naming_it(tmp_path: P
     plain.write_text("[alerts]\nmax_per_minute = 3\n")  # no rule: no extra needed
     r = _run_cli("check-config", "--config", str(plain), code="sys.modules['apprise'] = None")
     assert r.returncode == 0, r.stderr
+
+
+async def test_a_reload_applies_new_rules_live(
+    tmp_path: Path, receiver: Receiver, start_sim: StartSim
+) -> None:
+    sim = await start_sim(catalogue_size=150)
+    channels = tmp_path / "channels"
+    channels.write_text(f"hook = {receiver.url()}\n")
+    never = '[[alerts.rule]]\nname = "never"\nmin_profit_cents = 100000000\n'
+    path = write_config(tmp_path, sim.base_url, extra=_alerts_toml(channels, never))
+    db = tmp_path / "deals.db"
+    daemon = await DaemonProc(path).start()
+    try:
+        await daemon.ready()
+        await wait_for(lambda: counts(db)[1] >= 50, 30, "a backfill")
+        assert receiver.messages == []
+        anything = '[[alerts.rule]]\nname = "any"\nmin_profit_cents = -100000\n'
+        write_config(tmp_path, sim.base_url, extra=_alerts_toml(channels, anything))
+        daemon.signal(signal.SIGHUP)
+        # Deals already stored match on their next change (the upserter's
+        # pass re-reads every deal each second here).
+        await wait_for(lambda: receiver.messages, 30, "an alert under the new rule")
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    finally:
+        await daemon.ensure_dead()
+    assert {r["rule"] for r in db_query(db, "SELECT DISTINCT rule FROM alert_outbox")} == {"any"}

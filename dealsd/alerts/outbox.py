@@ -62,6 +62,14 @@ class Evaluator:
         self._price_type = price_type
         self._drop = realert_drop_pct / 100.0
 
+    def reconfigure(
+        self, *, rules: Sequence[AlertRuleConfig], channels: Sequence[str], realert_drop_pct: float
+    ) -> None:
+        """New rules apply to the next change; what was alerted stays alerted."""
+        self._rules = list(rules)
+        self._channels = list(channels)
+        self._drop = realert_drop_pct / 100.0
+
     @property
     def active(self) -> bool:
         return bool(self._rules and self._channels)

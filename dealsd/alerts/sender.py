@@ -72,6 +72,10 @@ class AlertSender:
         self._last_prune = float("-inf")
         self.sent_messages = 0
 
+    def reconfigure(self, *, config: AlertsConfig, channels: Channels) -> None:
+        self._cfg = config
+        self._channels = channels
+
     @property
     def expected_round_s(self) -> float:
         return self._cfg.poll_s

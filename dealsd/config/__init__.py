@@ -382,7 +382,7 @@ def _key_from(path: Path, data: bytes) -> str:
 # HTTP session and the open database; log.format the installed handler: they
 # wait for a restart.
 LIVE_KEYS: frozenset[str] = frozenset(
-    {"upserter", "backfiller", "janitor", "tokens", "profit", "log.level"}
+    {"upserter", "backfiller", "janitor", "tokens", "profit", "alerts", "log.level"}
 )
 
 
