@@ -48,9 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config_error(exc: Exception) -> int:
-    print(f"dealsd: config error: {exc}", file=sys.stderr)
-    return EX_CONFIG
+def _config_error(exc: Exception, *, command: str = "dealsd", code: int = EX_CONFIG) -> int:
+    # Said before logging is configured: early_line gives the journal its <3>.
+    from dealsd.logs import early_line
+
+    early_line(f"{command}: config error: {exc}")
+    return code
 
 
 def _run(config_arg: str | None) -> int:
@@ -112,8 +115,7 @@ def _status(config_arg: str | None, database: str | None, as_json: bool) -> int:
     try:
         cfg = load_config(resolve_config_path(config_arg))
     except ConfigError as exc:
-        print(f"dealsd status: config error: {exc}", file=sys.stderr)
-        return EXIT_NO_DATABASE
+        return _config_error(exc, command="dealsd status", code=EXIT_NO_DATABASE)
     return run_status(Path(cfg.database.path), as_json=as_json)
 
 

@@ -200,9 +200,10 @@ class NotifyListener:
                 self.got.extend(new)
                 return new
 
-    def seen(self, prefix: str) -> bool:
+    def seen(self, prefix: str, since: int = 0) -> bool:
+        """A line starting with ``prefix`` arrived (at or after index ``since`` of ``got``)."""
         self.drain()
-        return any(m.startswith(prefix) for m in self.got)
+        return any(m.startswith(prefix) for m in self.got[since:])
 
     def last_status(self) -> str:
         self.drain()

@@ -37,6 +37,7 @@ from dealsd.alerts.rules import DealFacts, facts, matches
 from dealsd.alerts.sender import AlertSender
 from dealsd.clock import FakeClock, iso_utc
 from dealsd.config import AlertRuleConfig, AlertsConfig, ConfigError, load_config
+from dealsd.status import read_status, render
 from dealsd.store import Store
 from dealsd.store.schema import apply_migrations
 
@@ -387,6 +388,12 @@ async def test_a_channel_down_for_hours_gets_one_digest_when_it_is_back(
         summary = await store.read(outbox.summary)
         assert summary[0]["queued"] == 30 and summary[0]["last_error"]
         assert SECRET not in json.dumps(summary)
+        # `dealsd status` shows the failing channel, its queue and its error.
+        doc = await asyncio.to_thread(read_status, tmp_path / "s.db", now=clock.now())
+        assert [(c.channel, c.queued) for c in doc.alerts] == [("hook", 30)]
+        assert doc.alerts[0].failing_since is not None
+        text = render(doc, now=clock.now())
+        assert "alerts hook: 30 queued, 0 sent; FAILING since" in text and SECRET not in text
         receiver.down = False
         await clock.advance(900.0)
         await worker.round()

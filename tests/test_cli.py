@@ -227,3 +227,112 @@ def test_sigterm_during_startup_exits_zero(tmp_path: Path, delay_s: float) -> No
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err[-2000:]
+
+
+def test_check_config_refuses_a_missing_key_file_as_run_does(tmp_path: Path) -> None:
+    # It used to answer "config OK" here while `run` exited 78.
+    missing = tmp_path / "keepa_api_key"
+    path = good_config(tmp_path)
+    path.write_text(path.read_text().replace("[keepa]\n", f"[keepa]\napi_key_file = '{missing}'\n"))
+    for cmd in ("check-config", "run"):
+        r = dealsd(cmd, "--config", str(path))
+        assert r.returncode == 78, (cmd, r.stderr)
+        assert f"{missing}: keepa.api_key_file: no such API key file (read as " in r.stderr, cmd
+        assert "Traceback" not in r.stderr
+    missing.write_text("the-k3y\n")
+    r = dealsd("check-config", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"config OK: {path}"
+    assert f"API key: {missing}, read as " in r.stderr and "k3y" not in r.stdout + r.stderr
+    # No key anywhere (systemd's ExecReload, as root, without the credential):
+    # a warning naming LoadCredential, and still exit 0 for a valid file.
+    r = dealsd("check-config", "--config", str(good_config(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    assert "warning: no API key visible here" in r.stderr
+    assert "LoadCredential=keepa_api_key:/etc/dealsd/keepa_api_key" in r.stderr
+
+
+def _on_a_stream_socket(*args: str, matching: bool = True, **env: str) -> tuple[int, list[str]]:
+    """Run dealsd with stderr on a Unix stream socket, as systemd's journal stream is.
+
+    ``$JOURNAL_STREAM`` names that socket's device:inode, or with ``matching``
+    False another stream's (the variable inherited by a process whose stderr
+    was redirected elsewhere).
+    """
+    import socket
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        st = os.fstat(theirs.fileno())
+        named = f"{st.st_dev}:{st.st_ino if matching else st.st_ino + 1}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dealsd", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=theirs.fileno(),
+            env=clean_env(JOURNAL_STREAM=named, **env),
+        )  # fmt: skip
+        theirs.close()
+        ours.settimeout(30)
+        chunks = []
+        while chunk := ours.recv(65536):
+            chunks.append(chunk)
+        code = proc.wait(timeout=30)
+    return code, b"".join(chunks).decode().splitlines()
+
+
+def test_a_refused_start_reaches_the_journal_as_an_error(tmp_path: Path) -> None:
+    # journalctl -u dealsd -p warning must show why the service will not start:
+    # with SyslogLevelPrefix (systemd's default) a line's <N> is its priority.
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[upserter]\nintervl_s = 5\n")
+    code, lines = _on_a_stream_socket("run", "--config", str(bad), KEEPA_API_KEY="k")
+    assert code == 78
+    assert lines and all(line.startswith("<3>") for line in lines), lines
+    assert lines[0].startswith(f"<3>dealsd: config error: {bad}: upserter.intervl_s: ")
+    # A valid file but no key at all: refused before logging exists, an error too.
+    ok = good_config(tmp_path)
+    code, lines = _on_a_stream_socket("run", "--config", str(ok))
+    assert code == 78
+    assert lines[0].startswith("<3>dealsd: config error: config: keepa.api_key: no API key")
+    # check-config as ExecReload runs it: the error at 3, the missing key at 4.
+    code, lines = _on_a_stream_socket("check-config", "--config", str(bad))
+    assert code == 78 and lines[0].startswith("<3>dealsd: config error: "), lines
+    code, lines = _on_a_stream_socket("check-config", "--config", str(ok))
+    assert code == 0 and len(lines) == 1, lines
+    assert lines[0].startswith("<4>dealsd: warning: no API key visible here")
+
+
+def test_fatal_lines_are_plain_text_on_a_pipe_a_tty_or_another_stream(tmp_path: Path) -> None:
+    import pty
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[upserter]\nintervl_s = 5\n")
+    expected = f"dealsd: config error: {bad}: upserter.intervl_s: "
+    # A pipe, no $JOURNAL_STREAM.
+    r = dealsd("run", "--config", str(bad), env=clean_env(KEEPA_API_KEY="k"))
+    assert r.returncode == 78 and r.stderr.startswith(expected), r.stderr
+    # $JOURNAL_STREAM naming some other stream than this stderr.
+    code, lines = _on_a_stream_socket("run", "--config", str(bad), matching=False)
+    assert code == 78 and lines and lines[0].startswith(expected), lines
+    # A terminal.
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dealsd", "run", "--config", str(bad)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
+            env=clean_env(KEEPA_API_KEY="k"),
+        )  # fmt: skip
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=30) == 78
+    finally:
+        os.close(leader)
+    text = b"".join(chunks).decode()
+    assert text.startswith(expected), text

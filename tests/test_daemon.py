@@ -48,8 +48,10 @@ async def test_first_run_fills_the_table_and_backfills_it(sim: Simulator, tmp_pa
     assert await d.finish() == 0
     total, backfilled = counts(db)
     assert total == backfilled > 150  # more than one page, all of it backfilled
-    # Each payload is the product exactly as Keepa sent it, zlib-compressed.
-    rows = db_query(db, "SELECT asin, payload FROM product_history LIMIT 5")
+    # Every deal has its history: the product exactly as Keepa sent it, zlib-compressed.
+    rows = db_query(db, "SELECT asin, payload FROM product_history")
+    deals = {r["asin"] for r in db_query(db, "SELECT asin FROM deals")}
+    assert {r["asin"] for r in rows} == deals and len(rows) == total
     for r in rows:
         assert json.loads(zlib.decompress(r["payload"]))["asin"] == r["asin"]
     # Nothing bought twice in one uninterrupted run.
@@ -229,7 +231,7 @@ async def test_sigterm_with_work_in_flight_exits_zero_with_everything_committed(
     assert bought - stored <= 50
 
 
-async def test_systemd_ready_status_and_a_watchdog_only_while_healthy(
+async def test_systemd_ready_status_and_a_watchdog_that_outlives_a_keepa_outage(
     sim: Simulator, tmp_path: Path
 ) -> None:
     srv = NotifyListener(tmp_path)
@@ -243,7 +245,7 @@ async def test_systemd_ready_status_and_a_watchdog_only_while_healthy(
         await wait_for(lambda: seen("READY=1"), 10, "READY=1")
         await wait_for(lambda: counts(db)[0] > 0 and seen("WATCHDOG=1"), 10, "a watchdog ping")
         assert any(m.startswith("STATUS=deals=") for m in got)
-        sim.control(outage=True)  # the upserter stalls: the watchdog must stop
+        sim.control(outage=True)  # the upserter stalls, but keeps trying
         await wait_for(
             lambda: any(m.startswith("STATUS=") and "UNHEALTHY" in m for m in drain()),
             10,
@@ -251,10 +253,16 @@ async def test_systemd_ready_status_and_a_watchdog_only_while_healthy(
         )
         drain()
         await asyncio.sleep(1.0)
-        quiet = drain()
-        assert "WATCHDOG=1" not in quiet, quiet
+        # This asserted "no WATCHDOG=1" while stalled: that turned every Keepa
+        # outage into a restart cycle (issue 18, point 5). A worker retrying on
+        # schedule is not wedged, so the pings go on (tests/test_watchdog.py).
+        assert "WATCHDOG=1" in drain()
         sim.control(outage=False)
-        await wait_for(lambda: "WATCHDOG=1" in drain(), 10, "the watchdog again once healthy")
+        await wait_for(
+            lambda: any(m.startswith("STATUS=") and m.endswith(" healthy") for m in drain()),
+            10,
+            "a healthy STATUS= once Keepa is back",
+        )
         assert await d.finish() == 0
         assert seen("STOPPING=1")
     finally:
