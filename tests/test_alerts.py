@@ -578,3 +578,36 @@ async def test_a_reload_applies_new_rules_live(
     finally:
         await daemon.ensure_dead()
     assert {r["rule"] for r in db_query(db, "SELECT DISTINCT rule FROM alert_outbox")} == {"any"}
+
+
+@pytest.mark.parametrize(
+    ("channels", "rule", "key"),
+    [
+        ("a = notaurl://x\n", "", "alerts.channels_file"),
+        ("a = json://127.0.0.1:9/x\n", 'channels = ["nope"]\n', "alerts.rule[0].channels"),
+        ("a = json://127.0.0.1:9/x\n", "min_profitt = 3\n", "alerts.rule[0].min_profitt"),
+        ("a = json://127.0.0.1:9/x\n", 'selections = ["toys"]\n', "alerts.rule[0].selections"),
+    ],
+)
+def test_check_config_and_run_exit_78_naming_the_key(
+    tmp_path: Path, channels: str, rule: str, key: str
+) -> None:
+    secret_channels = tmp_path / "channels"
+    secret_channels.write_text(channels.replace("x\n", f"{SECRET}\n"))
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[database]\npath = "{tmp_path / "d.db"}"\n[alerts]\n'
+        f'channels_file = "{secret_channels}"\n[[alerts.rule]]\nname = "r"\n{rule}'
+    )
+    for cmd in ("check-config", "run"):
+        r = _run_cli(cmd, "--config", str(path), code="import os; os.environ['KEEPA_API_KEY']='k'")
+        assert r.returncode == 78, (cmd, r.stderr)
+        assert f": {key}: " in r.stderr and SECRET not in r.stderr, (cmd, r.stderr)
+
+
+def test_check_config_warns_when_no_channels_are_visible(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[[alerts.rule]]\nname = "r"\n')
+    r = _run_cli("check-config", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "LoadCredential=alert_channels:/etc/dealsd/alert_channels" in r.stderr

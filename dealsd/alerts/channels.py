@@ -32,6 +32,10 @@ _PIECE_RE = re.compile(r"[^/:@?&=#,\s]{4,}")
 ERROR_MAX = 300
 
 
+class NoChannels(ConfigError):
+    """Rules but no channels file or credential visible to this process."""
+
+
 @dataclass(frozen=True, slots=True)
 class Channel:
     name: str
@@ -64,7 +68,7 @@ def load_channels(alerts: AlertsConfig, env: Mapping[str, str] = os.environ) -> 
         return []
     path = _source(alerts, env)
     if path is None:
-        raise ConfigError(
+        raise NoChannels(
             "config",
             "alerts.channels_file",
             "alert rules need channels: name a file of `name = apprise-url` lines, or a "

@@ -452,6 +452,29 @@ def diff_live(old: Config, new: Config) -> tuple[list[Change], list[str]]:
     return live, restart
 
 
+def _check_channels(cfg: Config, err: IO[str], env: Mapping[str, str]) -> None:
+    """The alert channels, where this process can see them (as for the key)."""
+    if not cfg.alerts.rule:
+        return
+    # Imported here: the alerts read this module's types.
+    from dealsd.alerts.channels import NoChannels, load_channels
+
+    try:
+        channels = load_channels(cfg.alerts, env)
+    except NoChannels:
+        early_line(
+            "dealsd: warning: alert rules but no channels file visible here, so the "
+            "channels could not be checked; under systemd a drop-in hands them over with "
+            f"LoadCredential={ALERT_CHANNELS_CREDENTIAL}:/etc/dealsd/{ALERT_CHANNELS_CREDENTIAL}",
+            level="warning",
+            stream=err,
+            env=env,
+        )
+        return
+    names = ", ".join(c.name for c in channels)
+    early_line(f"dealsd: alert channels: {names}", level="info", stream=err, env=env)
+
+
 def check_config(
     path: str | os.PathLike[str],
     *,
@@ -471,6 +494,7 @@ def check_config(
     err = err or sys.stderr
     try:
         cfg = load_config(path)
+        _check_channels(cfg, err, env)
         _key, where = find_api_key(cfg, env)
     except NoApiKey:
         early_line(
