@@ -21,6 +21,7 @@ import pytest
 from aiohttp import web
 from helpers import (
     DaemonProc,
+    NotifyListener,
     Running,
     StartSim,
     counts,
@@ -37,6 +38,7 @@ from dealsd.alerts.rules import DealFacts, facts, matches
 from dealsd.alerts.sender import AlertSender
 from dealsd.clock import FakeClock, iso_utc
 from dealsd.config import AlertRuleConfig, AlertsConfig, ConfigError, load_config
+from dealsd.notify import Notifier
 from dealsd.status import read_status, render
 from dealsd.store import Store
 from dealsd.store.schema import apply_migrations
@@ -611,3 +613,41 @@ def test_check_config_warns_when_no_channels_are_visible(tmp_path: Path) -> None
     r = _run_cli("check-config", "--config", str(path))
     assert r.returncode == 0, r.stderr
     assert "LoadCredential=alert_channels:/etc/dealsd/alert_channels" in r.stderr
+
+
+async def test_a_failing_channel_keeps_the_watchdog_and_health_going(
+    tmp_path: Path, receiver: Receiver, start_sim: StartSim
+) -> None:
+    """A restart cannot fix a revoked webhook: the daemon stays healthy, pings
+    the watchdog, and shows the channel's failure in status instead."""
+    sim = await start_sim(catalogue_size=150)
+    receiver.down = True
+    channels = tmp_path / "channels"
+    channels.write_text(f"hook = {receiver.url()}\n")
+    rules = '[[alerts.rule]]\nname = "any"\nmin_profit_cents = -100000\n'
+    path = write_config(tmp_path, sim.base_url, extra=_alerts_toml(channels, rules))
+    cfg = load_config(path)
+    srv = NotifyListener(tmp_path)
+    notifier = Notifier(srv.addr, watchdog_interval_s=0.2)
+    db = tmp_path / "deals.db"
+    run = Running(
+        cfg, path, notifier=notifier, health_margin_s=1.5,
+        alert_channels=Sender(load_channels(cfg.alerts, env={})),
+    )  # fmt: skip
+    try:
+        await wait_for(
+            lambda: db_query(db, "SELECT count(*) FROM alert_channels WHERE failing_since "
+                             "IS NOT NULL")[0][0] == 1 if counts(db)[0] else False,
+            30, "a failing channel",
+        )  # fmt: skip
+        srv.drain()
+        await asyncio.sleep(3.0)  # two health margins with every send failing
+        lines = srv.drain()
+        assert "WATCHDOG=1" in lines
+        assert srv.last_status().endswith(" healthy"), srv.last_status()
+        doc = await asyncio.to_thread(read_status, db)
+        assert doc.healthy and doc.alerts[0].failing_since and doc.alerts[0].queued > 0
+        assert SECRET not in (doc.alerts[0].last_error or "")
+    finally:
+        assert await run.finish() == 0
+        srv.close()
