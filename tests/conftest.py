@@ -1,8 +1,9 @@
 """Shared guards: nothing a test starts outlives it, and no test can kill pytest.
 
 The shared fixtures come first: ``sim`` (the simulator with the tests'
-usual options, over loopback) and ``start_sim`` (one with options of the
-test's own). Then the guards.
+usual options, over loopback), ``start_sim`` (one with options of the
+test's own), ``clock`` (a FakeClock) and ``store`` (a Store on a new file in
+tmp_path, in that clock's time). Then the guards.
 
 Two ways a failing end-to-end test could take the whole run down instead of
 failing alone:
@@ -30,13 +31,16 @@ import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import StartSim, sim_options
 
+from dealsd.clock import FakeClock
 from dealsd.daemon import Daemon
 from dealsd.simulator import Simulator
+from dealsd.store import Store
 
 # Bounds for teardown: long enough for a daemon to drain, short enough that a
 # hung one fails its test instead of the run.
@@ -69,6 +73,18 @@ async def start_sim() -> AsyncIterator[StartSim]:
 async def sim(start_sim: StartSim) -> Simulator:
     """The simulator with the usual options (``helpers.sim_options()``), at ``sim.base_url``."""
     return await start_sim()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "deals.db", clock=clock)
+    yield s
+    await s.close()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -17,7 +17,9 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,12 @@ from typing import Any
 from dealsd.clock import SystemClock
 from dealsd.config import Config
 from dealsd.daemon import run_daemon
+from dealsd.keepa import KeepaClient
 from dealsd.notify import Notifier
 from dealsd.simulator import SimOptions, Simulator
+from dealsd.store import Store
+from dealsd.tokens import TokenScheduler
+from dealsd.workers.health import Health
 
 HERE = Path(__file__).resolve().parent
 
@@ -148,6 +154,45 @@ def counts(db: Path) -> tuple[int, int]:
     except sqlite3.OperationalError:  # not migrated yet
         return 0, 0
     return int(row[0]), int(row[1])
+
+
+# -- one worker's real parts, for a worker's own tests ---------------------------
+
+
+@dataclass(frozen=True)
+class WorkerParts:
+    clock: SystemClock
+    tokens: TokenScheduler
+    store: Store
+    health: Health
+    client: KeepaClient
+
+
+@asynccontextmanager
+async def worker_parts(
+    base_url: str,
+    db: Path,
+    *,
+    name: str,
+    weight: float = 1.0,
+    expected_round_s: float = 30.0,
+    api_key: str = "k",
+) -> AsyncIterator[WorkerParts]:
+    """What the daemon builds a worker from, real each: the store on ``db``, the
+    scheduler with ``name`` as its one consumer, health with it registered, a
+    client on ``base_url``. The store is closed on the way out."""
+    clock = SystemClock()
+    tokens = TokenScheduler(clock=clock, weights={name: weight}, batch_minutes=1.0)
+    store = await Store.open(db, clock=clock)
+    health = Health(clock=clock)
+    health.register(name, expected_round_s=expected_round_s)
+    try:
+        async with KeepaClient(
+            base_url=base_url, api_key=api_key, domain=1, tokens=tokens, clock=clock
+        ) as client:
+            yield WorkerParts(clock, tokens, store, health, client)
+    finally:
+        await store.close()
 
 
 # -- the daemon in this event loop ----------------------------------------------

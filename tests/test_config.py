@@ -532,3 +532,21 @@ def test_check_config_with_no_key_visible_warns_where_systemd_hands_it_over(
     bad = write(tmp_path, "[upserter]\ninterval_s = 0\n", "bad.toml")
     assert check_config(bad, env={}) == EX_CONFIG
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_credential_directory_this_user_may_not_enter_is_named_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root enters a mode-000 directory anyway")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "keepa_api_key").write_text("k\n")
+    creds.chmod(0)
+    try:
+        with pytest.raises(ConfigError) as info:
+            load_api_key(Config(), {"CREDENTIALS_DIRECTORY": str(creds)})
+        assert str(info.value).startswith(f"{creds / 'keepa_api_key'}: keepa.api_key: ")
+        assert "permission denied" in str(info.value).lower() and "read as " in str(info.value)
+    finally:
+        creds.chmod(0o700)

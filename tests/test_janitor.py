@@ -10,7 +10,6 @@ success, so a wall clock jumping forward ages nothing. Only ``round()`` is used.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,18 +24,6 @@ from dealsd.workers.janitor import Janitor
 
 UPSERTER_ROUND_S = 300.0
 HOUR = 3600.0
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "deals.db", clock=clock)
-    yield s
-    await s.close()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,18 +40,6 @@ def keys(db: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM checkpoints")}
     finally:
         conn.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "deals.db", clock=clock)
-    yield s
-    await s.close()
 
 
 async def test_many_concurrent_writes_share_few_commits(

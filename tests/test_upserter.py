@@ -10,21 +10,18 @@ starts afresh. Only ``round()`` is used here, as the supervisor uses it.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import StartSim, db_query
+from helpers import StartSim, WorkerParts, db_query, worker_parts
 
-from dealsd.clock import SystemClock
 from dealsd.config import ProfitConfig, UpserterConfig
-from dealsd.keepa import KeepaClient
 from dealsd.simulator import Simulator
-from dealsd.store import Store, queries
-from dealsd.tokens import TokenScheduler
+from dealsd.store import queries
 from dealsd.workers.base import RoundResult
-from dealsd.workers.health import Health
 from dealsd.workers.upserter import Upserter
 
 INTERVAL_S = 300
@@ -40,35 +37,30 @@ async def sim(start_sim: StartSim) -> Simulator:
     return await start_sim(catalogue_size=CATALOGUE)
 
 
+def upserter(parts: WorkerParts, **config: Any) -> Upserter:
+    return Upserter(
+        client=parts.client, tokens=parts.tokens, store=parts.store, clock=parts.clock,
+        config=UpserterConfig(interval_s=INTERVAL_S, **config), domain=1,
+        profit=ProfitConfig(), health=parts.health,
+    )  # fmt: skip
+
+
 @pytest.fixture
-async def upserter_round(sim: Simulator, tmp_path: Path) -> AsyncIterator[Round]:
+def upserter_round(sim: Simulator, tmp_path: Path) -> Round:
     """``await upserter_round(selection=..., max_pages_per_run=...)``: one round of a
-    fresh Upserter, as after a restart: a new client and a reopened store each time."""
-    clock = SystemClock()
-    tokens = TokenScheduler(clock=clock, weights={"upserter": 1.0}, batch_minutes=1.0)
+    fresh Upserter, as after a restart: new parts and a reopened store each time."""
 
     async def one_round(
         selection: dict[str, Any] = NEWEST_FIRST, max_pages_per_run: int = 67
     ) -> RoundResult:
-        store = await Store.open(tmp_path / "deals.db", clock=clock)
-        health = Health(clock=clock)
-        health.register("upserter", expected_round_s=INTERVAL_S)
-        config = UpserterConfig(
-            interval_s=INTERVAL_S, max_pages_per_run=max_pages_per_run, selection=selection
-        )
-        try:
-            async with KeepaClient(
-                base_url=sim.base_url, api_key="k", domain=1, tokens=tokens, clock=clock
-            ) as client:
-                upserter = Upserter(
-                    client=client, tokens=tokens, store=store, clock=clock, config=config,
-                    domain=1, profit=ProfitConfig(), health=health,
-                )  # fmt: skip
-                return await upserter.round()
-        finally:
-            await store.close()
+        async with worker_parts(
+            sim.base_url, tmp_path / "deals.db", name="upserter", expected_round_s=INTERVAL_S
+        ) as parts:
+            return await upserter(
+                parts, selection=selection, max_pages_per_run=max_pages_per_run
+            ).round()
 
-    yield one_round
+    return one_round
 
 
 def stored(tmp_path: Path) -> int:
@@ -116,39 +108,27 @@ async def test_a_pass_pages_until_the_short_page_then_sets_the_watermark(
 async def test_each_page_is_one_write_with_its_deals_and_the_cursor(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    # A store that records, after every write, what the database holds: the
-    # deals and the cursor must move together, page by page.
-    clock = SystemClock()
-    tokens = TokenScheduler(clock=clock, weights={"upserter": 1.0}, batch_minutes=1.0)
-    store = await Store.open(tmp_path / "deals.db", clock=clock)
+    # After every write, what the database holds: the deals and the cursor
+    # must move together, page by page.
     after_writes: list[tuple[int, str | None]] = []
-    real_write = store.write
 
-    async def write(fn: Callable[[Any], Any]) -> Any:
-        result = await real_write(fn)
+    def look(conn: sqlite3.Connection) -> tuple[int, str | None]:
+        n = int(conn.execute("SELECT count(*) FROM deals").fetchone()[0])
+        cps = queries.get_checkpoints(conn)
+        return n, next((v for k, v in cps.items() if k.endswith(".cursor")), None)
 
-        def look(conn: Any) -> tuple[int, str | None]:
-            n = int(conn.execute("SELECT count(*) FROM deals").fetchone()[0])
-            cps = queries.get_checkpoints(conn)
-            return n, next((v for k, v in cps.items() if k.endswith(".cursor")), None)
+    async with worker_parts(
+        sim.base_url, tmp_path / "deals.db", name="upserter", expected_round_s=INTERVAL_S
+    ) as parts:
+        store, real_write = parts.store, parts.store.write
 
-        after_writes.append(await store.read(look))
-        return result
+        async def write(fn: Callable[[sqlite3.Connection], Any]) -> Any:
+            result = await real_write(fn)
+            after_writes.append(await store.read(look))
+            return result
 
-    store.write = write  # type: ignore[method-assign]
-    health = Health(clock=clock)
-    health.register("upserter", expected_round_s=INTERVAL_S)
-    try:
-        async with KeepaClient(
-            base_url=sim.base_url, api_key="k", domain=1, tokens=tokens, clock=clock
-        ) as client:
-            await Upserter(
-                client=client, tokens=tokens, store=store, clock=clock,
-                config=UpserterConfig(interval_s=INTERVAL_S, selection=NEWEST_FIRST),
-                domain=1, profit=ProfitConfig(), health=health,
-            ).round()  # fmt: skip
-    finally:
-        await store.close()
+        store.write = write  # type: ignore[method-assign]
+        await upserter(parts, selection=NEWEST_FIRST).round()
     pages = [(n, json.loads(c)["page"]) for n, c in after_writes if c is not None]
     assert pages == [(150, 1), (300, 2), (400, None)], after_writes
 

@@ -81,12 +81,18 @@ async def test_pings_go_on_through_a_keepa_outage_while_status_says_unhealthy(
             assert during.count("WATCHDOG=1") >= 4, during
             status = srv.last_status()
             assert "UNHEALTHY" in status and "upserter stalled" in status, status
+
+            def names_the_upserter() -> bool:
+                return any(
+                    "upserter stalled" in c and "still trying" in c and "last error" in c
+                    for c in doc(db)["daemon"]["causes"]
+                )
+
+            # The row trails STATUS= while a snapshot write waits for the
+            # writer (a loaded machine): wait for it rather than race it.
+            await wait_for(names_the_upserter, 10, "status naming the upserter's stall")
             now = doc(db)
             assert now["healthy"] is False and now["daemon"]["state"] == "running"
-            assert any(
-                "upserter stalled" in c and "still trying" in c and "last error" in c
-                for c in now["daemon"]["causes"]
-            ), now["daemon"]["causes"]
             sim.control(outage=False)
             await wait_for(lambda: doc(db)["healthy"], 15, "healthy again")
         kept = [e for e in logs if e["event"] == "watchdog_kept"]

@@ -362,8 +362,7 @@ def find_api_key(cfg: Config, env: Mapping[str, str] = os.environ) -> tuple[str,
     further: the operator meant that file.
     """
     cred_dir = env.get("CREDENTIALS_DIRECTORY", "").strip()
-    if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).exists():
-        path = Path(cred_dir) / CREDENTIAL_NAME
+    if cred_dir and _present(path := Path(cred_dir) / CREDENTIAL_NAME):
         return _key_file(path, "keepa.api_key"), f"{path}, read as {reader()}"
     if cfg.keepa.api_key_file is not None:
         path = Path(cfg.keepa.api_key_file)
@@ -377,6 +376,16 @@ def find_api_key(cfg: Config, env: Mapping[str, str] = os.environ) -> tuple[str,
         "no API key: set a systemd credential ($CREDENTIALS_DIRECTORY/"
         f"{CREDENTIAL_NAME}), [keepa] api_key_file, or $KEEPA_API_KEY",
     )
+
+
+def _present(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        # EACCES: there may well be a credential, only not for this user
+        # (systemd 252 refuses a unit's control processes its directory). Say
+        # so as an error naming it, not a traceback or a silent fall-through.
+        return True
 
 
 def reader() -> str:
