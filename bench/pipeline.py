@@ -40,7 +40,7 @@ from dealsd.keepa import KeepaClient, payloads
 from dealsd.logs import configure_logging
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL, Backfiller
+from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL, Backfiller, product_params
 from dealsd.workers.health import Health
 
 ZLIB_LEVEL = PAYLOAD_ZLIB_LEVEL
@@ -92,11 +92,12 @@ async def _pipeline(db: Path, bodies: list[bytes]) -> float:
         client=cast(KeepaClient, None), tokens=tokens, store=store, clock=clock,
         config=BackfillerConfig(), price_type=2, profit=ProfitConfig(), health=health,
     )  # fmt: skip
+    params = product_params(BackfillerConfig())
     started = time.perf_counter()
     for body in bodies:
         payloads.decode_envelope(body)
         page = payloads.decode_products(body)
-        oks = await asyncio.gather(*(bf._store_one(item, 2500, 1, False) for item in page.items))
+        oks = await asyncio.gather(*(bf._store_one(item, 1, params, False) for item in page.items))
         assert all(oks), "a product was not stored"
     elapsed = time.perf_counter() - started
     await store.close()

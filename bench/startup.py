@@ -53,7 +53,9 @@ def _sample_product() -> tuple[dict[str, object], bytes]:
     raw = msgspec.json.encode(doc["products"][0])
     product = msgspec.json.decode(raw, type=payloads.Product)
     columns = mapping.product_columns(product)
-    columns.update(mapping.estimate(columns, buy_cost_cents=2500, profit=ProfitConfig()))
+    columns.update(
+        mapping.estimate(columns, buy_cost_cents=2500, price_type=2, profit=ProfitConfig())
+    )
     return columns, zlib.compress(raw, PAYLOAD_ZLIB_LEVEL)
 
 

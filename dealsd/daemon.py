@@ -45,7 +45,14 @@ from dealsd.alerts.channels import Sender, load_channels
 from dealsd.alerts.outbox import Evaluator
 from dealsd.alerts.sender import AlertSender, Channels
 from dealsd.clock import Clock, iso_utc, sleep_or_stop
-from dealsd.config import Config, ConfigError, KeepaConfig, diff_live, load_config
+from dealsd.config import (
+    Config,
+    ConfigError,
+    KeepaConfig,
+    config_warnings,
+    diff_live,
+    load_config,
+)
 from dealsd.exits import EX_CANTCREAT, EX_DATAERR, EX_OK, EX_TEMPFAIL
 from dealsd.keepa import KeepaClient
 from dealsd.lock import AlreadyRunning, InstanceLock
@@ -249,6 +256,7 @@ class Daemon:
         await self.write_snapshot()
         self._notifier.ready(status=self._last_status)
         log.info("ready", database=str(self.cfg.database.path), pid=os.getpid())
+        self._warn_config()
 
     async def shut_down(self) -> None:
         """Stop the workers (grace, then cancel) and write the last snapshot."""
@@ -427,8 +435,14 @@ class Daemon:
             self.apply(new)
             self.reload_key(new)
             log.info("reloaded", changes=len(changes), need_restart=len(need_restart))
+            self._warn_config()
         finally:
             self._notifier.ready(status=self._last_status)
+
+    def _warn_config(self) -> None:
+        """What check-config warns about, said in the journal too (once per start or reload)."""
+        for warning in config_warnings(self.cfg):
+            log.warning("config_warning", warning=warning)
 
     def reload_key(self, cfg: Config) -> None:
         """Re-read the API key: a key fixed on disk needs a reload, not a restart."""

@@ -249,6 +249,8 @@ def render(doc: Status, *, now: float | None = None) -> str:
         f"added {deals.added_last_hour} last hour, {deals.added_last_day} last day"
     )
     lines.append(f"newest deal: {_age(now, deals.newest_keepa_update)}")
+    if deals.unreadable_fields:
+        lines.append(f"products with unreadable Keepa fields: {deals.unreadable_fields}")
     lines.append(f"backfill ETA: {_duration(doc.backfill_eta_s)}")
     lines.append(
         f"tokens: balance {tok.balance}, refill {tok.refill_rate} per {tok.period_s:g}s, "

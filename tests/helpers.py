@@ -71,12 +71,19 @@ StartSim = Callable[..., Awaitable[Simulator]]
 
 
 def write_config(
-    tmp_path: Path, base_url: str, *, max_batch: int = 20, extra: str = "", **keepa: object
+    tmp_path: Path,
+    base_url: str,
+    *,
+    max_batch: int = 20,
+    extra: str = "",
+    backfiller: str = "",
+    **keepa: object,
 ) -> Path:
     """``tmp_path/config.toml`` for a daemon on ``base_url``, intervals of a second.
 
     ``keepa`` replaces or adds ``[keepa]`` settings (timeouts, attempts, the
-    key file); ``extra`` is appended as it is (more tables).
+    key file); ``backfiller`` is added as it is to ``[backfiller]`` (lines of
+    TOML); ``extra`` is appended as it is (more tables).
     """
     settings: dict[str, object] = {
         "base_url": base_url, "max_attempts": 2, "read_timeout_s": 5, "connect_timeout_s": 2,
@@ -105,6 +112,7 @@ idle_s = 0.2
 max_batch = {max_batch}
 retry_base_s = 1
 max_attempts = 2
+{backfiller}
 
 [janitor]
 interval_s = 1

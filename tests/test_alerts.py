@@ -94,7 +94,8 @@ def rule(**kw: Any) -> AlertRuleConfig:
 def deal(**kw: Any) -> DealFacts:
     base: dict[str, Any] = dict(
         asin="B000000001", domain_id=1, title="A book", category=283155, buy_cents=500,
-        expected_sale_cents=2500, profit_cents=1200, roi_pct=240.0, margin_pct=48.0,
+        all_in_cost_cents=650, expected_sale_cents=2500, profit_cents=1200, roi_pct=240.0,
+        margin_pct=48.0,
         sales_rank=50_000, rank_drops_30=12, monthly_sold=None, backfilled=True,
     )  # fmt: skip
     base.update(kw)
@@ -124,17 +125,22 @@ def test_every_threshold_must_pass_and_an_unknown_value_never_does() -> None:
     assert not matches(rule(selections=["other"]), deal(), selections=sel)
 
 
-def test_facts_compute_roi_from_profit_and_buy_cost_where_no_column_has_it() -> None:
+def test_facts_take_the_estimates_buy_price_and_fall_back_to_the_deals() -> None:
     row = {
         "asin": "B1", "domain_id": 1, "title": None, "root_category": None,
         "current_amazon_cents": None, "current_new_cents": None, "current_used_cents": 800,
-        "current_sales_rank": 7, "sales_rank_drops_30": None, "expected_sale_cents": 3000,
-        "profit_cents": 400, "margin_pct": 13.33, "backfilled_at": "2026-12-01T00:00:00Z",
+        "current_sales_rank": 7, "sales_rank_drops_30": None, "monthly_sold": None,
+        "est_sales_per_month": 12, "buy_price_cents": 1199, "all_in_cost_cents": 1300,
+        "expected_sale_cents": 3000, "profit_cents": 400, "margin_pct": 13.33,
+        "roi_pct": 30.77, "backfilled_at": "2026-12-01T00:00:00Z",
     }  # fmt: skip
     f = facts(row, price_type=2)
-    assert (f.buy_cents, f.profit_cents, f.roi_pct, f.sales_rank) == (800, 400, 50.0, 7)
-    assert f.monthly_sold is None and f.backfilled
-    assert facts({**row, "current_used_cents": None}, price_type=2).roi_pct is None
+    assert (f.buy_cents, f.all_in_cost_cents, f.roi_pct) == (1199, 1300, 30.77)
+    assert (f.sales_rank, f.monthly_sold, f.backfilled) == (7, 12, True)  # the estimate's
+    # No estimate yet: the deal's own current price for the price type, no ROI.
+    bare = facts({**row, "buy_price_cents": None, "roi_pct": None}, price_type=2)
+    assert (bare.buy_cents, bare.roi_pct) == (800, None)
+    assert facts({**row, "monthly_sold": 40}, price_type=2).monthly_sold == 40  # Keepa's wins
 
 
 # -- the outbox ------------------------------------------------------------------
@@ -150,8 +156,9 @@ def _put(conn: sqlite3.Connection, asin: str, *, used: int, profit: int | None) 
     conn.execute(
         "INSERT INTO deals (asin, domain_id, title, current_used_cents, profit_cents, "
         "margin_pct, expected_sale_cents, first_seen_at, last_seen_at, backfilled_at) "
-        "VALUES (?, 1, 't', ?, ?, 10, 3000, 'x', 'x', 'x') ON CONFLICT (asin) DO UPDATE SET "
-        "current_used_cents = excluded.current_used_cents, profit_cents = excluded.profit_cents",
+        "VALUES (?, 1, 't', ?, ?, 10, 3000, 'x', 'x', 'x') ON CONFLICT (domain_id, asin) "
+        "DO UPDATE SET current_used_cents = excluded.current_used_cents, "
+        "profit_cents = excluded.profit_cents",
         (asin, used, profit),
     )
 
@@ -223,7 +230,8 @@ def test_a_message_names_what_a_buyer_decides_with_and_blank_is_a_dash() -> None
     title, body = message.single(alert)
     assert title == "$12.00 profit: Dune"
     for part in (
-        "Buy: **$5.00**", "expected sale $25.00", "ROI 240%", "margin 48%",
+        "Buy: **$5.00** with shipping (all-in $6.50)", "expected sale $25.00",
+        "ROI 240%", "margin 48%",
         "Sales rank 50,000", "sales per month -", "rule *books*",
         "https://www.amazon.com/dp/B000000001", "https://keepa.com/#!product/1-B000000001",
     ):  # fmt: skip

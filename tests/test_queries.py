@@ -319,6 +319,7 @@ async def test_workers_daemon_ledger_and_status_summary(store: Store) -> None:
         "added_last_hour": 3,
         "added_last_day": 4,
         "newest_keepa_update": ts(30),
+        "unreadable_fields": 0,
     }
     assert summary["tokens"] == {"spent_last_hour": 75, "per_product": 8.0}
     workers = {r["name"]: r for r in summary["workers"]}

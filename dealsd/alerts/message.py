@@ -68,7 +68,8 @@ def single(alert: Pending) -> tuple[str, str]:
         [
             f"**{_name(d)}** ({why}, rule *{alert.rule}*)",
             "",
-            f"- Buy: **{money(d.buy_cents)}**, expected sale {money(d.expected_sale_cents)}",
+            f"- Buy: **{money(d.buy_cents)}** with shipping (all-in {money(d.all_in_cost_cents)}), "
+            f"expected sale {money(d.expected_sale_cents)}",
             f"- Profit: **{money(d.profit_cents)}**, ROI {_pct(d.roi_pct)}, "
             f"margin {_pct(d.margin_pct)}",
             f"- Sales rank {_int(d.sales_rank)}, sales per month {_int(d.monthly_sold)}, "

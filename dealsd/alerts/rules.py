@@ -27,9 +27,14 @@ FACT_COLUMNS = (
     "current_used_cents",
     "current_sales_rank",
     "sales_rank_drops_30",
+    "monthly_sold",
+    "est_sales_per_month",
+    "buy_price_cents",
+    "all_in_cost_cents",
     "expected_sale_cents",
     "profit_cents",
     "margin_pct",
+    "roi_pct",
     "backfilled_at",
 )
 
@@ -42,14 +47,15 @@ class DealFacts:
     domain_id: int
     title: str | None
     category: int | None
-    buy_cents: int | None
+    buy_cents: int | None  # what the operator pays, shipping included
+    all_in_cost_cents: int | None  # buy + prep + inbound
     expected_sale_cents: int | None
     profit_cents: int | None
     roi_pct: float | None
     margin_pct: float | None
     sales_rank: int | None
     rank_drops_30: int | None
-    monthly_sold: int | None
+    monthly_sold: int | None  # Keepa's monthlySold, else the estimate from rank drops
     backfilled: bool
 
 
@@ -64,12 +70,18 @@ def _num(value: object) -> float | None:
 
 
 def facts(row: Mapping[str, object], *, price_type: int) -> DealFacts:
-    """A ``deals`` row (``FACT_COLUMNS``) as the facts rules compare."""
-    buy = mapping.buy_cost_cents(row, price_type)
-    profit = _int(row.get("profit_cents"))
-    roi = _num(row.get("roi_pct"))
-    if roi is None and profit is not None and buy is not None and buy > 0:
-        roi = round(profit / buy * 100, 2)
+    """A ``deals`` row (``FACT_COLUMNS``) as the facts rules compare.
+
+    The buy price is the estimate's (shipping included) where the backfill
+    made one, else the deal's current price for the selection's price type;
+    ROI is the estimate's (profit over the all-in cost).
+    """
+    buy = _int(row.get("buy_price_cents"))
+    if buy is None:
+        buy = mapping.buy_cost_cents(row, price_type)
+    sold = _int(row.get("monthly_sold"))
+    if sold is None:
+        sold = _int(row.get("est_sales_per_month"))
     title = row.get("title")
     return DealFacts(
         asin=str(row["asin"]),
@@ -77,13 +89,14 @@ def facts(row: Mapping[str, object], *, price_type: int) -> DealFacts:
         title=title if isinstance(title, str) else None,
         category=_int(row.get("root_category")),
         buy_cents=buy,
+        all_in_cost_cents=_int(row.get("all_in_cost_cents")),
         expected_sale_cents=_int(row.get("expected_sale_cents")),
-        profit_cents=profit,
-        roi_pct=roi,
+        profit_cents=_int(row.get("profit_cents")),
+        roi_pct=_num(row.get("roi_pct")),
         margin_pct=_num(row.get("margin_pct")),
         sales_rank=_int(row.get("current_sales_rank")),
         rank_drops_30=_int(row.get("sales_rank_drops_30")),
-        monthly_sold=_int(row.get("monthly_sold")),
+        monthly_sold=sold,
         backfilled=row.get("backfilled_at") is not None,
     )
 

@@ -179,7 +179,10 @@ class Upserter(KeepaWorker):
             }
             columns = {k: existing[k] for k in existing.keys()}
             return mapping.estimate(
-                columns, buy_cost_cents=mapping.buy_cost_cents(current, ptype), profit=profit
+                columns,
+                buy_cost_cents=mapping.buy_cost_cents(current, ptype),
+                price_type=ptype,
+                profit=profit,
             )
 
         def write(conn: sqlite3.Connection) -> object:
