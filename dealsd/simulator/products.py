@@ -8,7 +8,7 @@ by a per-ASIN factor (stats, buy box, price histories), fees and sales-rank
 drops varied, everything else (the shape) kept. Choices come from a hash of
 seed and ASIN, so an ASIN always gets the same product.
 
-Keepa sends only the data the parameters paid for (``strip``): without
+Keepa sends only the data the parameters paid for (``withheld``, ``strip_stats``): without
 ``buybox=1`` or ``offers`` no buy box (csv types 18 and 32, the ``buyBox*``
 stats), without ``rating=1`` or ``offers`` no rating history (types 16, 17).
 The offers themselves, and the offer-derived stats, are added by the server

@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import BackfillerConfig
 from dealsd.keepa import (
@@ -104,7 +104,7 @@ class Backfiller(KeepaWorker):
         clock: Clock,
         config: BackfillerConfig,
         price_type: int,
-        profit: mapping.ProfitSettings,
+        profit: estimate.ProfitSettings,
         health: Health,
         on_change: DealsChanged | None = None,
     ) -> None:
@@ -129,7 +129,7 @@ class Backfiller(KeepaWorker):
         return float(self._cfg.idle_s)
 
     def reconfigure(
-        self, *, config: BackfillerConfig, price_type: int, profit: mapping.ProfitSettings
+        self, *, config: BackfillerConfig, price_type: int, profit: estimate.ProfitSettings
     ) -> None:
         self._cfg = config
         self._price_type = price_type
@@ -307,8 +307,8 @@ class Backfiller(KeepaWorker):
             if row is None:
                 return False  # pruned while its product was being fetched
             merged = {**row, **columns}
-            buy = mapping.buy_cost_cents(merged, price_type)
-            estimate = mapping.estimate(
+            buy = estimate.buy_cost_cents(merged, price_type)
+            figures = estimate.estimate(
                 merged, buy_cost_cents=buy, price_type=price_type, profit=profit
             )
             stored = queries.store_product(
@@ -318,7 +318,7 @@ class Backfiller(KeepaWorker):
                 keepa_last_update=mapping.keepa_time_iso(product.last_update),
                 tokens_spent=tokens_spent,
                 payload_zlib=payload,
-                columns={**columns, **estimate},
+                columns={**columns, **figures},
             )
             if stored and on_change is not None:
                 on_change(conn, [product.asin], fetched_at)
