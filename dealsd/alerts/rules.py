@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from dealsd import mapping
+from dealsd import estimate
 from dealsd.config import DEFAULT_SELECTION, AlertRuleConfig
 
 # The columns a rule and a message read, in one place (the deals view and the
@@ -78,7 +78,7 @@ def facts(row: Mapping[str, object], *, price_type: int) -> DealFacts:
     """
     buy = _int(row.get("buy_price_cents"))
     if buy is None:
-        buy = mapping.buy_cost_cents(row, price_type)
+        buy = estimate.buy_cost_cents(row, price_type)
     sold = _int(row.get("monthly_sold"))
     if sold is None:
         sold = _int(row.get("est_sales_per_month"))
