@@ -42,6 +42,9 @@ import msgspec
 import structlog
 
 from dealsd import selections, snapshot
+from dealsd.alerts.channels import Sender, load_channels
+from dealsd.alerts.outbox import Evaluator
+from dealsd.alerts.sender import AlertSender, Channels
 from dealsd.clock import Clock, iso_utc, sleep_or_stop
 from dealsd.config import (
     Config,
@@ -60,6 +63,7 @@ from dealsd.notify import Notifier
 from dealsd.store import Store, StoreError, queries
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.backfiller import Backfiller
+from dealsd.workers.base import Worker
 from dealsd.workers.health import Health, HealthSnapshot, State, WorkerRow
 from dealsd.workers.janitor import Janitor
 from dealsd.workers.supervisor import Supervisor
@@ -145,6 +149,7 @@ class Daemon:
         backoff_cap_s: float,
         writer_bound_s: float = 60.0,
         key_loader: Callable[[Config], str] | None = None,
+        alert_channels: Channels | None = None,
     ) -> None:
         self.cfg = cfg
         self._client = client
@@ -170,21 +175,36 @@ class Daemon:
             token_queue=lambda: tokens.snapshot().waiting,
         )
         sels = selections.resolve(cfg)
+        first = sels[0]
+        # Alerts are queued inside the writes that change a deal (the outbox).
+        self.alerts: AlertSender | None = None
+        self._evaluator: Evaluator | None = None
+        self._on_change = None
+        if alert_channels is not None and cfg.alerts.rule:
+            self._evaluator = evaluator = Evaluator(
+                rules=cfg.alerts.rule, channels=alert_channels.names,
+                price_type=first.price_type, realert_drop_pct=cfg.alerts.realert_drop_pct,
+            )  # fmt: skip
+            self._on_change = evaluator.on_deals_changed
+            self.alerts = AlertSender(
+                store=store, clock=clock, config=cfg.alerts, channels=alert_channels
+            )
         self.pricing = selections.Pricing(sels)
         self.upserters = {s.name: self._upserter(s) for s in sels}
         tokens.set_weights(selections.token_weights(cfg, sels))
-        first = sels[0]
         self.backfiller = Backfiller(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.backfiller,
             price_type=first.price_type, profit=first.profit, health=self.health,
-            pricing=self.pricing,
+            pricing=self.pricing, on_change=self._on_change,
         )  # fmt: skip
         self.janitor = Janitor(
             store=store, clock=clock, config=cfg.janitor, health=self.health, stop=stop,
             watch=[u.name for u in self.upserters.values()],
         )  # fmt: skip
         self.supervisor = Supervisor(
-            workers=[*self.upserters.values(), self.backfiller, self.janitor],
+            workers=[
+                *self.upserters.values(), self.backfiller, self.janitor, *self._extra_workers()
+            ],
             clock=clock,
             health=self.health,
             stop=stop,
@@ -200,12 +220,16 @@ class Daemon:
         return Upserter(
             client=self._client, tokens=self._tokens, store=self._store, clock=self._clock,
             selection=selection, health=self.health, pricing=self.pricing, stop=self.stop,
+            on_change=self._on_change,
         )  # fmt: skip
 
     @property
     def upserter(self) -> Upserter:
         """The first selection's upserter (the only one of a one-selection config)."""
         return next(iter(self.upserters.values()))
+
+    def _extra_workers(self) -> list[Worker]:
+        return [self.alerts] if self.alerts is not None else []
 
     # -- signals --------------------------------------------------------------
 
@@ -472,6 +496,25 @@ class Daemon:
         # Workers refused with the old key sleep out a long pause: try now.
         self.supervisor.wake()
 
+    def _reconfigure_alerts(self, new: Config) -> None:
+        """Rules, limits and channels apply live; alerts where none ran need a restart."""
+        if self.alerts is None or self._evaluator is None:
+            if new.alerts.rule:
+                log.warning("config_change_needs_restart", key="alerts.rule")
+            return
+        try:
+            channels = Sender(load_channels(new.alerts)) if new.alerts.rule else None
+        except ConfigError as exc:
+            log.error("reload_rejected", error=str(exc), keeping="running alerts")
+            return
+        self._evaluator.reconfigure(
+            rules=new.alerts.rule,
+            channels=channels.names if channels else [],
+            realert_drop_pct=new.alerts.realert_drop_pct,
+        )
+        if channels is not None:
+            self.alerts.reconfigure(config=new.alerts, channels=channels)
+
     async def apply(self, new: Config) -> None:
         self.cfg = new
         sels = selections.resolve(new)
@@ -482,6 +525,7 @@ class Daemon:
             pricing=self.pricing,
         )  # fmt: skip
         self.janitor.reconfigure(config=new.janitor)
+        self._reconfigure_alerts(new)
         self._tokens.set_weights(selections.token_weights(new, sels))
         self._tokens.set_batch_minutes(new.tokens.batch_minutes)
         set_level(new.log.level)
@@ -528,6 +572,7 @@ async def run_daemon(
     backoff_cap_s: float = 60.0,
     writer_bound_s: float = 60.0,
     key_loader: Callable[[Config], str] | None = None,
+    alert_channels: Channels | None = None,
 ) -> int:
     """Run dealsd until stopped; returns the process exit status.
 
@@ -571,6 +616,7 @@ async def run_daemon(
             backoff_cap_s=backoff_cap_s,
             writer_bound_s=writer_bound_s,
             key_loader=key_loader,
+            alert_channels=alert_channels,
         )
         if install_signals:
             resources.callback(_remove_signals, _install_signals(daemon))

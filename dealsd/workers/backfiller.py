@@ -44,7 +44,7 @@ from dealsd.logs import FailureLog
 from dealsd.selections import Pricing
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.base import KeepaWorker, RoundResult
+from dealsd.workers.base import DealsChanged, KeepaWorker, RoundResult
 from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
@@ -112,6 +112,7 @@ class Backfiller(KeepaWorker):
         profit: estimate.ProfitSettings,
         health: Health,
         pricing: Pricing | None = None,
+        on_change: DealsChanged | None = None,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
         self._client = client
@@ -122,6 +123,7 @@ class Backfiller(KeepaWorker):
         self._price_type = price_type
         self._profit = profit
         self._pricing = pricing
+        self._on_change = on_change
         self.failed_batches = 0
         self._faults = FailureLog(clock=clock)
         # Kept apart from _faults, which a good batch clears: an odd field is
@@ -325,6 +327,7 @@ class Backfiller(KeepaWorker):
         columns: dict[str, object],
     ) -> Callable[[sqlite3.Connection], bool]:
         one_type, one_profit, pricing = self._price_type, self._profit, self._pricing
+        on_change = self._on_change
 
         def write(conn: sqlite3.Connection) -> bool:
             # The estimate is made from the row as it is at commit time: its
@@ -342,7 +345,7 @@ class Backfiller(KeepaWorker):
             figures = estimate.estimate(
                 merged, buy_cost_cents=buy, price_type=price_type, profit=profit
             )
-            return queries.store_product(
+            stored = queries.store_product(
                 conn,
                 asin=product.asin,
                 fetched_at=fetched_at,
@@ -352,6 +355,9 @@ class Backfiller(KeepaWorker):
                 columns={**columns, **figures},
                 domain_id=domain,
             )
+            if stored and on_change is not None:
+                on_change(conn, [product.asin], fetched_at)
+            return stored
 
         return write
 

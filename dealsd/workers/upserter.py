@@ -41,7 +41,7 @@ from dealsd.selections import price_type as price_type
 from dealsd.selections import selection_key as selection_key
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.base import KeepaWorker, RoundResult
+from dealsd.workers.base import DealsChanged, KeepaWorker, RoundResult
 from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
@@ -63,9 +63,11 @@ class Upserter(KeepaWorker):
         health: Health,
         pricing: Pricing | None = None,
         stop: asyncio.Event | None = None,
+        on_change: DealsChanged | None = None,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
         self._client = client
+        self._on_change = on_change
         self._store = store
         self._clock = clock
         self._pricing = pricing
@@ -174,6 +176,7 @@ class Upserter(KeepaWorker):
     ) -> Any:
         by_asin = {str(r["asin"]): r for r in rows}
         sel, pricing = self._sel, self._pricing
+        on_change = self._on_change
 
         def write(conn: sqlite3.Connection) -> object:
             def recompute(existing: sqlite3.Row) -> Mapping[str, object]:
@@ -202,6 +205,8 @@ class Upserter(KeepaWorker):
             queries.record_tokens(
                 conn, at=now, consumer=self.name, endpoint="deal", items=1, tokens=tokens_spent
             )
+            if on_change is not None:
+                on_change(conn, list(by_asin), now)
             return counts
 
         return write
