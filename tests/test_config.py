@@ -67,8 +67,8 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
     ("zero poll", "[alerts]\npoll_s = 0\n", "alerts.poll_s", "> 0"),
     ("negative retry", "[alerts]\nretry_base_s = -1\n", "alerts.retry_base_s", "> 0"),
     ("zero retry cap", "[alerts]\nretry_max_s = 0\n", "alerts.retry_max_s", "> 0"),
-    ("rule as value", "[alerts]\nrule = 3\n", "alerts.rule", "expected a list, got 3"),
-    ("rule without name", "[[alerts.rule]]\nmin_roi_pct = 5\n", "alerts.rule[0]", "name"),
+    ("rule as value", "[alerts]\nrule = 3\n", "alerts.rule", "expected an array of tables, got 3"),
+    ("rule without name", "[[alerts.rule]]\nmin_roi_pct = 5\n", "alerts.rule[0].name", "missing"),
     (
         "rule key typo",
         "[[alerts.rule]]\nname = 'x'\nmin_profitt = 1\n",
