@@ -104,6 +104,12 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
     ),
     ("two selections one name", SEL + SEL, "selection[1].name", "two [[selection]] tables"),
     (
+        "alert rule names no such selection",
+        "[[alerts.rule]]\nname = 'r'\nselections = ['toys']\n" + SEL,
+        "alerts.rule[0].selections",
+        "unknown selection 'toys' (the selections are books)",
+    ),
+    (
         "the same query twice",
         SEL + SEL.replace("'books'", "'again'"),
         "selection[1].query",
