@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _config_error(exc: Exception, *, command: str = "dealsd", code: int = EX_CONFIG) -> int:
     # Said before logging is configured: early_line gives the journal its <3>.
-    from dealsd.logs import early_line
+    from dealsd.journal import early_line
 
     early_line(f"{command}: config error: {exc}")
     return code
