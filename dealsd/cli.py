@@ -13,7 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
-EX_CONFIG = 78
+from dealsd.exits import EX_CONFIG, EXIT_NO_DATABASE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,9 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config_error(exc: Exception) -> int:
-    print(f"dealsd: config error: {exc}", file=sys.stderr)
-    return EX_CONFIG
+def _config_error(exc: Exception, *, command: str = "dealsd", code: int = EX_CONFIG) -> int:
+    # Said before logging is configured: early_line gives the journal its <3>.
+    from dealsd.logs import early_line
+
+    early_line(f"{command}: config error: {exc}")
+    return code
 
 
 def _run(config_arg: str | None) -> int:
@@ -104,15 +107,14 @@ def _run(config_arg: str | None) -> int:
 
 def _status(config_arg: str | None, database: str | None, as_json: bool) -> int:
     from dealsd.config import ConfigError, load_config, resolve_config_path
-    from dealsd.status import EXIT_NO_DATABASE, run_status
+    from dealsd.status import run_status
 
     if database is not None:
         return run_status(Path(database), as_json=as_json)
     try:
         cfg = load_config(resolve_config_path(config_arg))
     except ConfigError as exc:
-        print(f"dealsd status: config error: {exc}", file=sys.stderr)
-        return EXIT_NO_DATABASE
+        return _config_error(exc, command="dealsd status", code=EXIT_NO_DATABASE)
     return run_status(Path(cfg.database.path), as_json=as_json)
 
 
@@ -122,7 +124,7 @@ def _database(command: str, args: argparse.Namespace) -> tuple[Path, str] | int:
     With --database no config is read and the buy price is the default
     selection's (used); an unreadable config exits 2, as `status` does.
     """
-    from dealsd.deals import DEFAULT_PRICE_TYPE, EXIT_NO_DATABASE, price_type_name
+    from dealsd.deals import DEFAULT_PRICE_TYPE, price_type_name
 
     if args.database is not None:
         return Path(args.database), DEFAULT_PRICE_TYPE

@@ -1,13 +1,23 @@
 """The daemon: everything put together, started, watched and stopped.
 
-``run_daemon`` takes the instance lock, opens the store (migrations), builds
-the token scheduler, the Keepa client, health, the workers and their
-supervisor, then tells systemd it is ready. While it runs it keeps systemd's
-STATUS= line current, pets the watchdog unless a restart may cure what is
-wrong (a stalled worker or a stuck writer gets the daemon restarted by systemd
-instead of looking alive; a refused key leaves it unhealthy but running), and writes
-the health snapshot into the database every few seconds so `dealsd status`
-can read it from another process.
+``run_daemon`` runs three named steps, as uvicorn's ``Server.serve`` does.
+Start-up: take the instance lock, open the store (migrations), build the
+token scheduler, the Keepa client, health, the workers and their supervisor,
+read how the previous run ended, then tell systemd it is ready. Run: keep
+systemd's STATUS= line current, ping the watchdog unless a restart may cure
+what is wrong, and write the health snapshot (``dealsd.snapshot``) into the
+database every few seconds so `dealsd status` can read it from another
+process. Shut down: stop the workers, write the last snapshot with
+``stopped_at``, close HTTP and the database, release the lock.
+
+The watchdog asks "would a restart help?", not "is all well?". Pings stop
+for a worker that stopped trying (no round started or ended within its
+window) and for a stuck writer; a wedged event loop stops them by itself.
+They go on while the causes are ones a restart cannot cure: Keepa down while
+the workers keep retrying on schedule, Keepa refusing the key, a full disk,
+another process holding the write lock. Those keep the daemon unhealthy in
+STATUS= and `dealsd status`, and are said once in the journal, then counted
+(systemd/README.md, "Watchdog: what a restart can cure").
 
 Signals: SIGTERM/SIGINT stop gracefully (rounds in flight finish, the writer
 drains, HTTP and the database close, ``stopped_at`` is written) and exit 0; a
@@ -19,7 +29,7 @@ file is invalid.
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
 import signal
 import sqlite3
@@ -30,8 +40,10 @@ from typing import Any
 import msgspec
 import structlog
 
+from dealsd import snapshot
 from dealsd.clock import Clock, iso_utc, sleep_or_stop
-from dealsd.config import Config, ConfigError, diff_live, load_config
+from dealsd.config import Config, ConfigError, KeepaConfig, diff_live, load_config
+from dealsd.exits import EX_CANTCREAT, EX_DATAERR, EX_OK, EX_TEMPFAIL
 from dealsd.keepa import KeepaClient
 from dealsd.lock import AlreadyRunning, InstanceLock
 from dealsd.logs import FailureLog, set_level
@@ -46,14 +58,24 @@ from dealsd.workers.upserter import Upserter, price_type
 
 log = structlog.get_logger(__name__)
 
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_DATAERR = 65  # the database file is not ours to use (not SQLite, schema too new)
-EX_TEMPFAIL = 75  # another instance holds the lock
-EX_CANTCREAT = 73  # the database cannot be opened or created
 SNAPSHOT_EVERY_S = 5.0
 SUMMARY_LOG_EVERY_S = 60.0
 STOP_GRACE_S = 10.0
+# The Keepa client's backoff between transient failures (its defaults).
+CLIENT_BACKOFF_BASE_S, CLIENT_BACKOFF_MAX_S = 1.0, 60.0
+
+
+def keepa_call_bound_s(cfg: KeepaConfig) -> float:
+    """The longest one Keepa call may take with all its retries.
+
+    Every attempt connecting and then timing out on the read, and the
+    client's backoff between attempts: a worker inside such a call is still
+    trying. (Time queued in the token scheduler, a 429 retry waiting for the
+    refill, is not bounded here: health asks the scheduler instead.)
+    """
+    n = cfg.max_attempts
+    backoffs = sum(min(CLIENT_BACKOFF_MAX_S, CLIENT_BACKOFF_BASE_S * 2.0**k) for k in range(n - 1))
+    return n * (cfg.connect_timeout_s + cfg.read_timeout_s) + backoffs
 
 
 def worker_detail(row: WorkerRow) -> str | None:
@@ -100,6 +122,7 @@ class Daemon:
         snapshot_every_s: float,
         health_margin_s: float,
         backoff_cap_s: float,
+        writer_bound_s: float = 60.0,
         key_loader: Callable[[Config], str] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -117,7 +140,14 @@ class Daemon:
         self._signals = 0
         self._faults = FailureLog(clock=clock)
         self._stopping_sent = False
-        self.health = Health(clock=clock, writer_stats=store.writer_stats, margin_s=health_margin_s)
+        self.health = Health(
+            clock=clock,
+            writer_stats=store.writer_stats,
+            margin_s=health_margin_s,
+            writer_bound_s=writer_bound_s,
+            call_bound_s=keepa_call_bound_s(cfg.keepa),
+            token_queue=lambda: tokens.snapshot().waiting,
+        )
         sel = cfg.upserter.selection
         self.upserter = Upserter(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.upserter,
@@ -141,6 +171,7 @@ class Daemon:
         self.started_at = iso_utc(clock.now())
         self._last_status: str | None = None
         self._last_healthy: bool | None = None
+        self.previous_run: snapshot.PreviousRun | None = None
 
     # -- signals --------------------------------------------------------------
 
@@ -173,10 +204,40 @@ class Daemon:
     # -- the watch loop -------------------------------------------------------
 
     async def run(self) -> None:
+        """Start up, then watch until stopped (``shut_down`` is the caller's)."""
+        await self.start_up()
+        await self.watch()
+
+    async def start_up(self) -> None:
+        """Read how the previous run ended, start the workers, then READY=1."""
+        # Before the first snapshot overwrites the row the previous run left.
+        summary: Mapping[str, Any] = await self._store.read(
+            lambda c: queries.status_summary(c, now=self._clock.now())
+        )
+        self.previous_run = snapshot.previous_run(summary.get("daemon"))
+        if self.previous_run is not None:
+            prev = self.previous_run
+            event = log.info if prev.ended == "stopped" else log.warning
+            event(
+                "previous_run", ended=prev.ended, heartbeat_at=prev.heartbeat_at,
+                phase=prev.phase, causes=prev.causes, watchdog=prev.watchdog,
+            )  # fmt: skip
         self.supervisor.start()
         await self.write_snapshot()
         self._notifier.ready(status=self._last_status)
         log.info("ready", database=str(self.cfg.database.path), pid=os.getpid())
+
+    async def shut_down(self) -> None:
+        """Stop the workers (grace, then cancel) and write the last snapshot."""
+        self.announce_stopping()
+        await self.supervisor.stop(grace_s=STOP_GRACE_S)
+        try:
+            await self.write_snapshot(stopped=True)
+        except StoreError as exc:
+            log.error("final_snapshot_failed", error=str(exc))
+
+    async def watch(self) -> None:
+        """The watch loop: snapshots, STATUS=, the watchdog, reloads, until stopped."""
         wd = self._notifier.watchdog_interval_s()
         tick = min(self._snapshot_every_s, wd) if wd else self._snapshot_every_s
         last_log = self._clock.monotonic()
@@ -221,15 +282,27 @@ class Daemon:
                 pending.cancel()
 
     def _after_snapshot(self, snap: HealthSnapshot) -> None:
-        if snap.watchdog_ok:
-            # The watchdog asks "would a restart help?", not "is all well?":
-            # it stops for a stalled worker or a stuck writer (a restart may
-            # cure those), and keeps going while the only causes are ones a
-            # restart cannot fix (Keepa refusing the key: 402, invalid key).
-            # Those stay in STATUS= and `dealsd status` as unhealthy, for the
-            # operator; stopping the pings would only get the service killed
-            # and restarted every watchdog period, forever.
-            self._notifier.watchdog()
+        # See the module docstring: stop pinging only for what a restart may
+        # cure. Stopping for Keepa being down (or a refused key) would only get
+        # the service killed and restarted every stall window + WatchdogSec,
+        # forever, each restart losing the learned token model.
+        if not snap.watchdog_ok:
+            self._faults.clear("watchdog_kept")
+            self._faults.log_failure(
+                log, "watchdog_withheld", "watchdog_withheld", level="error",
+                causes=list(snap.causes), why="a restart may cure this",
+            )  # fmt: skip
+            return
+        self._faults.clear("watchdog_withheld")
+        if snap.causes:
+            # Said once as a warning, then counted (one summary line a minute).
+            self._faults.log_failure(
+                log, "watchdog_kept", "watchdog_kept",
+                causes=list(snap.causes), why="a restart cannot cure this",
+            )  # fmt: skip
+        else:
+            self._faults.clear("watchdog_kept")
+        self._notifier.watchdog()
 
     async def write_snapshot(self, *, stopped: bool = False) -> HealthSnapshot:
         """Refresh counts, write the workers/daemon rows, update STATUS= if it changed."""
@@ -252,37 +325,37 @@ class Daemon:
         line = self._publish(snap)
         now = iso_utc(now_s)
         stats = self._store.writer_stats()
+        written = snapshot.Snapshot(
+            status=line,
+            phase=snap.phase,
+            causes=list(snap.causes),
+            watchdog=snap.watchdog_ok,
+            heartbeat_s=self._snapshot_every_s,
+            tokens=snapshot.TokensPart(
+                balance=tok.balance,
+                refill_rate=tok.refill_rate,
+                period_s=tok.period_s,
+                consumed_total=tok.consumed_total,
+                consumed_by=dict(tok.consumed_by),
+                waiting=dict(tok.waiting),
+                rate_limited=tok.rate_limited,
+            ),
+            writer=snapshot.WriterPart(
+                queue=stats.queue_len,
+                commits=stats.commits,
+                last_commit_at=iso_utc(stats.last_commit_at) if stats.last_commit_at else None,
+                busy_since=stats.busy_since,
+                last_error=stats.last_error,
+            ),
+            previous_run=self.previous_run,
+        )
         daemon_row: dict[str, object] = {
             "pid": os.getpid(),
             "started_at": self.started_at,
             "heartbeat_at": now,
             "stopped_at": now if stopped else None,
             "healthy": int(snap.healthy),
-            "snapshot": json.dumps(
-                {
-                    "status": line,
-                    "causes": list(snap.causes),
-                    "heartbeat_s": self._snapshot_every_s,
-                    "tokens": {
-                        "balance": tok.balance,
-                        "refill_rate": tok.refill_rate,
-                        "period_s": tok.period_s,
-                        "consumed_total": tok.consumed_total,
-                        "consumed_by": tok.consumed_by,
-                        "waiting": tok.waiting,
-                        "rate_limited": tok.rate_limited,
-                    },
-                    "writer": {
-                        "queue": stats.queue_len,
-                        "commits": stats.commits,
-                        "last_commit_at": (
-                            iso_utc(stats.last_commit_at) if stats.last_commit_at else None
-                        ),
-                        "busy_since": stats.busy_since,
-                        "last_error": stats.last_error,
-                    },
-                }
-            ),
+            "snapshot": snapshot.encode(written),
         }
         rows = [worker_row(w, now) for w in snap.workers]
 
@@ -376,13 +449,72 @@ async def run_daemon(
     snapshot_every_s: float = SNAPSHOT_EVERY_S,
     health_margin_s: float = 60.0,
     backoff_cap_s: float = 60.0,
+    writer_bound_s: float = 60.0,
     key_loader: Callable[[Config], str] | None = None,
 ) -> int:
-    """Run dealsd until stopped; returns the process exit status."""
-    from dealsd.store import NotADatabase, SchemaTooNew
+    """Run dealsd until stopped; returns the process exit status.
 
+    Start-up (lock, store, client, daemon, signals), run, shut down: each
+    resource is released in the reverse order it was taken, however the run
+    ends, by the exit stack.
+    """
     stop = stop if stop is not None else asyncio.Event()
     db_path = Path(cfg.database.path)
+    async with contextlib.AsyncExitStack() as resources:
+        opened = await _open_resources(resources, db_path, clock=clock)
+        if isinstance(opened, int):
+            return opened
+        store = opened
+        tokens = TokenScheduler(
+            clock=clock, weights=dict(cfg.tokens.weights), batch_minutes=cfg.tokens.batch_minutes
+        )
+        client = await resources.enter_async_context(
+            KeepaClient(
+                base_url=cfg.keepa.base_url,
+                api_key=api_key,
+                domain=cfg.keepa.domain,
+                tokens=tokens,
+                clock=clock,
+                connect_timeout_s=cfg.keepa.connect_timeout_s,
+                read_timeout_s=cfg.keepa.read_timeout_s,
+                max_attempts=cfg.keepa.max_attempts,
+            )
+        )
+        daemon = Daemon(
+            cfg=cfg,
+            config_path=config_path,
+            clock=clock,
+            notifier=notifier,
+            store=store,
+            tokens=tokens,
+            client=client,
+            stop=stop,
+            snapshot_every_s=snapshot_every_s,
+            health_margin_s=health_margin_s,
+            backoff_cap_s=backoff_cap_s,
+            writer_bound_s=writer_bound_s,
+            key_loader=key_loader,
+        )
+        if install_signals:
+            resources.callback(_remove_signals, _install_signals(daemon))
+        try:
+            await daemon.run()
+        finally:
+            await daemon.shut_down()
+    log.info("stopped")
+    return EX_OK
+
+
+async def _open_resources(
+    resources: contextlib.AsyncExitStack, db_path: Path, *, clock: Clock
+) -> Store | int:
+    """Take the instance lock and open the store; an exit status if either fails.
+
+    The lock is released last, after the store drained and closed (``close``
+    commits whatever the workers queued before returning).
+    """
+    from dealsd.store import NotADatabase, SchemaTooNew
+
     lock = InstanceLock(db_path)
     try:
         db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -393,63 +525,18 @@ async def run_daemon(
     except OSError as exc:
         log.error("database_unavailable", database=str(db_path), error=str(exc))
         return EX_CANTCREAT
+    resources.callback(lock.release)
     try:
-        try:
-            store = await Store.open(db_path, clock=clock)
-        except (NotADatabase, SchemaTooNew) as exc:
-            log.error("database_refused", database=str(db_path), error=str(exc))
-            return EX_DATAERR
-        except (OSError, sqlite3.Error) as exc:
-            # Unwritable directory, read-only file system: say which file, no traceback.
-            log.error("database_unavailable", database=str(db_path), error=str(exc))
-            return EX_CANTCREAT
-        tokens = TokenScheduler(
-            clock=clock, weights=dict(cfg.tokens.weights), batch_minutes=cfg.tokens.batch_minutes
-        )
-        try:
-            async with KeepaClient(
-                base_url=cfg.keepa.base_url,
-                api_key=api_key,
-                domain=cfg.keepa.domain,
-                tokens=tokens,
-                clock=clock,
-                connect_timeout_s=cfg.keepa.connect_timeout_s,
-                read_timeout_s=cfg.keepa.read_timeout_s,
-                max_attempts=cfg.keepa.max_attempts,
-            ) as client:
-                daemon = Daemon(
-                    cfg=cfg,
-                    config_path=config_path,
-                    clock=clock,
-                    notifier=notifier,
-                    store=store,
-                    tokens=tokens,
-                    client=client,
-                    stop=stop,
-                    snapshot_every_s=snapshot_every_s,
-                    health_margin_s=health_margin_s,
-                    backoff_cap_s=backoff_cap_s,
-                    key_loader=key_loader,
-                )
-                installed = _install_signals(daemon) if install_signals else []
-                try:
-                    await daemon.run()
-                finally:
-                    daemon.announce_stopping()
-                    await daemon.supervisor.stop(grace_s=STOP_GRACE_S)
-                    try:
-                        await daemon.write_snapshot(stopped=True)
-                    except StoreError as exc:
-                        log.error("final_snapshot_failed", error=str(exc))
-                    for sig in installed:
-                        asyncio.get_running_loop().remove_signal_handler(sig)
-        finally:
-            # Drains and commits whatever the workers queued before returning.
-            await store.close()
-        log.info("stopped")
-        return EX_OK
-    finally:
-        lock.release()
+        store = await Store.open(db_path, clock=clock)
+    except (NotADatabase, SchemaTooNew) as exc:
+        log.error("database_refused", database=str(db_path), error=str(exc))
+        return EX_DATAERR
+    except (OSError, sqlite3.Error) as exc:
+        # Unwritable directory, read-only file system: say which file, no traceback.
+        log.error("database_unavailable", database=str(db_path), error=str(exc))
+        return EX_CANTCREAT
+    resources.push_async_callback(store.close)
+    return store
 
 
 def _install_signals(daemon: Daemon) -> list[signal.Signals]:
@@ -458,3 +545,9 @@ def _install_signals(daemon: Daemon) -> list[signal.Signals]:
         loop.add_signal_handler(sig, daemon.on_stop_signal, sig.name)
     loop.add_signal_handler(signal.SIGHUP, daemon.on_reload_signal)
     return [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+
+
+def _remove_signals(installed: list[signal.Signals]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in installed:
+        loop.remove_signal_handler(sig)

@@ -11,8 +11,8 @@ the field keys. Schema v2 (issue 13) adds a stored buy price with shipping,
 `roi_pct` and Keepa's `monthly_sold`: switching to them is an edit of the
 ``sql`` of three fields below.
 
-Exit status: 0 (even when no deal matches), 2 no database, an unreadable one
-or a bad config, 64 a filter this database cannot apply.
+Exit status (dealsd.exits): 0 even when no deal matches, 2 no database, an
+unreadable one or a bad config, 64 a filter this database cannot apply.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, TextIO
 
-EXIT_OK, EXIT_NO_DATABASE, EXIT_USAGE = 0, 2, 64
+from dealsd.exits import EX_OK, EX_USAGE, EXIT_NO_DATABASE
 
 Kind = Literal["text", "cents", "pct", "count", "time"]
 Output = Literal["table", "csv", "json"]
@@ -300,7 +300,7 @@ def run_deals(
         # A missing column (a schema this version does not know) lands here too.
         why = f"cannot read {db_path}: {exc}" if isinstance(exc, sqlite3.Error) else str(exc)
         print(f"dealsd deals: {why}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, FilterUnsupported) else EXIT_NO_DATABASE
+        return EX_USAGE if isinstance(exc, FilterUnsupported) else EXIT_NO_DATABASE
     if output == "csv":
         write_csv(rows, out)
     elif output == "json":
@@ -309,7 +309,7 @@ def run_deals(
         print(render_table(rows, now=now), file=out)
     else:
         print("no deals match", file=out)
-    return EXIT_OK
+    return EX_OK
 
 
 def price_type_name(selection: Mapping[str, object]) -> str:

@@ -15,7 +15,7 @@ the same shape whoever wrote it. Formats:
 Every value passes ``redact`` first: Keepa puts the API key in the query
 string, so any URL or aiohttp error text may carry ``key=<secret>``.
 
-``FailureLog`` is field note 7 (1.6 GB of logs): the first occurrence of a
+``FailureLog`` is docs/field-notes.md #7 (1.6 GB of logs): the first occurrence of a
 fault is logged in full, repeats are counted into one summary line at most
 every ``summary_every_s``, and the recovery is one more line.
 """
@@ -29,7 +29,7 @@ import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, ExcInfo, Processor, WrappedLogger
@@ -40,6 +40,7 @@ from dealsd.redact import redact as redact_text
 __all__ = [
     "FailureLog",
     "configure_logging",
+    "early_line",
     "logfmt",
     "redact",
     "redact_text",
@@ -150,7 +151,8 @@ class _DealsdHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the handler this module installed, so a second call replaces it."""
 
 
-def _is_journal(stream: TextIO, env: Mapping[str, str]) -> bool:
+def is_journal(stream: IO[str], env: Mapping[str, str]) -> bool:
+    """Whether ``stream`` is systemd's journal stream (``$JOURNAL_STREAM``)."""
     expected = env.get("JOURNAL_STREAM", "")
     if not expected:
         return False
@@ -161,6 +163,30 @@ def _is_journal(stream: TextIO, env: Mapping[str, str]) -> bool:
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return True  # no descriptor to compare (a test stream): trust it
     return f"{st.st_dev}:{st.st_ino}" == expected
+
+
+def early_line(
+    message: str,
+    *,
+    level: str = "error",
+    stream: IO[str] | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> None:
+    """Say ``message`` on stderr where no log handler speaks yet (or ever).
+
+    A config refused before logging is configured, or ``check-config`` run by
+    the unit's ExecReload, still reaches the journal through stderr; with
+    systemd's ``SyslogLevelPrefix=`` (on by default) its ``<N>`` prefix is the
+    priority, without one the line is info (6) and ``journalctl -p warning``
+    never shows why the service refused to start. Off the journal (a TTY, a
+    pipe) the line is plain text. Each line gets the prefix: journald makes
+    every line its own entry.
+    """
+    out = sys.stderr if stream is None else stream
+    if is_journal(out, env):
+        prefix = f"<{PRIORITY[level]}>"
+        message = "\n".join(prefix + line for line in message.splitlines() or [""])
+    print(message, file=out, flush=True)
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -176,7 +202,7 @@ def resolve_format(fmt: str, *, stream: TextIO, env: Mapping[str, str]) -> str:
         raise ValueError(f"unknown log format {fmt!r}")
     if fmt != "auto":
         return fmt
-    if _is_journal(stream, env):
+    if is_journal(stream, env):
         return "journal"
     return "console" if _isatty(stream) else "logfmt"
 

@@ -6,7 +6,13 @@ after it stopped. Whether a daemon runs at all comes from the instance lock
 ``stopped_at`` leaves a heartbeat that looks recent for a moment, and a stale
 heartbeat must read as "not running", never as healthy (docs/field-notes.md #2).
 
-Exit status: 0 healthy, 1 unhealthy or not running, 2 no database or an
+The ``--json`` document is ``dealsd.snapshot.Status`` (its docstrings are
+the contract); the daemon's part of it is the ``Snapshot`` it wrote. After a
+restart, ``daemon.previous_run`` says how the run before ended and what it
+was unhealthy for.
+
+Exit status: 0 healthy, 1 unhealthy, still starting (a worker has not
+progressed once since the start) or not running, 2 no database or an
 unreadable config.
 """
 
@@ -20,11 +26,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
+
+from dealsd import snapshot
 from dealsd.clock import iso_utc, parse_iso_utc
+from dealsd.exits import EXIT_HEALTHY, EXIT_NO_DATABASE, EXIT_UNHEALTHY
 from dealsd.lock import holder_pid
+from dealsd.snapshot import (
+    DaemonStatus,
+    DealCounts,
+    PreviousRun,
+    Status,
+    TokenStatus,
+    WorkerStatus,
+    nonempty_str,
+)
 from dealsd.store import queries
 
-EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NO_DATABASE = 0, 1, 2
 # A heartbeat older than this many snapshot intervals (plus slack) means the
 # process holding the lock no longer runs its watch loop: hung, not healthy.
 STALE_HEARTBEATS = 3
@@ -65,14 +83,14 @@ def _ts(value: object) -> float | None:
         return None
 
 
-def _num(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
 def gather(db_path: Path, *, now: float | None = None) -> dict[str, Any]:
-    """The status as one nested dict (the `--json` document). Raises on no database."""
+    """The `--json` document as plain data (what scripts see). Raises on no database."""
+    result: dict[str, Any] = msgspec.to_builtins(read_status(db_path, now=now))
+    return result
+
+
+def read_status(db_path: Path, *, now: float | None = None) -> Status:
+    """The status, typed. Raises on no database."""
     now = time.time() if now is None else now
     if not db_path.is_file():
         raise FileNotFoundError(f"no database at {db_path}")
@@ -83,16 +101,11 @@ def gather(db_path: Path, *, now: float | None = None) -> dict[str, Any]:
     finally:
         conn.close()
     pid = holder_pid(db_path)
-    daemon: Mapping[str, Any] = summary.get("daemon") or {}
-    snapshot: dict[str, Any] = {}
-    if daemon.get("snapshot"):
-        try:
-            snapshot = json.loads(daemon["snapshot"])
-        except (TypeError, ValueError):
-            snapshot = {}
-    heartbeat = _ts(daemon.get("heartbeat_at"))
-    stopped_at = daemon.get("stopped_at")
-    beat_s = _num(snapshot.get("heartbeat_s")) or 5.0
+    row: Mapping[str, Any] = summary.get("daemon") or {}
+    snap = snapshot.decode(row.get("snapshot"))
+    heartbeat = _ts(row.get("heartbeat_at"))
+    stopped_at = nonempty_str(row.get("stopped_at"))
+    beat_s = snap.heartbeat_s if snap.heartbeat_s > 0 else 5.0
     stale = heartbeat is None or now - heartbeat > STALE_HEARTBEATS * beat_s + STALE_SLACK_S
     running = pid is not None
     late = heartbeat is None or now - heartbeat > LATE_HEARTBEATS * beat_s + LATE_SLACK_S
@@ -103,92 +116,69 @@ def gather(db_path: Path, *, now: float | None = None) -> dict[str, Any]:
         state = "running"
     elif stopped_at:
         state = "stopped"
-    elif daemon:
+    elif row:
         state = "died"  # no stopped_at: killed or crashed
     else:
         state = "never started"
-    healthy = state == "running" and bool(daemon.get("healthy")) and not lock_held
+    healthy = state == "running" and bool(row.get("healthy")) and not lock_held
     writer_busy = (
         f"writer busy: the database write lock is held elsewhere and the daemon's "
         f"heartbeat is {now - heartbeat:.0f}s old"
         if lock_held and heartbeat is not None
         else None
     )
-
-    deals_in: Mapping[str, Any] = summary.get("deals") or {}
-    deals: dict[str, Any] = {
-        "total": int(deals_in.get("total") or 0),
-        "backfilled": int(deals_in.get("backfilled") or 0),
-        "pending_backfill": int(deals_in.get("pending_backfill") or 0),
-        "gave_up": int(deals_in.get("gave_up") or 0),
-        "added_last_hour": int(deals_in.get("added_last_hour") or 0),
-        "added_last_day": int(deals_in.get("added_last_day") or 0),
-        "newest_keepa_update": deals_in.get("newest_keepa_update"),
-        "newest_age_s": None,
-    }
-    newest = _ts(deals_in.get("newest_keepa_update"))
+    deals = msgspec.convert(summary.get("deals") or {}, DealCounts, strict=False)
+    newest = _ts(deals.newest_keepa_update)
     if newest is not None:
-        deals["newest_age_s"] = round(now - newest)
-
-    tok_snap: Mapping[str, Any] = snapshot.get("tokens") or {}
-    tok_in: Mapping[str, Any] = summary.get("tokens") or {}
-    period = _num(tok_snap.get("period_s")) or 60.0
-    rate = _num(tok_snap.get("refill_rate"))
-    per_product = _num(tok_in.get("per_product"))
-    tokens = {
-        "balance": tok_snap.get("balance"),
-        "refill_rate": rate,
-        "period_s": period,
-        "spent_last_hour": tok_in.get("spent_last_hour"),
-        "per_product": per_product,
-        "consumed_by": tok_snap.get("consumed_by"),
-    }
+        deals.newest_age_s = round(now - newest)
+    ledger: Mapping[str, Any] = summary.get("tokens") or {}
+    tokens = TokenStatus(
+        balance=snap.tokens.balance,
+        refill_rate=snap.tokens.refill_rate,
+        period_s=snap.tokens.period_s or 60.0,
+        spent_last_hour=ledger.get("spent_last_hour"),
+        per_product=ledger.get("per_product"),
+        consumed_by=snap.tokens.consumed_by if row.get("snapshot") else None,
+    )
     eta: float | None = None
-    if deals["pending_backfill"] == 0:
+    if deals.pending_backfill == 0:
         eta = 0.0
-    elif rate and rate > 0:
-        cost = per_product if per_product else 1.0
-        eta = round(deals["pending_backfill"] * cost / rate * period, 1)
-
-    workers: dict[str, dict[str, Any]] = {}
-    for row in summary.get("workers") or []:
-        w = dict(row)
-        name = str(w.get("name"))
-        workers[name] = {
-            # What a dead daemon last said is history, not a current state.
-            "state": w.get("state") if running and not stale else "stopped",
-            "last_state": w.get("state"),
-            "detail": w.get("detail"),
-            "last_progress_at": w.get("last_progress_at"),
-            "progress_total": w.get("progress_total"),
-            "restarts": w.get("restarts"),
-            "last_error": w.get("last_error"),
-            "last_error_at": w.get("last_error_at"),
-        }
-    return {
-        "healthy": healthy,
-        "daemon": {
-            "state": state,
-            "pid": pid,
-            "started_at": daemon.get("started_at"),
-            "heartbeat_at": daemon.get("heartbeat_at"),
-            "stopped_at": stopped_at,
-            "status": snapshot.get("status"),
-            "causes": snapshot.get("causes") or [],
+    elif tokens.refill_rate and tokens.refill_rate > 0:
+        cost = tokens.per_product or 1.0
+        eta = round(deals.pending_backfill * cost / tokens.refill_rate * tokens.period_s, 1)
+    workers: dict[str, WorkerStatus] = {}
+    for w in summary.get("workers") or []:
+        ws = msgspec.convert(dict(w), WorkerStatus, strict=False)
+        ws.last_state = ws.state
+        # What a dead daemon last said is history, not a current state.
+        ws.state = ws.state if running and not stale else "stopped"
+        workers[str(w["name"])] = ws
+    return Status(
+        healthy=healthy,
+        daemon=DaemonStatus(
+            state=state,
+            pid=pid,
+            started_at=nonempty_str(row.get("started_at")),
+            heartbeat_at=nonempty_str(row.get("heartbeat_at")),
+            stopped_at=stopped_at,
+            status=snap.status,
+            phase=snap.phase,
+            causes=snap.causes,
             # Seen by `dealsd status` itself: the daemon cannot say it, as it
             # cannot write its snapshot while another process holds the lock.
-            "writer_busy": writer_busy,
-        },
-        "deals": deals,
-        "workers": workers,
-        "tokens": tokens,
-        "writer": snapshot.get("writer") or {},
-        "backfill_eta_s": eta,
-        "database": str(db_path),
-    }
+            writer_busy=writer_busy,
+            previous_run=snap.previous_run,
+        ),
+        deals=deals,
+        workers=workers,
+        tokens=tokens,
+        writer=snap.writer,
+        backfill_eta_s=eta,
+        database=str(db_path),
+    )
 
 
-def _age(now: float, stamp: object) -> str:
+def _age(now: float, stamp: str | None) -> str:
     t = _ts(stamp)
     if t is None:
         return "never"
@@ -210,58 +200,76 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def render(doc: Mapping[str, Any], *, now: float | None = None) -> str:
+def render(doc: Status, *, now: float | None = None) -> str:
     now = time.time() if now is None else now
-    d, deals, tok = doc["daemon"], doc["deals"], doc["tokens"]
+    d, deals, tok = doc.daemon, doc.deals, doc.tokens
     lines = []
-    verdict = "healthy" if doc["healthy"] else "UNHEALTHY"
-    state = d["state"]
+    state = d.state
     if state == "running":
-        lines.append(f"dealsd: running (pid {d['pid']}), {verdict}")
+        verdict = "healthy" if doc.healthy else "UNHEALTHY"
+        if not doc.healthy and d.phase == "starting" and not d.writer_busy:
+            verdict = "starting (not healthy until each worker has progressed once)"
+        lines.append(f"dealsd: running (pid {d.pid}), {verdict}")
     elif state == "hung":
         lines.append(
-            f"dealsd: UNHEALTHY: pid {d['pid']} holds the lock but its heartbeat is stale "
-            f"(last {_age(now, d['heartbeat_at'])})"
+            f"dealsd: UNHEALTHY: pid {d.pid} holds the lock but its heartbeat is stale "
+            f"(last {_age(now, d.heartbeat_at)})"
         )
     elif state == "stopped":
-        lines.append(f"dealsd: not running: stopped since {_age(now, d['stopped_at'])}")
+        lines.append(f"dealsd: not running: stopped since {_age(now, d.stopped_at)}")
     elif state == "died":
         lines.append(
             "dealsd: not running: it died without stopping "
-            f"(last heartbeat {_age(now, d['heartbeat_at'])})"
+            f"(last heartbeat {_age(now, d.heartbeat_at)})"
         )
     else:
         lines.append("dealsd: not running: never started on this database")
-    for cause in d["causes"] if state == "running" else []:
+    for cause in d.causes if state == "running" else []:
         lines.append(f"  cause: {cause}")
-    if d.get("writer_busy"):
-        lines.append(f"  cause: {d['writer_busy']}")
-    lines.append(f"database: {doc['database']}")
+    if d.writer_busy:
+        lines.append(f"  cause: {d.writer_busy}")
+    if state == "running" and d.previous_run is not None:
+        lines.append(_previous_run_line(d.previous_run, now))
+    lines.append(f"database: {doc.database}")
     lines.append(
-        f"deals: {deals['total']} total, {deals['backfilled']} backfilled, "
-        f"{deals['pending_backfill']} pending, {deals['gave_up']} given up; "
-        f"added {deals['added_last_hour']} last hour, {deals['added_last_day']} last day"
+        f"deals: {deals.total} total, {deals.backfilled} backfilled, "
+        f"{deals.pending_backfill} pending, {deals.gave_up} given up; "
+        f"added {deals.added_last_hour} last hour, {deals.added_last_day} last day"
     )
-    lines.append(f"newest deal: {_age(now, deals['newest_keepa_update'])}")
-    lines.append(f"backfill ETA: {_duration(doc['backfill_eta_s'])}")
+    lines.append(f"newest deal: {_age(now, deals.newest_keepa_update)}")
+    lines.append(f"backfill ETA: {_duration(doc.backfill_eta_s)}")
     lines.append(
-        f"tokens: balance {tok['balance']}, refill {tok['refill_rate']} per {tok['period_s']:g}s, "
-        f"spent last hour {tok['spent_last_hour']}, per product {tok['per_product']}"
+        f"tokens: balance {tok.balance}, refill {tok.refill_rate} per {tok.period_s:g}s, "
+        f"spent last hour {tok.spent_last_hour}, per product {tok.per_product}"
     )
-    w = doc["writer"]
-    if w:
+    w = doc.writer
+    if w.queue is not None:
+        lines.append(f"writer: queue {w.queue}, last commit {_age(now, w.last_commit_at)}")
+    for name, row in sorted(doc.workers.items()):
+        extra = f" ({row.detail})" if row.detail else ""
         lines.append(
-            f"writer: queue {w.get('queue')}, last commit {_age(now, w.get('last_commit_at'))}"
+            f"worker {name}: {row.state}{extra}; last progress "
+            f"{_age(now, row.last_progress_at)}; restarts {row.restarts or 0}"
         )
-    for name, row in sorted(doc["workers"].items()):
-        extra = f" ({row['detail']})" if row.get("detail") else ""
-        lines.append(
-            f"worker {name}: {row['state']}{extra}; last progress "
-            f"{_age(now, row['last_progress_at'])}; restarts {row.get('restarts') or 0}"
-        )
-        if row.get("last_error"):
-            lines.append(f"  last error: {row['last_error']} at {row.get('last_error_at')}")
+        if row.last_error:
+            lines.append(f"  last error: {row.last_error} at {row.last_error_at}")
     return "\n".join(lines)
+
+
+def _previous_run_line(prev: PreviousRun, now: float) -> str:
+    """How the run before this one ended, and what it was unhealthy for."""
+    if prev.ended == "stopped":
+        how = f"stopped cleanly at {prev.stopped_at}"
+    else:
+        how = f"died without stopping (last heartbeat {_age(now, prev.heartbeat_at)})"
+        if prev.watchdog is False:
+            how += ", after its watchdog pings had stopped: most likely killed by the watchdog"
+        else:
+            how += ": killed or crashed (the journal says which)"
+    said = prev.phase or "unknown"
+    if prev.causes:
+        said = "unhealthy: " + "; ".join(prev.causes)
+    return f"previous run: {how}; at its last heartbeat it was {said}"
 
 
 def run_status(
@@ -270,7 +278,7 @@ def run_status(
     """Print the status of the daemon using ``db_path``; return the exit status."""
     out = out if out is not None else sys.stdout
     try:
-        doc = gather(db_path, now=now)
+        doc = read_status(db_path, now=now)
     except FileNotFoundError as exc:
         print(f"dealsd status: {exc}", file=sys.stderr)
         return EXIT_NO_DATABASE
@@ -278,10 +286,10 @@ def run_status(
         print(f"dealsd status: cannot read {db_path}: {exc}", file=sys.stderr)
         return EXIT_NO_DATABASE
     if as_json:
-        print(json.dumps(doc, indent=2, sort_keys=True), file=out)
+        print(json.dumps(msgspec.to_builtins(doc), indent=2, sort_keys=True), file=out)
     else:
         print(render(doc, now=now), file=out)
-    return EXIT_HEALTHY if doc["healthy"] else EXIT_UNHEALTHY
+    return EXIT_HEALTHY if doc.healthy else EXIT_UNHEALTHY
 
 
-__all__ = ["gather", "iso_utc", "render", "run_status"]
+__all__ = ["gather", "iso_utc", "read_status", "render", "run_status"]

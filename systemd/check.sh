@@ -25,9 +25,11 @@ fail() { echo "check.sh: FAIL: $*" >&2; failed=1; }
 # --- 1. verify --------------------------------------------------------------
 # verify refuses a unit whose ExecStart binary does not exist, and on a build
 # machine /opt/dealsd is not installed. So, unless it is installed, verify an
-# identical copy whose ExecStart points at a stub script with the same
-# arguments: every other directive is still checked. The copy keeps the name
-# dealsd.service, and the substitution is asserted so it cannot silently miss.
+# identical copy whose ExecStart (and any other Exec*= line running the same
+# binary, such as ExecReload's check-config) points at a stub script with the
+# same arguments: every other directive is still checked. The copy keeps the
+# name dealsd.service, and the substitution is asserted so it cannot silently
+# miss or touch anything else.
 exec_path="$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "$unit")"
 [ -n "$exec_path" ] || fail "no ExecStart= in $unit"
 target="$unit"
@@ -35,14 +37,16 @@ if [ ! -x "$exec_path" ]; then
   mkdir -p "$tmp/stub"
   printf '#!/bin/sh\nexit 0\n' >"$tmp/stub/dealsd"
   chmod +x "$tmp/stub/dealsd"
-  sed "s|^ExecStart=$exec_path |ExecStart=$tmp/stub/dealsd |" "$unit" >"$tmp/dealsd.service"
+  sed "s|^\(Exec[A-Za-z]*=\)$exec_path |\1$tmp/stub/dealsd |" "$unit" >"$tmp/dealsd.service"
   if ! grep -q "^ExecStart=$tmp/stub/dealsd run " "$tmp/dealsd.service"; then
     fail "could not point ExecStart at the stub"
   fi
+  naming="$(grep -c "^Exec[A-Za-z]*=$exec_path " "$unit" || true)"
   changed="$(diff "$unit" "$tmp/dealsd.service" | grep -c '^[<>]' || true)"
-  [ "$changed" = 2 ] || fail "the verified copy differs in more than ExecStart ($changed lines)"
+  [ "$changed" = "$((2 * naming))" ] ||
+    fail "the verified copy differs in more than the $naming Exec lines naming $exec_path ($changed lines)"
   target="$tmp/dealsd.service"
-  echo "check.sh: $exec_path is not installed: verifying a copy with a stub ExecStart"
+  echo "check.sh: $exec_path is not installed: verifying a copy with a stub in its $naming Exec lines"
 fi
 if ! out="$(systemd-analyze verify "$target" 2>&1)"; then
   echo "$out" >&2

@@ -1,5 +1,10 @@
 """Shared guards: nothing a test starts outlives it, and no test can kill pytest.
 
+The shared fixtures come first: ``sim`` (the simulator with the tests'
+usual options, over loopback), ``start_sim`` (one with options of the
+test's own), ``clock`` (a FakeClock) and ``store`` (a Store on a new file in
+tmp_path, in that clock's time). Then the guards.
+
 Two ways a failing end-to-end test could take the whole run down instead of
 failing alone:
 
@@ -26,12 +31,16 @@ import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import StartSim, sim_options
 
+from dealsd.clock import FakeClock
 from dealsd.daemon import Daemon
 from dealsd.simulator import Simulator
+from dealsd.store import Store
 
 # Bounds for teardown: long enough for a daemon to drain, short enough that a
 # hung one fails its test instead of the run.
@@ -41,6 +50,41 @@ SIM_STOP_S = 10.0
 CHILD_STOP_S = 5.0
 
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+
+
+@pytest.fixture
+async def start_sim() -> AsyncIterator[StartSim]:
+    """``await start_sim(**options)``: a simulator on a free loopback port, ``sim_options``
+    with the test's changes; each one started is stopped after the test."""
+    started: list[Simulator] = []
+
+    async def start(**options: Any) -> Simulator:
+        sim = Simulator(sim_options(**options))
+        await sim.start("127.0.0.1", 0)
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        await sim.stop()
+
+
+@pytest.fixture
+async def sim(start_sim: StartSim) -> Simulator:
+    """The simulator with the usual options (``helpers.sim_options()``), at ``sim.base_url``."""
+    return await start_sim()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    s = await Store.open(tmp_path / "deals.db", clock=clock)
+    yield s
+    await s.close()
 
 
 def _interrupt(signum: int, frame: object) -> None:

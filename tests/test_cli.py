@@ -12,23 +12,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_daemon import NotifyListener
+from helpers import NotifyListener, clean_env, write_config
 
 from dealsd.simulator import Faults, SimOptions, Simulator
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"KEEPA_API_KEY", "CREDENTIALS_DIRECTORY", "DEALSD_CONFIG", "NOTIFY_SOCKET"}
-    }
-    env.update(extra, PYTHONUNBUFFERED="1")
-    return env
 
 
 def dealsd(
@@ -44,14 +33,8 @@ def dealsd(
 
 
 def good_config(tmp_path: Path, base_url: str = "http://127.0.0.1:9") -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f'[keepa]\nbase_url = "{base_url}"\nmax_attempts = 1\n'
-        f'[database]\npath = "{tmp_path / "deals.db"}"\n'
-        "[upserter]\ninterval_s = 1\n[upserter.selection]\npriceTypes = [2]\nsortType = 1\n"
-        "[backfiller]\nidle_s = 1\n"
-    )
-    return path
+    """A valid config (one attempt per request); by default Keepa is nowhere."""
+    return write_config(tmp_path, base_url, max_attempts=1)
 
 
 def test_config_errors_exit_78_naming_file_and_key(tmp_path: Path) -> None:
@@ -130,14 +113,6 @@ def test_demo_runs_the_real_daemon_and_reports(tmp_path: Path) -> None:
     assert total > 0 and backfilled > 0
 
 
-@pytest.fixture
-async def sim_url() -> AsyncIterator[str]:
-    s = Simulator(SimOptions(refill_rate=500, refill_period_s=0.1, catalogue_size=200))
-    base = await s.start("127.0.0.1", 0)
-    yield base
-    await s.stop()
-
-
 async def _read_until(stream: asyncio.StreamReader, needle: str, within: float) -> str:
     seen: list[str] = []
     deadline = time.monotonic() + within
@@ -152,9 +127,9 @@ async def _read_until(stream: asyncio.StreamReader, needle: str, within: float) 
 
 
 async def test_sighup_applies_live_changes_and_rejects_a_bad_file(
-    sim_url: str, tmp_path: Path
+    sim: Simulator, tmp_path: Path
 ) -> None:
-    path = good_config(tmp_path, sim_url)
+    path = good_config(tmp_path, sim.base_url)
     notify = NotifyListener(tmp_path)  # systemd's side of the notify protocol
     notified = notify.drain
 
@@ -205,9 +180,7 @@ async def test_a_second_sigterm_exits_at_once(tmp_path: Path) -> None:
         SimOptions(refill_period_s=0.1, faults=Faults(hang=1.0, hang_s=60.0))
     )
     base = await s.start("127.0.0.1", 0)
-    path = good_config(tmp_path, base)
-    text = path.read_text().replace("max_attempts = 1", "max_attempts = 1\nread_timeout_s = 60")
-    path.write_text(text)
+    path = write_config(tmp_path, base, max_attempts=1, read_timeout_s=60)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dealsd", "run", "--config", str(path),
         env=clean_env(KEEPA_API_KEY="k"), stderr=asyncio.subprocess.PIPE,
@@ -241,16 +214,142 @@ def test_an_unusable_database_path_exits_73_without_a_traceback(tmp_path: Path) 
     assert "database_unavailable" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("delay_s", [0.15, 0.3])
-def test_sigterm_during_startup_exits_zero(tmp_path: Path, delay_s: float) -> None:
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(ln.split()[1], 16) for ln in status.splitlines() if ln.startswith("SigCgt:"))
+    return bool(mask >> (sig - 1) & 1)
+
+
+@pytest.mark.parametrize("after_s", [0.0, 0.05])
+def test_sigterm_during_startup_exits_zero(tmp_path: Path, after_s: float) -> None:
     # Before the event loop's handlers exist (imports, migrations), SIGTERM
-    # must still mean a clean stop, not death by signal (-15).
+    # must still mean a clean stop, not death by signal (-15). The signal is
+    # sent once the early handler is in (a SIGTERM before the interpreter
+    # runs any of dealsd cannot be caught by anything): a fixed delay raced
+    # the interpreter's own start-up on a loaded machine.
     path = good_config(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dealsd", "run", "--config", str(path)],
         env=clean_env(KEEPA_API_KEY="k"), stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(delay_s)
+    deadline = time.monotonic() + 20
+    while not _catches(proc.pid, signal.SIGTERM):
+        assert proc.poll() is None and time.monotonic() < deadline, "no SIGTERM handler"
+        time.sleep(0.002)
+    time.sleep(after_s)
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err[-2000:]
+
+
+def test_check_config_refuses_a_missing_key_file_as_run_does(tmp_path: Path) -> None:
+    # It used to answer "config OK" here while `run` exited 78.
+    missing = tmp_path / "keepa_api_key"
+    path = good_config(tmp_path)
+    path.write_text(path.read_text().replace("[keepa]\n", f"[keepa]\napi_key_file = '{missing}'\n"))
+    for cmd in ("check-config", "run"):
+        r = dealsd(cmd, "--config", str(path))
+        assert r.returncode == 78, (cmd, r.stderr)
+        assert f"{missing}: keepa.api_key_file: no such API key file (read as " in r.stderr, cmd
+        assert "Traceback" not in r.stderr
+    missing.write_text("the-k3y\n")
+    r = dealsd("check-config", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"config OK: {path}"
+    assert f"API key: {missing}, read as " in r.stderr and "k3y" not in r.stdout + r.stderr
+    # No key anywhere (systemd's ExecReload, as root, without the credential):
+    # a warning naming LoadCredential, and still exit 0 for a valid file.
+    r = dealsd("check-config", "--config", str(good_config(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    assert "warning: no API key visible here" in r.stderr
+    assert "LoadCredential=keepa_api_key:/etc/dealsd/keepa_api_key" in r.stderr
+
+
+def _on_a_stream_socket(*args: str, matching: bool = True, **env: str) -> tuple[int, list[str]]:
+    """Run dealsd with stderr on a Unix stream socket, as systemd's journal stream is.
+
+    ``$JOURNAL_STREAM`` names that socket's device:inode, or with ``matching``
+    False another stream's (the variable inherited by a process whose stderr
+    was redirected elsewhere).
+    """
+    import socket
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        st = os.fstat(theirs.fileno())
+        named = f"{st.st_dev}:{st.st_ino if matching else st.st_ino + 1}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dealsd", *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=theirs.fileno(),
+            env=clean_env(JOURNAL_STREAM=named, **env),
+        )  # fmt: skip
+        theirs.close()
+        ours.settimeout(30)
+        chunks = []
+        while chunk := ours.recv(65536):
+            chunks.append(chunk)
+        code = proc.wait(timeout=30)
+    return code, b"".join(chunks).decode().splitlines()
+
+
+def test_a_refused_start_reaches_the_journal_as_an_error(tmp_path: Path) -> None:
+    # journalctl -u dealsd -p warning must show why the service will not start:
+    # with SyslogLevelPrefix (systemd's default) a line's <N> is its priority.
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[upserter]\nintervl_s = 5\n")
+    code, lines = _on_a_stream_socket("run", "--config", str(bad), KEEPA_API_KEY="k")
+    assert code == 78
+    assert lines and all(line.startswith("<3>") for line in lines), lines
+    assert lines[0].startswith(f"<3>dealsd: config error: {bad}: upserter.intervl_s: ")
+    # A valid file but no key at all: refused before logging exists, an error too.
+    ok = good_config(tmp_path)
+    code, lines = _on_a_stream_socket("run", "--config", str(ok))
+    assert code == 78
+    assert lines[0].startswith("<3>dealsd: config error: config: keepa.api_key: no API key")
+    # check-config as ExecReload runs it: the error at 3, the missing key at 4.
+    code, lines = _on_a_stream_socket("check-config", "--config", str(bad))
+    assert code == 78 and lines[0].startswith("<3>dealsd: config error: "), lines
+    code, lines = _on_a_stream_socket("check-config", "--config", str(ok))
+    assert code == 0 and len(lines) == 1, lines
+    assert lines[0].startswith("<4>dealsd: warning: no API key visible here")
+
+
+def test_fatal_lines_are_plain_text_on_a_pipe_a_tty_or_another_stream(tmp_path: Path) -> None:
+    import pty
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[upserter]\nintervl_s = 5\n")
+    expected = f"dealsd: config error: {bad}: upserter.intervl_s: "
+    # A pipe, no $JOURNAL_STREAM.
+    r = dealsd("run", "--config", str(bad), env=clean_env(KEEPA_API_KEY="k"))
+    assert r.returncode == 78 and r.stderr.startswith(expected), r.stderr
+    # $JOURNAL_STREAM naming some other stream than this stderr.
+    code, lines = _on_a_stream_socket("run", "--config", str(bad), matching=False)
+    assert code == 78 and lines and lines[0].startswith(expected), lines
+    # A terminal.
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dealsd", "run", "--config", str(bad)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
+            env=clean_env(KEEPA_API_KEY="k"),
+        )  # fmt: skip
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=30) == 78
+    finally:
+        os.close(leader)
+    text = b"".join(chunks).decode()
+    assert text.startswith(expected), text

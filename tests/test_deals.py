@@ -17,47 +17,22 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Running, clean_env, sim_options, wait_for, write_config
 
 from dealsd.cli import main
-from dealsd.clock import SystemClock
 from dealsd.config import load_config
-from dealsd.daemon import run_daemon
 from dealsd.deals import FIELD_KEYS
-from dealsd.notify import Notifier
-from dealsd.simulator import SimOptions, Simulator
+from dealsd.simulator import Simulator
 
 CATALOGUE = 400
-CONFIG = """
-[keepa]
-base_url = "{base_url}"
-max_attempts = 2
-[database]
-path = "{db}"
-[upserter]
-interval_s = 1
-[upserter.selection]
-priceTypes = [{price_type}]
-sortType = 1
-[backfiller]
-idle_s = 0.2
-retry_base_s = 1
-max_attempts = 1
-[profit]
-reference = "new"
-"""
-
-
-def _config(directory: Path, base_url: str, price_type: int = 2) -> Path:
-    path = directory / f"config-{price_type}.toml"
-    db = directory / "deals.db"
-    path.write_text(CONFIG.format(base_url=base_url, db=db, price_type=price_type))
-    return path
+# The simulator's products come from the real samples, which have no used
+# history: resales are priced at the new average so most deals get a profit.
+PROFIT = '[profit]\nreference = "new"\n'
 
 
 def _rows(db: Path, sql: str = "SELECT * FROM deals") -> list[dict[str, Any]]:
@@ -82,34 +57,25 @@ def _settled(db: Path) -> bool:
 
 
 async def _fill(directory: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    sim = Simulator(SimOptions(refill_rate=500, refill_period_s=0.1, catalogue_size=CATALOGUE,
-                               new_deals_per_period=0, changed_deals_per_period=0,
-                               missing_rate=0.03, invalid_rate=0.02))  # fmt: skip
-    base_url = await sim.start("127.0.0.1", 0)
-    path = _config(directory, base_url)
+    # Started by hand, not by conftest's function-scoped fixtures: the
+    # database serves the whole module.
+    sim = Simulator(sim_options(catalogue_size=CATALOGUE, missing_rate=0.03, invalid_rate=0.02))
+    path = write_config(directory, await sim.start("127.0.0.1", 0), extra=PROFIT)
     db = directory / "deals.db"
-    stop = asyncio.Event()
-    daemon = asyncio.create_task(
-        run_daemon(load_config(path), api_key="k", clock=SystemClock(), notifier=Notifier(None),
-                   stop=stop, config_path=path, install_signals=False)
-    )  # fmt: skip
+    daemon = Running(load_config(path), path)
     try:
-        deadline = time.monotonic() + 60
-        while not _settled(db):
-            assert not daemon.done(), "the daemon stopped early"
-            assert time.monotonic() < deadline, "timed out waiting for the backfill"
-            await asyncio.sleep(0.2)
+        await wait_for(lambda: _settled(db) or daemon.task.done(), 60, "the backfill", every=0.2)
+        assert not daemon.task.done(), "the daemon stopped early"
         # While the daemon runs and writes: a real `dealsd deals` process.
         running = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "dealsd", "deals", "--database", str(db)],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
-        stop.set()
-        assert await asyncio.wait_for(daemon, 20) == 0
+        assert await daemon.finish() == 0
     finally:
-        stop.set()
-        if not daemon.done():
-            daemon.cancel()
+        daemon.stop.set()
+        if not daemon.task.done():
+            daemon.task.cancel()
         await sim.stop()
     return db, running
 
@@ -319,7 +285,8 @@ def test_the_config_names_the_database_and_the_buy_price(
     capsys: pytest.CaptureFixture[str], db: Path
 ) -> None:
     # A selection of new prices: the buy price is the current new price.
-    path = _config(db.parent, "http://127.0.0.1:9", price_type=1)
+    path = db.parent / "config-new.toml"
+    path.write_text(f'[database]\npath = "{db}"\n[upserter.selection]\npriceTypes = [1]\n')
     code, out, err = deals(capsys, "--config", str(path), "--json", "--limit", "5")
     assert code == 0, err
     raw = {r["asin"]: r for r in _rows(db)}
@@ -349,7 +316,7 @@ def test_the_demo_ends_on_its_best_deals(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     r = subprocess.run(
         [sys.executable, "-m", "dealsd", "demo", "--seconds", "4"], capture_output=True,
-        text=True, cwd=root, timeout=60, env={"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path)},
+        text=True, cwd=root, timeout=60, env=clean_env(TMPDIR=str(tmp_path)),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()

@@ -4,7 +4,7 @@ over loopback, in accelerated time, with one kind of trouble per test.
 Nothing in between is replaced: the daemon runs in this event loop
 (``run_daemon``) where a test needs to look at its health as it changes, and as
 ``python -m dealsd run`` where a test needs signals, a SIGKILL or the CLI. The
-recognisable key ``faults_helpers.SECRET`` is checked against every log,
+recognisable key ``helpers.SECRET`` is checked against every log,
 status output and database file a test produces. Longer variants carry
 ``@pytest.mark.soak`` (``pytest -m soak``).
 """
@@ -27,28 +27,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faults_helpers import (
+from helpers import (
+    PERIOD_S,
     SECRET,
     DaemonProc,
-    assert_no_secret,
-    daemon_env,
-    database_bytes,
-    hold_write_lock,
-    integrity,
-    status,
-    status_doc,
-)
-from structlog.testing import capture_logs
-from test_daemon import (  # the e2e helpers, reused as they are
-    PERIOD_S,
     NotifyListener,
     Running,
+    assert_no_secret,
+    clean_env,
     counts,
+    database_bytes,
     db_query,
+    hold_write_lock,
+    integrity,
     sim_options,
+    status,
+    status_doc,
     wait_for,
     write_config,
 )
+from structlog.testing import capture_logs
 
 from dealsd.clock import iso_utc
 from dealsd.config import load_api_key, load_config
@@ -57,18 +55,6 @@ from dealsd.simulator import Faults, Simulator
 from dealsd.status import gather
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tune(path: Path, **keepa: object) -> Path:
-    """Change [keepa] values write_config fixed (timeouts, attempts)."""
-    text = path.read_text()
-    for key, value in keepa.items():
-        lines = [ln for ln in text.splitlines() if not ln.startswith(f"{key} =")]
-        at = lines.index("[keepa]") + 1
-        lines.insert(at, f"{key} = {json.dumps(value)}")
-        text = "\n".join(lines) + "\n"
-    path.write_text(text)
-    return path
 
 
 async def started(sim: Simulator) -> Simulator:
@@ -124,8 +110,8 @@ async def test_broken_answers_are_survived_and_bad_items_skipped(tmp_path: Path)
     # requests slowed to the upserter's polls and waiting for the rarest
     # fault (a hang, ~4 % of requests) could take 25 s.
     sim = await started(Simulator(sim_options(catalogue_size=1500, faults=faults, seed=3)))
-    path = tune(
-        write_config(tmp_path, sim.base_url, max_batch=10),
+    path = write_config(
+        tmp_path, sim.base_url, max_batch=10,
         read_timeout_s=0.5, connect_timeout_s=0.5, max_attempts=5,
     )  # fmt: skip
     db = tmp_path / "deals.db"
@@ -250,10 +236,9 @@ async def test_a_refused_key_does_not_spin_and_a_reload_reads_the_fixed_key(tmp_
     wrong = "SECRET-KEY-WRONG-0000"
     key_file = tmp_path / "keepa.key"
     key_file.write_text(wrong + "\n")
-    path = write_config(tmp_path, sim.base_url)
-    tune(path, api_key_file=str(key_file))
+    path = write_config(tmp_path, sim.base_url, api_key_file=str(key_file))
     db = tmp_path / "deals.db"
-    d = await DaemonProc(path, env=daemon_env()).start()
+    d = await DaemonProc(path, env=clean_env()).start()
     try:
         await wait_for(lambda: sum(sim.stats()["requests"].values()) > 0, 10, "a first request")
         doc: dict[str, Any] = {}
@@ -388,6 +373,11 @@ async def lock_hold(sim: Simulator, tmp_path: Path, hold_s: float) -> None:
         before_seen, before_backfilled = stored_asins(db), backfilled_asins(db)
         await wait_for(lambda: "writer busy" in sock.last_status(), hold_s, "STATUS= writer busy")
         named_after = time.monotonic() - taken
+        # A restart cannot take the lock back: the watchdog pings go on while
+        # STATUS= names the busy writer (one follows every health tick).
+        named_at = len(sock.got)
+        await wait_for(lambda: sock.seen("WATCHDOG=1", since=named_at), 2, "a ping, writer busy")
+        assert holder.returncode is None, "the lock was released before the ping came"
         # `dealsd status` cannot read it from the snapshot (the daemon cannot
         # write one under the lock): it sees the late heartbeat and the lock.
         await asyncio.sleep(max(0.0, 2.0 - named_after))  # the heartbeat is late by now
@@ -396,8 +386,6 @@ async def lock_hold(sim: Simulator, tmp_path: Path, hold_s: float) -> None:
         while holder.returncode is None and time.monotonic() - taken < hold_s - 0.5:
             assert d.task.done() is False
             await asyncio.sleep(0.2)
-        sock.drain()
-        assert "WATCHDOG=1" in sock.drain() or True  # a restart cannot take the lock back
         out, _ = await asyncio.wait_for(holder.communicate(), hold_s + 10)
         report = json.loads(out.decode().strip().splitlines()[-1])
         assert report["errors"] == [], report
@@ -488,7 +476,7 @@ def run_cli(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*prefix, sys.executable, "-m", "dealsd", *args], capture_output=True, text=True,
         timeout=30,
-        env=daemon_env(KEEPA_API_KEY=SECRET), cwd=ROOT, **kw,
+        env=clean_env(KEEPA_API_KEY=SECRET), cwd=ROOT, **kw,
     )  # fmt: skip
 
 

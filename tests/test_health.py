@@ -218,3 +218,86 @@ async def test_a_stuck_writer_stops_the_watchdog_even_with_a_refused_key() -> No
     h.backing_off("backfiller", "batch failed", 600.0)
     await clock.advance(76)
     assert h.snapshot().worker("backfiller").state is State.STALLED
+
+
+def fail_round(h: Health, name: str, error: str, next_try_s: float) -> None:
+    """What the supervisor reports for a round that raised: started, failed, backing off."""
+    h.running(name)
+    h.restarted(name, error)
+    h.backing_off(name, error, next_try_s)
+
+
+async def test_a_worker_retrying_through_an_outage_is_stalled_but_keeps_the_watchdog() -> None:
+    # Keepa down: every round fails on schedule. Unhealthy, but a restart cannot
+    # bring Keepa back, so the watchdog goes on until the worker stops trying.
+    clock = FakeClock()
+    h = make(clock, call_bound_s=20.0)
+    h.register("upserter", expected_round_s=10)  # window 75 s
+    h.progress("upserter")
+    for _ in range(20):  # 100 s of failed rounds, one every 5 s
+        await clock.advance(5)
+        fail_round(h, "upserter", "TransientError: deal: cannot connect", 5.0)
+    snap = h.snapshot()
+    row = snap.worker("upserter")
+    assert row.state is State.STALLED and row.trying
+    assert not snap.healthy and snap.watchdog_ok
+    [cause] = snap.causes
+    assert cause.startswith("upserter stalled: no progress for over 75s, still trying")
+    assert "last error: TransientError: deal: cannot connect" in cause
+    # It stops trying (a round that never ends): its next try was due in 5 s;
+    # past that, its window and one Keepa call's retries, a restart may help.
+    h.running("upserter")
+    await clock.advance(75 + 20 - 1)
+    assert h.snapshot().watchdog_ok
+    await clock.advance(2)
+    snap = h.snapshot()
+    assert not snap.watchdog_ok and not snap.worker("upserter").trying
+    assert "upserter stalled and stopped trying" in snap.causes[0]
+
+
+async def test_a_request_held_by_the_token_scheduler_is_still_trying() -> None:
+    clock = FakeClock()
+    queued = {"backfiller": 0}
+    h = make(clock, token_queue=lambda: queued)
+    h.register("backfiller", expected_round_s=10)  # window 75 s
+    h.running("backfiller")
+    await clock.advance(200)
+    assert not h.snapshot().watchdog_ok
+    queued["backfiller"] = 1  # a 429 retry waiting for the refill
+    snap = h.snapshot()
+    assert snap.worker("backfiller").state is State.STALLED
+    assert snap.worker("backfiller").trying and snap.watchdog_ok
+
+
+async def test_a_fresh_start_is_starting_until_each_worker_progressed() -> None:
+    clock = FakeClock()
+    h = make(clock)
+    h.register("upserter", expected_round_s=10)
+    h.register("backfiller", expected_round_s=10)
+    snap = h.snapshot()
+    assert snap.phase == "starting" and not snap.healthy and snap.watchdog_ok
+    assert snap.starting == ("upserter", "backfiller") and snap.causes == ()
+    assert h.summary_line(snap).endswith("starting: no progress yet from upserter, backfiller")
+    h.progress("backfiller", 0, "products", idle=True)
+    assert h.snapshot().starting == ("upserter",)
+    h.progress("upserter")
+    snap = h.snapshot()
+    assert snap.phase == "healthy" and snap.healthy and snap.starting == ()
+
+
+async def test_an_error_before_any_progress_is_unhealthy_at_once() -> None:
+    # A restart during an outage: no stall window to wait out before saying so.
+    clock = FakeClock()
+    h = make(clock)
+    h.register("upserter", expected_round_s=300)  # window 510 s
+    h.register("janitor", expected_round_s=600)
+    h.progress("janitor", 0, idle=True)
+    fail_round(h, "upserter", "TransientError: deal: HTTP 503", 1.0)
+    snap = h.snapshot()
+    assert snap.phase == "unhealthy" and not snap.healthy and snap.watchdog_ok
+    assert snap.causes == (
+        "upserter has made no progress since start; last error: TransientError: deal: HTTP 503",
+    )
+    assert snap.worker("upserter").state is State.BACKING_OFF
+    h.progress("upserter")
+    assert h.snapshot().healthy

@@ -61,7 +61,8 @@ def test_runs_after_them_with_sigterm_still_caught():
 
 
 def test_failing_tests_fail_alone_and_the_run_prints_its_summary(tmp_path: Path) -> None:
-    shutil.copy(HERE / "conftest.py", tmp_path / "conftest.py")
+    for shared in ("conftest.py", "helpers.py"):  # conftest's fixtures use helpers
+        shutil.copy(HERE / shared, tmp_path / shared)
     (tmp_path / "test_cases.py").write_text(CASES)
     env = {k: v for k, v in os.environ.items() if k not in {"NOTIFY_SOCKET", "KEEPA_API_KEY"}}
     r = subprocess.run(

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog
+from helpers import wait_for
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -183,16 +184,6 @@ def test_base_url_validated() -> None:
 # -- over loopback ------------------------------------------------------------------------
 
 
-async def wait_until(predicate: Any, timeout_s: float = 3.0) -> None:
-    """Poll ``predicate`` (real time: the server runs in real time) until true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-
-
 def responses(sim: Simulator, endpoint: str) -> dict[str, int]:
     return dict(sim.stats()["responses"].get(endpoint, {}))
 
@@ -327,7 +318,10 @@ async def test_429_every_time_gives_up_as_rate_limited() -> None:
             for _ in range(50):
                 if call.done():
                     break
-                await wait_until(lambda: call.done() or bool(tokens.snapshot().waiting))
+                await wait_for(
+                    lambda: call.done() or bool(tokens.snapshot().waiting), 3,
+                    "the call done or waiting for tokens", every=0.005,
+                )  # fmt: skip
                 await fake.advance(61.0)
             with pytest.raises(RateLimited) as caught:
                 await call
@@ -345,7 +339,7 @@ async def test_transient_fault_retried_after_backoff(fault: str) -> None:
     async with simulator(faults=Faults(**{fault: 1.0, "hang_s": 5.0})) as (sim, base):
         async with client(base, scheduler(), clock=fake, read_timeout_s=0.2) as kc:
             call = asyncio.create_task(kc.deals(SELECTION, 0))
-            await wait_until(lambda: fake.sleepers == 1)
+            await wait_for(lambda: fake.sleepers == 1, 3, "a request asleep", every=0.005)
             assert asked(sim, "deal") == 1 and not call.done()
             sim.control(faults={fault: 0.0})
             await fake.advance(0.01)  # full jitter: at most the base (0.01) on attempt 1
@@ -411,7 +405,10 @@ async def test_cancel_while_waiting_for_tokens_leaves_no_waiter() -> None:
         async with client(base, tokens, clock=fake) as kc:
             call = asyncio.create_task(kc.deals(SELECTION, 0))
             # The 429 synced a zero balance: the retry waits in acquire.
-            await wait_until(lambda: tokens.snapshot().waiting == {"upserter": 1})
+            await wait_for(
+                lambda: tokens.snapshot().waiting == {"upserter": 1}, 3,
+                "the upserter waiting for tokens", every=0.005,
+            )  # fmt: skip
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
@@ -431,7 +428,10 @@ async def test_cancel_in_flight_then_the_next_call_resyncs() -> None:
             synced = (await kc.token_status()).tokens_left
             sim.control(faults={"hang": 1.0})
             call = asyncio.create_task(kc.deals(SELECTION, 0))
-            await wait_until(lambda: sim.stats()["faults"].get("hang", 0) == 1)
+            await wait_for(
+                lambda: sim.stats()["faults"].get("hang", 0) == 1, 3, "a hanging request",
+                every=0.005,
+            )
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(call, 1.0)
@@ -459,7 +459,10 @@ async def test_cancelled_first_products_call_does_not_delay_the_next_grant() -> 
         async with client(base, tokens) as kc:
             sim.control(faults={"hang": 1.0})
             call = asyncio.create_task(kc.products(["B0D8W1YVBX"], ProductParams()))
-            await wait_until(lambda: sim.stats()["faults"].get("hang", 0) == 1)
+            await wait_for(
+                lambda: sim.stats()["faults"].get("hang", 0) == 1, 3, "a hanging request",
+                every=0.005,
+            )
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await asyncio.wait_for(call, 1.0)

@@ -251,3 +251,23 @@ async def test_failure_log_summary_waits_for_the_interval() -> None:
     await clock.advance(0.1)
     assert failures.log_failure(log, "e", "k", exc_info=True)
     assert lines(out)[1].startswith("<4>event=e fault_key=k repeated=2 since=")
+
+
+def test_early_line_carries_the_priority_only_on_the_journal(tmp_path: Path) -> None:
+    from dealsd.logs import early_line
+
+    with open(tmp_path / "err.log", "w") as f:
+        st = os.fstat(f.fileno())
+        ours = {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        early_line("dealsd: config error: x", stream=f, env=ours)
+        # journald makes each line its own entry: each gets the priority.
+        early_line("dealsd: warning: one\nand two", level="warning", stream=f, env=ours)
+        early_line("dealsd: config error: inherited", stream=f, env={"JOURNAL_STREAM": "1:2"})
+        early_line("dealsd: config error: plain", stream=f, env={})
+    assert (tmp_path / "err.log").read_text().splitlines() == [
+        "<3>dealsd: config error: x",
+        "<4>dealsd: warning: one",
+        "<4>and two",
+        "dealsd: config error: inherited",
+        "dealsd: config error: plain",
+    ]

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_daemon import wait_for
+from helpers import wait_for
 
 from dealsd.clock import FakeClock
 from dealsd.keepa.payloads import decode_deals, decode_envelope, decode_products
@@ -293,9 +293,19 @@ async def test_filters_and_the_twelve_hour_window() -> None:
     clock = FakeClock()
     opts = options(refill_period_s=1.0, new_deals_per_period=1, refill_rate=1000)
     async for s in started(opts, clock):
-        _, doc = await s.deals(0, currentRange=[2000, 5000], salesRankRange=[1, 100_000])
-        for d in doc["deals"]["dr"]:
-            assert 2000 <= d["current"][2] <= 5000 and d["current"][3] <= 100_000
+        def wanted(d: dict[str, Any]) -> bool:
+            return 2000 <= d["current"][2] <= 10_000 and 1 <= d["current"][3] <= 1_000_000
+
+        # The catalogue holds deals on both sides of the filter (42 of 400 in
+        # it), so the page shows that it filters and cannot pass by being empty.
+        used = [d for d in s.sim.catalogue.deals if d["current"][2] > 0]
+        want = {d["asin"] for d in used if wanted(d)}
+        assert 0 < len(want) < len(used)
+        _, doc = await s.deals(0, currentRange=[2000, 10_000], salesRankRange=[1, 1_000_000])
+        page = doc["deals"]["dr"]
+        assert len(page) == min(len(want), 150)
+        for d in page:
+            assert wanted(d) and d["asin"] in want, d["asin"]
         await clock.advance(12 * 60 + 361)  # every seeded deal is now older than 12 h
         listed = [d for p in range(6) for d in (await s.deals(p))[1]["deals"]["dr"]]
         assert 700 <= len(listed) <= 721  # only the deals born in the window

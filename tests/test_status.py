@@ -6,66 +6,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Running, wait_for, write_config
 
 from dealsd.cli import main
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import load_config
-from dealsd.daemon import run_daemon
 from dealsd.lock import InstanceLock
-from dealsd.notify import Notifier
 from dealsd.simulator import SimOptions, Simulator
 from dealsd.status import gather
 from dealsd.store import Store, queries
 
 
-def write_config(tmp_path: Path, base_url: str) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f"""
-[keepa]
-base_url = "{base_url}"
-max_attempts = 1
-read_timeout_s = 2
-connect_timeout_s = 1
-
-[database]
-path = "{tmp_path / 'deals.db'}"
-
-[upserter]
-interval_s = 1
-
-[upserter.selection]
-priceTypes = [2]
-sortType = 1
-
-[backfiller]
-idle_s = 0.2
-"""
-    )
-    return path
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[tuple[Simulator, str]]:
-    s = Simulator(
-        SimOptions(
-            refill_rate=500,
-            refill_period_s=0.1,
-            catalogue_size=200,
-            new_deals_per_period=0,
-            changed_deals_per_period=0,
-            missing_rate=0.0,
-            invalid_rate=0.0,
-        )
-    )
-    base = await s.start("127.0.0.1", 0)
-    yield s, base
-    await s.stop()
+def config(tmp_path: Path, base_url: str) -> Path:
+    """helpers.write_config with one quick attempt per request: a failure shows at once."""
+    return write_config(tmp_path, base_url, max_attempts=1, read_timeout_s=2, connect_timeout_s=1)
 
 
 def status(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -81,35 +39,14 @@ def dig(doc: dict[str, Any], dotted: str) -> Any:
 
 
 async def start(path: Path, **kw: Any) -> tuple[asyncio.Event, asyncio.Task[int]]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_daemon(
-            load_config(path),
-            api_key="k",
-            clock=SystemClock(),
-            notifier=Notifier(None),
-            stop=stop,
-            install_signals=False,
-            snapshot_every_s=0.2,
-            **kw,
-        )
-    )
-    # One a failed test leaves running is stopped by conftest's _stop_leftovers.
-    return stop, task
-
-
-async def until(pred: Any, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
+    d = Running(load_config(path), path, api_key="k", **kw)
+    return d.stop, d.task
 
 
 async def test_healthy_running_then_stopped(
-    sim: tuple[Simulator, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sim: Simulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _s, base = sim
-    path = write_config(tmp_path, base)
+    path = config(tmp_path, sim.base_url)
     db = tmp_path / "deals.db"
     stop, task = await start(path)
 
@@ -122,7 +59,7 @@ async def test_healthy_running_then_stopped(
             doc["deals"]["pending_backfill"] == 0
         )
 
-    await until(settled)
+    await wait_for(settled, 10, "a healthy daemon with every deal backfilled", every=0.1)
     code, out = status(capsys, "--config", str(path), "--json")
     assert code == 0
     doc = json.loads(out)
@@ -153,11 +90,10 @@ async def test_healthy_running_then_stopped(
 
 
 async def test_stalled_daemon_reads_unhealthy_with_its_cause(
-    sim: tuple[Simulator, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sim: Simulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    s, base = sim
-    s.control(outage=True)  # ingestion never succeeds
-    path = write_config(tmp_path, base)
+    sim.control(outage=True)  # ingestion never succeeds
+    path = config(tmp_path, sim.base_url)
     db = tmp_path / "deals.db"
     stop, task = await start(path, health_margin_s=1.0)
 
@@ -167,7 +103,7 @@ async def test_stalled_daemon_reads_unhealthy_with_its_cause(
         except Exception:
             return False
 
-    await until(stalled)
+    await wait_for(stalled, 10, "the upserter read as stalled", every=0.1)
     code, out = status(capsys, "--database", str(db), "--json")
     doc = json.loads(out)
     assert code == 1 and doc["healthy"] is False
@@ -233,7 +169,7 @@ async def test_access_denied_is_unhealthy_with_its_cause_and_stops_spending(
     s = Simulator(SimOptions(refill_period_s=0.1, api_keys=frozenset({"the-right-key"})))
     base = await s.start("127.0.0.1", 0)
     try:
-        path = write_config(tmp_path, base)
+        path = config(tmp_path, base)
         db = tmp_path / "deals.db"
         stop, task = await start(path)  # with the key "k": 402
 
@@ -243,7 +179,7 @@ async def test_access_denied_is_unhealthy_with_its_cause_and_stops_spending(
             except Exception:
                 return False
 
-        await until(denied)
+        await wait_for(denied, 10, "access denied among the causes", every=0.1)
         await asyncio.sleep(1.0)
         code, out = status(capsys, "--database", str(db), "--json")
         doc = json.loads(out)

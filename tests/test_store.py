@@ -13,11 +13,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from dealsd.clock import FakeClock, iso_utc
 from dealsd.store import NotADatabase, SchemaTooNew, Store, StoreClosed, StoreFull, queries, schema
@@ -40,25 +40,6 @@ def keys(db: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM checkpoints")}
     finally:
         conn.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "deals.db", clock=clock)
-    yield s
-    await s.close()
-
-
-async def until(pred: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_many_concurrent_writes_share_few_commits(
@@ -189,7 +170,7 @@ async def test_producers_cancelled_while_waiting_for_room(tmp_path: Path, clock:
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     tasks = [asyncio.ensure_future(s.write(put(f"k{i}"))) for i in range(40)]
-    await until(lambda: s.writer_stats().busy_since is not None)
+    await wait_for(lambda: s.writer_stats().busy_since is not None, 5, "busy_since", every=0.01)
     gone = set(range(10, 40, 3))  # waiting for room, never queued: must never land
     for i in gone:
         tasks[i].cancel()
@@ -233,7 +214,7 @@ async def test_a_producer_cancelled_as_it_is_given_room_passes_the_room_on(
     b = asyncio.ensure_future(s.write(put("b")))  # queued while A is being committed
     c = asyncio.ensure_future(s.write(put("c")))  # waits for room
     d = asyncio.ensure_future(s.write(put("d")))  # waits behind C: C must hand it the room
-    await until(lambda: s.writer_stats().busy_since is not None)
+    await wait_for(lambda: s.writer_stats().busy_since is not None, 5, "busy_since", every=0.01)
     holder.execute("COMMIT")
     holder.close()
     assert list(await asyncio.wait_for(asyncio.gather(a, b, d), 5)) == [1, 1, 1]
@@ -247,7 +228,7 @@ async def test_producers_wait_when_the_queue_is_full(tmp_path: Path, clock: Fake
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # the writer cannot commit: the queue fills
     tasks = [asyncio.ensure_future(s.write(put(f"k{i}"))) for i in range(30)]
-    await until(lambda: s.writer_stats().busy_since is not None)
+    await wait_for(lambda: s.writer_stats().busy_since is not None, 5, "busy_since", every=0.01)
     await asyncio.sleep(0.1)
     stats = s.writer_stats()
     # Held in memory: at most queue_max queued plus the one group taken.
@@ -302,7 +283,7 @@ async def test_a_caller_cancelled_while_the_lock_is_held(tmp_path: Path, clock: 
     holder = sqlite3.connect(db, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     waiting = asyncio.ensure_future(s.write(put("gone")))
-    await until(lambda: s.writer_stats().busy_since is not None)
+    await wait_for(lambda: s.writer_stats().busy_since is not None, 5, "busy_since", every=0.01)
     waiting.cancel()
     holder.execute("COMMIT")
     holder.close()

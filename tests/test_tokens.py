@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -238,8 +239,10 @@ async def test_request_never_waits_for_its_full_cost_only_for_balance_of_one() -
 async def test_negative_balance_waits_for_the_refill_that_makes_it_positive() -> None:
     clock = FakeClock()
     sched = TokenScheduler(clock=clock, weights=WEIGHTS)
-    sched.sync(env(-17, 10_000, 5))
-    await clock.advance(40)  # two refills seen: the period is known
+    sched.sync(env(-17, 50_000, 5))
+    # Two refills 60 s apart seen, and a refillIn of 50 s: no two periods fit
+    # in 60 s, so the period is known.
+    await clock.advance(80)
     sched.sync(env(-12, 30_000, 5, ts=2))
     assert sched.snapshot().period_s == 60
     assert sched.expected_wait("upserter", 5) == pytest.approx(30 + 2 * 60)
@@ -726,3 +729,168 @@ async def test_through_the_real_client_and_simulator_envelopes_pair_with_request
     assert snap.period_s == pytest.approx(0.1)
     assert set(snap.consumed_by) == {"upserter", "backfiller"}  # nothing unattributed
     assert snap.consumed_total == stats["tokens_consumed"]
+
+
+# -- an outage: no answers at all (issue 18, point 6) ----------------------------
+
+
+async def test_unanswered_requests_keep_only_the_latest_deduction() -> None:
+    clock = FakeClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    sched.sync(env(50, 60_000, 5))
+    for _ in range(3):  # three attempts, no answer to any (refused, reset, timeout)
+        await sched.acquire("upserter", 5)
+        assert sched.release("upserter")
+    # The last one may have been billed (a hung answer is); the ones before it
+    # were followed by another unanswered request: Keepa was not answering.
+    assert sched.snapshot().balance == 45
+    await sched.acquire("backfiller", 10)
+    assert sched.release("backfiller")
+    assert sched.snapshot().balance == 40
+    sched.sync(env(50, 60_000, 5, ts=2))  # an answer says what was billed
+    await sched.acquire("upserter", 5)
+    assert sched.release("upserter")
+    assert sched.snapshot().balance == 45
+
+
+async def _outage_worker(
+    sched: TokenScheduler, key: KeepaKey, clock: Clock, w: Worker, down: asyncio.Event
+) -> None:
+    """Like ``work``, but while ``down`` is set no request gets an answer.
+
+    As KeepaClient does: an attempt that raises (a transport error, or the
+    caller cancelled mid-request) releases its grant, then backs off.
+    """
+    while True:
+        await sched.acquire(w.name, w.cost)
+        w.grants.append(clock.monotonic())
+        try:
+            await clock.sleep(w.latency)
+            if down.is_set():
+                raise ConnectionRefusedError
+        except BaseException:
+            sched.release(w.name)
+            if not down.is_set():
+                raise
+            await clock.sleep(0.25)
+            continue
+        env_, ok = key.request(w.cost)
+        sched.sync(env_)
+        if not ok:
+            w.rate_limited += 1
+            sched.note_rate_limited()
+
+
+async def test_outage_debits_nothing_and_its_gap_is_not_a_refill_period() -> None:
+    # A key in deficit (a big batch just ran) answers once, then nothing for
+    # 8 periods of 1 s. Before: every probe in the outage stayed debited
+    # (-60 became -400), and the spacing of the refill instants across the
+    # gap was learned as the period (9 s), so after recovery the model waited
+    # 9 s per refill: the key sat unused.
+    clock = FakeClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    # Its first refillIn is 550 ms. (With one of 300 ms the shortest period
+    # allowed is 0.5 s, and the first probe after recovery, a guess, can be a
+    # second 429 besides the one that pins the period.)
+    key = KeepaKey(clock, rate=20, balance=-300, period=1.0, phase=0.55)
+    sched.sync(key.envelope())
+    down = asyncio.Event()
+    down.set()
+    workers = [Worker("upserter", 5, latency=0.05), Worker("backfiller", 20, latency=0.1)]
+    tasks = [asyncio.create_task(_outage_worker(sched, key, clock, w, down)) for w in workers]
+    await run(clock, 8.0, tasks)
+    snap = sched.snapshot()
+    # Only the announced refill is credited (the period is not known yet), and
+    # at most one unanswered request's cost (20) is still deducted.
+    assert -300 + 20 - 20 <= snap.balance <= -300 + 20
+    assert sum(len(w.grants) for w in workers) >= 1  # the outage was tried, not skipped
+    down.clear()
+    key._refill()
+    start_balance, generated, consumed = key.balance, key.generated, key.consumed
+    periods_seen: set[float] = set()
+    for _ in range(30):
+        await run(clock, 1.0, tasks)
+        periods_seen.add(sched.snapshot().period_s)
+    await stop(tasks)
+    key._refill()
+    assert sched.snapshot().period_s == 1.0
+    # Unknown (the default) until pinned, then the refill period: never the
+    # outage's length.
+    assert all(p == 60.0 or p == pytest.approx(1.0, abs=0.002) for p in periods_seen)
+    used = key.consumed - consumed + min(key.balance, 0)
+    available = start_balance + key.generated - generated
+    assert used / available >= 0.9
+    assert sum(w.rate_limited for w in workers) <= 1
+
+
+async def test_outage_on_the_real_simulator_then_the_key_is_used_at_once() -> None:
+    # Real HTTP over loopback; "minutes" of 1 s. The key is in deficit when the
+    # simulator stops answering (every connection reset: no envelope) right
+    # after its first answer, for 6 periods; the half minute after recovery
+    # must use what the key refills, with at most one 429.
+    from helpers import wait_for
+
+    from dealsd.keepa import KeepaClient, KeepaError, ProductParams
+    from dealsd.simulator import SimOptions, Simulator
+
+    rate, period = 20, 1.0
+    sim = Simulator(SimOptions(refill_rate=rate, refill_period_s=period, initial_tokens=-300))
+    base_url = await sim.start("127.0.0.1", 0)
+    clock = SystemClock()
+    sched = TokenScheduler(clock=clock, weights=WEIGHTS)
+    failed: list[KeepaError] = []  # calls that gave up: the workers go on
+    try:
+        async with KeepaClient(
+            base_url=base_url, api_key="test-key", domain=1, tokens=sched, clock=clock,
+            connect_timeout_s=1.0, read_timeout_s=2.0, max_attempts=3,
+            backoff_base_s=0.05 * period, backoff_max_s=0.2 * period,
+        ) as client:
+
+            async def upserter() -> None:
+                while True:
+                    try:
+                        await client.deals({"priceTypes": [2]}, 0, consumer="upserter")
+                    except KeepaError as exc:  # given up after its retries: next round
+                        failed.append(exc)
+
+            async def backfiller() -> None:
+                n = 0
+                while True:
+                    asins = [f"B0OUT{(n + i) % 10_000:05d}" for i in range(4)]
+                    n += 4
+                    try:
+                        await client.products(asins, ProductParams(), consumer="backfiller")
+                    except KeepaError as exc:
+                        failed.append(exc)
+
+            tasks = [asyncio.create_task(upserter()), asyncio.create_task(backfiller())]
+            await wait_for(lambda: sched.snapshot().synced_at is not None, 5, "a first answer",
+                           every=0.005)  # fmt: skip
+            sim.control(faults={"reset": 1.0})
+            await asyncio.sleep(6 * period)
+            assert sim.stats()["faults"].get("reset", 0) >= 1  # requests went, unanswered
+            assert sched.snapshot().balance >= -300 - 100  # one attempt's cost at most
+            sim.control(faults={"reset": 0.0})
+            before = sim.stats()
+            await asyncio.sleep(30.0)
+            after = sim.stats()
+            for task in tasks:
+                assert not task.done(), task
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await sim.stop()
+
+    def made(stats: dict[str, Any]) -> int:
+        return int(stats["tokens_generated"]) + int(stats["tokens_wasted"])
+
+    start_balance = int(before["balance"])
+    used = (
+        int(after["tokens_consumed"]) - int(before["tokens_consumed"])
+        + min(int(after["balance"]), 0)
+    )  # fmt: skip
+    available = start_balance + made(after) - made(before)
+    assert available > 10 * rate  # the half minute did refill the deficit and more
+    assert used / available >= 0.9
+    assert int(after["rate_limited"]) - int(before["rate_limited"]) <= 1
+    assert sched.snapshot().period_s == pytest.approx(period)

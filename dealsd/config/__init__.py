@@ -10,6 +10,7 @@ that line is all the operator gets. The API key never lives in this file.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import stat
 import sys
@@ -25,8 +26,10 @@ from msgspec import Meta
 # The errors live in their own module; ConfigError is imported from here too.
 from dealsd.config.errors import ConfigError as ConfigError
 from dealsd.config.errors import translate as translate
+from dealsd.exits import EX_CONFIG as EX_CONFIG
+from dealsd.exits import EX_OK
+from dealsd.logs import early_line
 
-EX_CONFIG = 78  # sysexits.h: the unit's RestartPreventExitStatus, a restart cannot fix a typo
 DEFAULT_CONFIG_PATH = Path("/etc/dealsd/config.toml")
 CREDENTIAL_NAME = "keepa_api_key"  # LoadCredential=keepa_api_key:/path in the unit
 
@@ -281,20 +284,32 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return _check(p, cfg)
 
 
+class NoApiKey(ConfigError):
+    """No API key in any of the three places this process can see."""
+
+
 def load_api_key(cfg: Config, env: Mapping[str, str] = os.environ) -> str:
     """The Keepa key: systemd credential, then [keepa] api_key_file, then $KEEPA_API_KEY."""
-    sources: list[Path] = []
+    return find_api_key(cfg, env)[0]
+
+
+def find_api_key(cfg: Config, env: Mapping[str, str] = os.environ) -> tuple[str, str]:
+    """The Keepa key, and where it came from in words (never the key itself).
+
+    A file that is named but unusable (missing, not a regular file, not
+    readable by this process, empty) is an error, not a reason to look
+    further: the operator meant that file.
+    """
     cred_dir = env.get("CREDENTIALS_DIRECTORY", "").strip()
-    if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).exists():
-        sources.append(Path(cred_dir) / CREDENTIAL_NAME)
+    if cred_dir and _present(path := Path(cred_dir) / CREDENTIAL_NAME):
+        return _key_file(path, "keepa.api_key"), f"{path}, read as {reader()}"
     if cfg.keepa.api_key_file is not None:
-        sources.append(Path(cfg.keepa.api_key_file))
-    if sources:
-        return _key_from(sources[0], _read_bytes(sources[0], "API key file"))
+        path = Path(cfg.keepa.api_key_file)
+        return _key_file(path, "keepa.api_key_file"), f"{path}, read as {reader()}"
     key = env.get("KEEPA_API_KEY", "").strip()
     if key:
-        return key
-    raise ConfigError(
+        return key, "$KEEPA_API_KEY"
+    raise NoApiKey(
         "config",
         "keepa.api_key",
         "no API key: set a systemd credential ($CREDENTIALS_DIRECTORY/"
@@ -302,17 +317,40 @@ def load_api_key(cfg: Config, env: Mapping[str, str] = os.environ) -> str:
     )
 
 
-def _key_from(path: Path, data: bytes) -> str:
+def _present(path: Path) -> bool:
     try:
-        key = data.decode("utf-8").strip()
+        return path.exists()
+    except OSError:
+        # EACCES: there may well be a credential, only not for this user
+        # (systemd 252 refuses a unit's control processes its directory). Say
+        # so as an error naming it, not a traceback or a silent fall-through.
+        return True
+
+
+def reader() -> str:
+    """Who this process reads files as: what "not readable" depends on."""
+    uid = os.geteuid()
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:  # a DynamicUser= or container uid without a passwd entry
+        return f"uid {uid}"
+
+
+def _key_file(path: Path, key: str) -> str:
+    try:
+        data = _read_bytes(path, "API key file")
+    except ConfigError as exc:
+        raise ConfigError(path, key, f"{exc.message} (read as {reader()})") from None
+    try:
+        text = data.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise ConfigError(path, "keepa.api_key", "API key file is not text") from None
-    if not key:
-        raise ConfigError(path, "keepa.api_key", "API key file is empty")
-    if any(c.isspace() for c in key):
+        raise ConfigError(path, key, "API key file is not text") from None
+    if not text:
+        raise ConfigError(path, key, "API key file is empty")
+    if any(c.isspace() for c in text):
         # Never echo the content: it is (most of) a secret.
-        raise ConfigError(path, "keepa.api_key", "API key file holds more than one word")
-    return key
+        raise ConfigError(path, key, "API key file holds more than one word")
+    return text
 
 
 # -- SIGHUP -------------------------------------------------------------------
@@ -363,13 +401,39 @@ def diff_live(old: Config, new: Config) -> tuple[list[Change], list[str]]:
 
 
 def check_config(
-    path: str | os.PathLike[str], *, out: IO[str] | None = None, err: IO[str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+    env: Mapping[str, str] = os.environ,
 ) -> int:
-    """``dealsd check-config``: 0 and "config OK: <path>", or the error and 78."""
+    """``dealsd check-config``: the file and the API key as this process sees them.
+
+    0 and "config OK: <path>" on stdout, where the key was found (and read as
+    whom, never the key itself) on stderr, as ``nginx -t`` says it; 78 and the
+    error when the file is wrong or the key it would use is unusable. No key
+    visible at all is only a warning: under systemd the key arrives as a
+    credential only the service sees, and ExecReload runs this as root
+    without it.
+    """
+    err = err or sys.stderr
     try:
-        load_config(path)
+        cfg = load_config(path)
+        _key, where = find_api_key(cfg, env)
+    except NoApiKey:
+        early_line(
+            "dealsd: warning: no API key visible here (no $CREDENTIALS_DIRECTORY/"
+            f"{CREDENTIAL_NAME}, no [keepa] api_key_file, no $KEEPA_API_KEY), so it could "
+            "not be checked from here; under systemd the unit hands it over with "
+            f"LoadCredential={CREDENTIAL_NAME}:/etc/dealsd/{CREDENTIAL_NAME}",
+            level="warning",
+            stream=err,
+            env=env,
+        )
     except ConfigError as exc:
-        print(f"dealsd: config error: {exc}", file=err or sys.stderr)
+        early_line(f"dealsd: config error: {exc}", stream=err, env=env)
         return EX_CONFIG
+    else:
+        early_line(f"dealsd: API key: {where}", level="info", stream=err, env=env)
     print(f"config OK: {path}", file=out or sys.stdout)
-    return 0
+    return EX_OK

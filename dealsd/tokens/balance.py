@@ -38,6 +38,9 @@ DRAIN_ALPHA = 0.1
 STALE_WINDOW_MS = 120_000
 # Timers may fire a hair early; a step this close counts as reached.
 EPS = 1e-3
+# Two refill instants closer than this many times the longest refillIn seen
+# are one period apart (twice would be exact; the margin is latency noise).
+PIN_SPAN = 1.5
 # "Nice" periods to round a learned period up to: refillIn counts down from the
 # period, so the largest value seen is at most the period and usually a little
 # under it (latency), and under-estimating the period means over-predicting
@@ -77,9 +80,12 @@ class BalanceModel:
         # Tokens added at a step are a prediction until an envelope confirms them.
         self.scout_due = False
         self._step_announced = False  # next_step is the refill an envelope announced
+        # Refills the guessed steps would have brought at the shortest period
+        # (never credited): a probe before they cover the deficit is a sure 429.
+        self._guessed = 0.0
         # Period evidence: refillIn never exceeds the period (a lower bound),
         # and two distinct refill instants are a whole number of periods apart
-        # (the smallest spacing seen is an upper bound, soon the period itself).
+        # (a spacing too short to be two periods is the period itself).
         self._period_seen = 0.0
         self._spacing: float | None = None
         self._last_instant: float | None = None
@@ -134,6 +140,7 @@ class BalanceModel:
             # Not said: the model keeps its own step, or guesses one period.
             self.next_step = now + self.period
         self._last_ts = envelope.timestamp
+        self._guessed = 0.0
         self.probe_due = False
         self.scout_due = False
         self.synced = True
@@ -152,7 +159,14 @@ class BalanceModel:
             # Closer than half the longest refillIn is the same refill seen
             # through different latencies, not a new one.
             if spacing > max(0.5 * self._period_seen, 0.002):
-                if self._spacing is None or spacing < self._spacing:
+                # Two instants are k periods apart, and k is 1 only when the
+                # spacing is under twice the longest refillIn (no period is
+                # shorter). A wider one (a gap in answers: an outage, a quiet
+                # hour) is an unknown multiple, so it pins nothing; taken as
+                # the period, an outage of 18 refills taught a period of 18 s.
+                if spacing < PIN_SPAN * self._period_seen and (
+                    self._spacing is None or spacing < self._spacing
+                ):
                     self._spacing = spacing
                 self._last_instant = instant
         else:
@@ -220,20 +234,30 @@ class BalanceModel:
         """Before two refill instants pin the period, only the announced step is sure.
 
         The step the last envelope announced (``refillIn``) gets its refill;
-        later steps are guesses, so they credit nothing and only let one probe
-        ask, at the shortest period ``refillIn`` allows. (Stepping by the
+        later steps are guesses, so they credit nothing. One probe may ask at
+        the announced step (its answer shows the next refill instant, one
+        period on, which pins the period), and at a guessed step, spaced by
+        the shortest period ``refillIn`` allows, once even that period would
+        have covered the deficit: before, the probe is a sure 429 (after an
+        outage that left the key at -140 with rate 20 that was one 429 a step,
+        since no probe lost in the outage could pin anything). (Stepping by the
         default period instead parked the model a minute away whenever the one
         answer after the first step taught nothing, being stale or lost: on an
         accelerated simulator that stalled every grant for 600 "minutes".)
         Returns the next step.
         """
+        shortest = round_period(self._period_seen) if self._period_seen > 0 else self.period
+        passed = math.floor((now + EPS - step) / shortest) + 1
+        guessed = passed
         if self._step_announced:
             self._credit(self.refill_per_step())
             self._step_announced = False
-            self.scout_due = True
-        self.probe_due = True
-        shortest = round_period(self._period_seen) if self._period_seen > 0 else self.period
-        return step + (math.floor((now + EPS - step) / shortest) + 1) * shortest
+            self.scout_due = self.probe_due = True
+            guessed -= 1
+        self._guessed += guessed * self.refill_per_step()
+        if guessed and self.balance + self._guessed >= 1.0:
+            self.probe_due = True
+        return step + passed * shortest
 
     def _credit(self, refill: float) -> None:
         # The cap stops refills; it never takes away a balance the server reported.

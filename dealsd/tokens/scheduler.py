@@ -39,8 +39,8 @@ log = structlog.get_logger(__name__)
 
 EWMA_ALPHA = 0.3
 # A granted request whose response never came (timeout, cancelled caller) stops
-# counting as in flight after this long, so a lost request cannot depress the
-# balance forever.
+# counting as in flight after this long (it is unanswered), so a lost request
+# cannot depress the balance forever.
 IN_FLIGHT_MAX_AGE_S = 120.0
 # After its answer, a consumer that is behind keeps its turn this long (a
 # fraction of the period, capped) so it can store the result and ask again.
@@ -114,6 +114,12 @@ class TokenScheduler:
         self._probe: _Ticket | None = None
         self._probe_at: float | None = None
         self._in_flight: list[_Ticket] = []
+        # The last request that got no envelope: Keepa may have billed it (a
+        # hung answer is billed), so its deduction stays until an envelope
+        # says. One unanswered request after another is Keepa not answering,
+        # not Keepa billing: the earlier one's deduction is given back, or an
+        # outage would spend the balance away one failed attempt at a time.
+        self._unanswered_kept: _Ticket | None = None
         # Fairness.
         self._vtime = 0.0
         self._finish: dict[str, float] = {}
@@ -177,6 +183,7 @@ class TokenScheduler:
         else:
             in_flight = sum(t.expected for t in self._in_flight)
             self._model.apply(envelope, now, in_flight=in_flight)
+            self._unanswered_kept = None  # billed or not, it is in tokensLeft now
             self._synced_wall = self._clock.now()
         self._dispatch()
 
@@ -210,9 +217,8 @@ class TokenScheduler:
     def _expire(self, now: float) -> None:
         max_age = max(IN_FLIGHT_MAX_AGE_S, 2 * self._model.period)
         while self._in_flight and now - self._in_flight[0].granted_at > max_age:
-            lost = self._in_flight.pop(0)
-            if lost is self._probe:
-                self._probe = None
+            lost = self._in_flight[0]
+            self._unanswered(lost)
             log.debug("tokens.in_flight_expired", consumer=lost.consumer, cost=lost.cost)
 
     def _probe_wait(self, now: float) -> float:
@@ -316,9 +322,10 @@ class TokenScheduler:
             and not previous.synced
         ):
             # This task was granted before and never synced: that request got
-            # no response (timeout, reset), so it is no longer in flight. (A
-            # child task inherits the ticket in its context but is not a retry.)
-            self._forget(previous)
+            # no response (timeout, reset), so it is no longer in flight and
+            # spent nothing. (A child task inherits the ticket in its context
+            # but is not a retry.)
+            self._unanswered(previous)
         fut: asyncio.Future[_Ticket] = asyncio.get_running_loop().create_future()
         # An idle consumer's usage is lifted to V as it becomes active again.
         self._finish[consumer] = self._start_tag(consumer)
@@ -344,11 +351,11 @@ class TokenScheduler:
 
         For a client whose call was cancelled, timed out or reset after
         ``acquire`` and before any envelope: the request stops counting as in
-        flight at once (not after ``IN_FLIGHT_MAX_AGE_S``), and a lost probe no
-        longer holds the next grant for a period. Its deduction stays in the
-        balance, since Keepa may have billed it; the next envelope says. Returns
-        False (and does nothing) if this task holds no unanswered grant for
-        ``consumer``, e.g. its envelope was already synced.
+        flight at once (not after ``IN_FLIGHT_MAX_AGE_S``), a lost probe no
+        longer holds the next grant for a period, and its deduction stays
+        only until the next envelope or the next unanswered request (see
+        ``_unanswered``). Returns False (and does nothing) if this task holds
+        no unanswered grant for ``consumer``, e.g. its envelope was synced.
         """
         ticket = _TICKET.get()
         if (
@@ -359,7 +366,7 @@ class TokenScheduler:
         ):
             return False
         _TICKET.set(None)
-        self._forget(ticket)
+        self._unanswered(ticket)
         log.debug("tokens.released", consumer=consumer, cost=ticket.cost)
         self._dispatch()
         return True
@@ -372,11 +379,33 @@ class TokenScheduler:
             self._probe = None
             self._probe_at = None
 
-    def _refund(self, ticket: _Ticket) -> None:
+    def _unanswered(self, ticket: _Ticket) -> None:
+        """A request that got no envelope (timeout, reset, refused, cancelled).
+
+        Only the latest one's deduction is kept (Keepa may have billed it);
+        the one before is given back, as if answered with tokensConsumed 0.
+        Keeping them all drove the reported balance from -85 to -174 through
+        an outage while Keepa's refilled, and held the first grant after it.
+        """
+        if ticket is self._scout and not ticket.synced:
+            # The predicted tokens it went to confirm are still a prediction:
+            # the next request goes alone again (after an outage, a balance
+            # Keepa did not refill costs one 429, not one per consumer).
+            self._scout, self._model.scout_due = None, True
         self._forget(ticket)
+        if self._unanswered_kept is not None:
+            self._give_back(self._unanswered_kept)
+        self._unanswered_kept = ticket
+
+    def _give_back(self, ticket: _Ticket) -> None:
         self._model.balance += ticket.expected
-        self._granted_by[ticket.consumer] -= ticket.cost
         self._finish[ticket.consumer] = self._finish.get(ticket.consumer, 0.0) - ticket.charge
+
+    def _refund(self, ticket: _Ticket) -> None:
+        """A grant cancelled before its request was sent: it was never granted."""
+        self._forget(ticket)
+        self._give_back(ticket)
+        self._granted_by[ticket.consumer] -= ticket.cost
 
     def _active(self, consumer: str, now: float) -> bool:
         """Waiting, in flight, or just answered (and about to ask again)."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-EXIT_NO_DATABASE = 2
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a required part is not installed
+from dealsd.exits import EX_UNAVAILABLE, EXIT_NO_DATABASE
+
 INSTALL_HINT = (
     "dealsd web needs Datasette, which is not installed here; install the web extra: "
     "pip install 'dealsd[web]' (from a checkout: pip install -e '.[web]')"
@@ -23,7 +23,7 @@ def run_web(db: Path, *, host: str, port: int, price_type: str) -> int:
         import datasette  # noqa: F401
     except ImportError:
         print(f"dealsd web: {INSTALL_HINT}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return EX_UNAVAILABLE
     if not db.is_file():
         print(f"dealsd web: no database at {db}", file=sys.stderr)
         return EXIT_NO_DATABASE

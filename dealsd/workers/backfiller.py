@@ -20,6 +20,7 @@ import asyncio
 import sqlite3
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -28,9 +29,9 @@ from dealsd import mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import BackfillerConfig
 from dealsd.keepa import (
-    AccessDenied,
     KeepaClient,
     KeepaError,
+    ProductPage,
     ProductParams,
     RequestRejected,
 )
@@ -38,12 +39,11 @@ from dealsd.keepa.payloads import PRODUCT_TYPE_INVALID, Item, PayloadError, Prod
 from dealsd.logs import FailureLog
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.base import RoundResult
+from dealsd.workers.base import KeepaWorker, RoundResult
 from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
 
-ACCESS_DENIED_BACKOFF_S = 600.0
 # After a failed batch: soon enough to catch a passing fault, slow enough that
 # a persistent one does not spin.
 FAILED_BATCH_PAUSE_S = 10.0
@@ -74,7 +74,22 @@ def product_params(cfg: BackfillerConfig) -> ProductParams:
     )
 
 
-class Backfiller:
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one round buys: the ASINs, at which parameters, and what each costs to buy."""
+
+    asins: list[str]
+    buy_costs: dict[str, int | None]
+    params: ProductParams
+    kind: str  # KIND_BACKFILL or KIND_REFRESH
+    picked_at: str  # the round's time, stamped on its ledger row
+
+    @property
+    def refresh(self) -> bool:
+        return self.kind == KIND_REFRESH
+
+
+class Backfiller(KeepaWorker):
     name = "backfiller"
 
     def __init__(
@@ -89,14 +104,13 @@ class Backfiller:
         profit: mapping.ProfitSettings,
         health: Health,
     ) -> None:
+        super().__init__(tokens=tokens, health=health)
         self._client = client
-        self._tokens = tokens
         self._store = store
         self._clock = clock
         self._cfg = config
         self._price_type = price_type
         self._profit = profit
-        self._health = health
         self.failed_batches = 0
         self._faults = FailureLog(clock=clock)
         self.given_up = 0
@@ -112,62 +126,80 @@ class Backfiller:
         self._price_type = price_type
         self._profit = profit
 
-    async def round(self) -> RoundResult:
+    async def _round(self) -> RoundResult:
+        """One batch: pick it, buy it from Keepa, store what came back."""
+        batch = await self._pick()
+        if batch is None:
+            # Nothing to do is a sign of life, not a stall.
+            return RoundResult(sleep_s=float(self._cfg.idle_s), idle=True)
+        page = await self._fetch(batch)
+        if page is None:  # the batch failed: counted, and rescheduled if it was its fault
+            return RoundResult(sleep_s=self._pause_s())
+        await self._store_page(batch, page)
+        # More work may be waiting: the token scheduler paces the next batch.
+        return RoundResult(sleep_s=0.0)
+
+    async def _pick(self) -> Batch | None:
+        """The next batch: deals never backfilled first, then refreshes due; None if neither."""
         cfg = self._cfg
         now_s = self._clock.now()
         now = iso_utc(now_s)
-        full = product_params(cfg)
-        size = self._batch_size(full, KIND_BACKFILL)
+        params, kind = product_params(cfg), KIND_BACKFILL
+        size = self._batch_size(params, kind)
         rows: Sequence[Any] = await self._store.read(
             lambda c: queries.pending_backfill(
                 c, now=now, max_attempts=cfg.max_attempts, limit=size
             )
         )
-        refresh = False
-        params, kind = full, KIND_BACKFILL
         if not rows:
-            refresh, params, kind = True, full.stats_only(), KIND_REFRESH
+            params, kind = params.stats_only(), KIND_REFRESH
             size = self._batch_size(params, kind)
             older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
             rows = await self._store.read(
                 lambda c: queries.due_refresh(c, older_than=older, limit=size)
             )
         if not rows:
-            # Nothing to do is a sign of life, not a stall.
-            return RoundResult(sleep_s=float(cfg.idle_s), idle=True)
-        asins = [r.asin for r in rows]
+            return None
         buy_costs = {
             r.asin: mapping.buy_cost_cents(
                 {c: getattr(r, c, None) for c in _PRICE_COLUMNS}, self._price_type
             )
             for r in rows
         }
+        return Batch(
+            asins=[r.asin for r in rows],
+            buy_costs=buy_costs,
+            params=params,
+            kind=kind,
+            picked_at=now,
+        )
+
+    async def _fetch(self, batch: Batch) -> ProductPage | None:
+        """Buy the batch from Keepa; None when it failed (already counted and logged)."""
+        asins, params, kind = batch.asins, batch.params, batch.kind
         # The ETA uses what the client will ask for: this kind's observed cost.
         cost = self._client.expected_product_cost(params, len(asins), consumer=self.name, kind=kind)
-        wait = self._tokens.expected_wait(self.name, cost)
-        if wait > 1.0:
-            self._health.waiting_for_tokens(self.name, wait)
         try:
-            page = await self._client.products(asins, params, consumer=self.name, kind=kind)
-        except AccessDenied as exc:
-            self._health.access_denied(str(exc))
-            self._health.backing_off(self.name, "keepa access denied", ACCESS_DENIED_BACKOFF_S)
-            log.error("backfiller_access_denied", error=str(exc))
-            return RoundResult(sleep_s=ACCESS_DENIED_BACKOFF_S)
+            page = await self._paid(
+                cost, self._client.products(asins, params, consumer=self.name, kind=kind)
+            )
         except RequestRejected as exc:
             # Keepa refused this batch itself: an ASIN it will never accept
             # must not block the queue, so each one is retried later on its own clock.
             self._batch_failed(exc, len(asins))
             for asin in asins:
-                await self._failure(asin, f"rejected: {exc}", refresh=refresh)
-            return RoundResult(sleep_s=self._pause_s())
+                await self._failure(asin, f"rejected: {exc}", refresh=batch.refresh)
+            return None
         except (KeepaError, PayloadError) as exc:
             self._batch_failed(exc, len(asins))
-            return RoundResult(sleep_s=self._pause_s())
-        self._health.access_granted()
+            return None
         for key in self._faults.active():
             self._faults.clear(key)
-        self._health.running(self.name)
+        return page
+
+    async def _store_page(self, batch: Batch, page: ProductPage) -> None:
+        """Store each product bought; reschedule what came back invalid, malformed or not at all."""
+        refresh = batch.refresh
         returned = max(1, len(page.items))
         per_product = round(page.tokens_consumed / returned)
         valid = []
@@ -181,7 +213,7 @@ class Backfiller:
         # one: it fails alone), but they are handed over together so the writer can
         # commit them in one group instead of one fsync per product.
         results = await asyncio.gather(
-            *(self._store_one(item, buy_costs.get(item.value.asin), per_product, refresh)
+            *(self._store_one(item, batch.buy_costs.get(item.value.asin), per_product, refresh)
               for item in valid)
         )  # fmt: skip
         stored = sum(1 for ok in results if ok)
@@ -193,7 +225,7 @@ class Backfiller:
         await self._store.write(
             lambda c: queries.record_tokens(
                 c,
-                at=now,
+                at=batch.picked_at,
                 consumer=self.name,
                 endpoint="product",
                 items=len(page.items),
@@ -203,7 +235,7 @@ class Backfiller:
         log.info(
             "backfill_batch",
             mode="refresh" if refresh else "backfill",
-            asked=len(asins),
+            asked=len(batch.asins),
             stored=stored,
             missing=len(page.missing),
             skipped=len(page.skipped),
@@ -212,8 +244,6 @@ class Backfiller:
         if stored == 0:
             # Everything failed and was rescheduled: that was still work done.
             self._health.progress(self.name, 0, "products", idle=True)
-        # More work may be waiting: the token scheduler paces the next batch.
-        return RoundResult(sleep_s=0.0)
 
     def _batch_size(self, params: ProductParams, kind: str) -> int:
         """Products of this kind whose observed cost fits the scheduler's batch budget."""

@@ -10,12 +10,28 @@ stalled however alive its task looks.
 
 A worker with nothing to do makes *idle progress*: a round that looked for
 work and found none is a sign of life.
+
+Stalled is not wedged. A worker that keeps starting rounds on schedule and
+gets errors (Keepa down: resets, 503s, timeouts) makes no progress, so it is
+stalled and the daemon unhealthy; but it is *trying*, and a restart cannot
+bring Keepa back. Only a worker that stopped trying (no round started or
+ended within its window, counted from the next try it announced, plus the
+longest one Keepa call may take with all its retries, ``call_bound_s``) is
+one a restart may cure, and only that stops the watchdog (``watchdog_ok``).
+
+Healthy means every worker has shown it can do its work since this start:
+right after a start, a worker that has not progressed yet and has no error
+is *starting*: the snapshot lists it in ``starting`` and is not ``healthy``
+(phase ``starting``, no cause) until each worker has progressed once, or its
+first window passes and it reads as stalled. One that failed before its first
+progress is unhealthy at once, without waiting out a stall window: a restart
+during an outage must not read healthy while nothing works.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -71,6 +87,9 @@ class _Worker:
     restarts: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
+    # Any sign the worker's loop still turns: a round started (``running``),
+    # ended in an error or a backoff, progress, an announced token wait.
+    last_attempt_mono: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +110,9 @@ class WorkerRow:
     restarts: int
     last_error: str | None
     last_error_at: float | None
+    # False once no round was started or ended within the window (and the
+    # slack for one Keepa call): the loop stopped trying, a restart may help.
+    trying: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +124,22 @@ class HealthSnapshot:
     writer_queue: int | None = None
     writer_last_commit_at: float | None = None
     counts: dict[str, float] = field(default_factory=dict)
-    # False when a cause is one a restart may cure (a stalled worker, a stuck
-    # writer). Causes only an operator can cure (Keepa refusing the key) leave
-    # it True: the daemon stays unhealthy and says why, but systemd must not
-    # kill and restart it every watchdog period for something a restart
-    # cannot fix.
+    # False when a cause is one a restart may cure (a worker that stopped
+    # trying, a stuck writer). Causes a restart cannot cure (Keepa down while
+    # the workers keep retrying, Keepa refusing the key, a full disk) leave it
+    # True: the daemon stays unhealthy and says why, but systemd must not kill
+    # and restart it every watchdog period for something a restart cannot fix.
     watchdog_ok: bool = True
+    # Workers with no progress and no error yet since this start: while any
+    # is listed (and there is no cause) the daemon is starting, not healthy.
+    starting: tuple[str, ...] = ()
+
+    @property
+    def phase(self) -> str:
+        """``healthy``, ``starting`` or ``unhealthy``: the word status shows."""
+        if self.causes:
+            return "unhealthy"
+        return "starting" if self.starting else "healthy"
 
     def worker(self, name: str) -> WorkerRow:
         for row in self.workers:
@@ -128,6 +160,11 @@ class Health:
     ``margin_s`` and ``margin_factor`` widen each stall window: the window is
     ``(expected_round_s + token wait) * (1 + margin_factor) + margin_s``.
     ``writer_bound_s`` is how long queued writes may wait for a commit.
+    ``call_bound_s`` is the longest one Keepa call may take with all its
+    retries (timeouts and backoffs): a round in flight that long is still
+    trying, not wedged. ``token_queue`` says how many requests each worker
+    has queued in the token scheduler: one held there (a 429 retry waiting
+    for the refill) is trying too.
     """
 
     def __init__(
@@ -138,12 +175,16 @@ class Health:
         margin_s: float = 60.0,
         margin_factor: float = 0.5,
         writer_bound_s: float = 60.0,
+        call_bound_s: float = 0.0,
+        token_queue: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self._clock = clock
         self._writer_stats = writer_stats
         self._margin_s = margin_s
         self._margin_factor = margin_factor
         self._writer_bound_s = writer_bound_s
+        self._call_bound_s = call_bound_s
+        self._token_queue = token_queue
         self._workers: dict[str, _Worker] = {}
         self._access_denied: str | None = None
         self._counts: dict[str, float] = {}
@@ -156,7 +197,8 @@ class Health:
 
     def register(self, name: str, *, expected_round_s: float) -> None:
         if name not in self._workers:
-            self._workers[name] = _Worker(name, expected_round_s, self._clock.monotonic())
+            now = self._clock.monotonic()
+            self._workers[name] = _Worker(name, expected_round_s, now, last_attempt_mono=now)
         else:
             self._workers[name].expected_round_s = expected_round_s
 
@@ -166,7 +208,7 @@ class Health:
     def progress(self, name: str, n: int = 1, what: str = "pages", *, idle: bool = False) -> None:
         """Record progress; ``idle=True`` (or n=0 with idle) is a round that found no work."""
         w = self._w(name)
-        w.last_progress_mono = self._clock.monotonic()
+        w.last_progress_mono = w.last_attempt_mono = self._clock.monotonic()
         w.last_progress_at = self._clock.now()
         w.progress_total += max(0, n)
         w.progress_what = what
@@ -177,7 +219,9 @@ class Health:
         w.next_try_mono = w.next_try_at = None
 
     def running(self, name: str) -> None:
+        """A round starts (the supervisor says so before each one)."""
         w = self._w(name)
+        w.last_attempt_mono = self._clock.monotonic()
         w.state = State.RUNNING
         w.token_wait_s = 0.0
         w.backoff_reason = None
@@ -187,13 +231,14 @@ class Health:
         w = self._w(name)
         w.state = State.WAITING_FOR_TOKENS
         w.token_wait_s = max(0.0, expected_wait_s)
-        w.wait_since_mono = self._clock.monotonic()
+        w.wait_since_mono = w.last_attempt_mono = self._clock.monotonic()
 
     def backing_off(self, name: str, reason: str, next_try_in_s: float) -> None:
         w = self._w(name)
         w.state = State.BACKING_OFF
         w.backoff_reason = reason
-        w.next_try_mono = self._clock.monotonic() + next_try_in_s
+        w.last_attempt_mono = self._clock.monotonic()
+        w.next_try_mono = w.last_attempt_mono + next_try_in_s
         w.next_try_at = self._clock.now() + next_try_in_s
 
     def stopped(self, name: str) -> None:
@@ -204,12 +249,14 @@ class Health:
         w.restarts += 1
         w.last_error = error
         w.last_error_at = self._clock.now()
+        w.last_attempt_mono = self._clock.monotonic()
 
     def error(self, name: str, error: str) -> None:
         """A failure inside a round that the worker handled itself (counted, not a restart)."""
         w = self._w(name)
         w.last_error = error
         w.last_error_at = self._clock.now()
+        w.last_attempt_mono = self._clock.monotonic()
 
     def access_denied(self, detail: str) -> None:
         self._access_denied = detail
@@ -249,8 +296,12 @@ class Health:
 
     def snapshot(self) -> HealthSnapshot:
         now_mono = self._clock.monotonic()
-        rows = tuple(self._row(w, now_mono) for w in self._workers.values())
+        queued = self._token_queue() if self._token_queue is not None else {}
+        rows = tuple(
+            self._row(w, now_mono, queued.get(w.name, 0) > 0) for w in self._workers.values()
+        )
         causes: list[str] = []
+        starting: list[str] = []
         restartable = 0  # causes a restart may cure
         if self._access_denied is not None:
             causes.append(f"keepa access denied: {self._access_denied}")
@@ -267,9 +318,23 @@ class Health:
                 and row.state is not State.STOPPED
             ):
                 causes.append(f"database full: {row.name} cannot store its work ({w.last_error})")
-            if row.state is State.STALLED:
+            failing = f"; last error: {w.last_error}" if w.last_error else ""
+            if row.state is State.STALLED and not row.trying:
                 restartable += 1
-                causes.append(f"{row.name} stalled: no progress for over {row.stall_after_s:.0f}s")
+                causes.append(
+                    f"{row.name} stalled and stopped trying: no round started or ended "
+                    f"for over {row.stall_after_s + self._call_bound_s:.0f}s"
+                )
+            elif row.state is State.STALLED:
+                causes.append(
+                    f"{row.name} stalled: no progress for over {row.stall_after_s:.0f}s, "
+                    f"still trying{failing}"
+                )
+            elif w.last_progress_mono is None and row.state is not State.STOPPED:
+                if w.last_error is not None:
+                    causes.append(f"{row.name} has made no progress since start{failing}")
+                else:
+                    starting.append(row.name)
         queue_len: int | None = None
         last_commit: float | None = None
         if self._writer_stats is not None:
@@ -302,13 +367,14 @@ class Health:
                 causes.append(f"writer stuck: {queue_len} queued, no commit for {waited:.0f}s")
         return HealthSnapshot(
             at=self._clock.now(),
-            healthy=not causes,
+            healthy=not causes and not starting,
             causes=tuple(causes),
             workers=rows,
             writer_queue=queue_len,
             writer_last_commit_at=last_commit,
             counts=dict(self._counts),
             watchdog_ok=restartable == 0,
+            starting=tuple(starting),
         )
 
     def summary_line(self, snap: HealthSnapshot | None = None) -> str:
@@ -324,7 +390,12 @@ class Health:
             parts.append(f"tokens={int(c['tokens'])}")
         worst = snap.worst_state
         parts.append(f"workers={worst.value if worst else 'none'}")
-        parts.append("healthy" if snap.healthy else "UNHEALTHY: " + "; ".join(snap.causes))
+        if snap.causes:
+            parts.append("UNHEALTHY: " + "; ".join(snap.causes))
+        elif snap.starting:
+            parts.append("starting: no progress yet from " + ", ".join(snap.starting))
+        else:
+            parts.append("healthy")
         return " ".join(parts)
 
     # -- internals ------------------------------------------------------------
@@ -339,9 +410,25 @@ class Health:
         base = w.expected_round_s + w.token_wait_s
         return base * (1.0 + self._margin_factor) + self._margin_s
 
-    def _row(self, w: _Worker, now_mono: float) -> WorkerRow:
+    def _attempt_deadline(self, w: _Worker, window: float) -> float:
+        """Until when the worker's loop may show no sign and still be trying.
+
+        Its window from its last sign, widened by an announced token wait or
+        next try (a supervisor backoff, a failed batch's pause, a refused key's
+        long pause), plus ``call_bound_s`` for a round inside one Keepa call's
+        retries.
+        """
+        deadline = w.last_attempt_mono + window
+        if w.state is State.WAITING_FOR_TOKENS:
+            deadline = max(deadline, w.wait_since_mono + w.token_wait_s + self._margin_s)
+        if w.state is State.BACKING_OFF and w.next_try_mono is not None:
+            deadline = max(deadline, w.next_try_mono + window)
+        return deadline + self._call_bound_s
+
+    def _row(self, w: _Worker, now_mono: float, queued: bool = False) -> WorkerRow:
         window = self._window(w)
         state = w.state
+        trying = True
         if state is not State.STOPPED:
             since = w.last_progress_mono if w.last_progress_mono is not None else w.registered_mono
             deadline = since + window
@@ -363,6 +450,7 @@ class Health:
                 deadline = max(deadline, w.next_try_mono + window)
             if now_mono > deadline:
                 state = State.STALLED
+                trying = queued or now_mono <= self._attempt_deadline(w, window)
         return WorkerRow(
             name=w.name,
             state=state,
@@ -378,4 +466,5 @@ class Health:
             restarts=w.restarts,
             last_error=w.last_error,
             last_error_at=w.last_error_at,
+            trying=trying,
         )

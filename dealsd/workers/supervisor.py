@@ -5,7 +5,7 @@ Every worker is a plain object with ``name``, ``expected_round_s`` and
 a round that raises is logged (its traceback once per distinct error, then
 counted by ``logs.FailureLog``, docs/field-notes.md #7), and the worker is run again after an
 exponential backoff (1 s doubling to 60 s, reset after a healthy stretch),
-seconds rather than the old system's 30 minutes (item 10).
+seconds rather than the old system's 30 minutes (docs/field-notes.md #10).
 
 Stopping is graceful then firm: the stop event ends every sleep at once and
 lets rounds in flight finish for ``grace_s``; what is still running after that

@@ -31,18 +31,14 @@ import structlog
 from dealsd import mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import UpserterConfig
-from dealsd.keepa import DEAL_PAGE_SIZE, AccessDenied, KeepaClient
+from dealsd.keepa import DEAL_COST, DEAL_PAGE_SIZE, KeepaClient
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.base import RoundResult
+from dealsd.workers.base import KeepaWorker, RoundResult
 from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
 
-DEAL_PAGE_COST = 5
-# When the key is refused, asking again soon only fills the log: the operator
-# has to act (pay, fix the key), and SIGHUP or a restart brings it back sooner.
-ACCESS_DENIED_BACKOFF_S = 600.0
 # A pass cut short by max_pages_per_run goes on after this pause, not a whole
 # interval later: a first fill should not take hours longer than its tokens.
 CONTINUE_PASS_S = 1.0
@@ -60,7 +56,7 @@ def price_type(selection: Mapping[str, Any]) -> int:
     return int(types[0])
 
 
-class Upserter:
+class Upserter(KeepaWorker):
     name = "upserter"
 
     def __init__(
@@ -76,14 +72,13 @@ class Upserter:
         health: Health,
         stop: asyncio.Event | None = None,
     ) -> None:
+        super().__init__(tokens=tokens, health=health)
         self._client = client
-        self._tokens = tokens
         self._store = store
         self._clock = clock
         self._cfg = config
         self._domain = domain
         self._profit = profit
-        self._health = health
         self._stop = stop
 
     @property
@@ -99,7 +94,7 @@ class Upserter:
         key = selection_key(self._cfg.selection, self._domain)
         return f"upserter.{key}.cursor", f"upserter.{key}.watermark"
 
-    async def round(self) -> RoundResult:
+    async def _round(self) -> RoundResult:
         cfg = self._cfg
         selection = dict(cfg.selection)
         cursor_name, watermark_name = self._names()
@@ -119,18 +114,9 @@ class Upserter:
         while pages < cfg.max_pages_per_run:
             if self._stop is not None and self._stop.is_set():
                 break
-            wait = self._tokens.expected_wait(self.name, DEAL_PAGE_COST)
-            if wait > 1.0:
-                self._health.waiting_for_tokens(self.name, wait)
-            try:
-                result = await self._client.deals(selection, page, consumer=self.name)
-            except AccessDenied as exc:
-                self._health.access_denied(str(exc))
-                self._health.backing_off(self.name, "keepa access denied", ACCESS_DENIED_BACKOFF_S)
-                log.error("upserter_access_denied", error=str(exc))
-                return RoundResult(sleep_s=ACCESS_DENIED_BACKOFF_S)
-            self._health.access_granted()
-            self._health.running(self.name)
+            result = await self._paid(
+                DEAL_COST, self._client.deals(selection, page, consumer=self.name)
+            )
             seen_at = iso_utc(self._clock.now())
             deals = [item.value for item in result.items]
             rows = [
