@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,19 @@ def test_without_datasette_it_says_what_to_install(db: Path) -> None:
 def test_a_real_browser_renders_the_deal_page(tmp_path: Path) -> None:
     png = screenshot(tmp_path / "deal.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+
+
+def test_a_history_without_data_or_unreadable_still_renders() -> None:
+    from dealsd.keepa.payloads import History
+    from dealsd.web.chart import render_svg
+    from dealsd.web.plugin import panel_html
+
+    # history=0 in the backfiller's config: a product with no csv at all.
+    empty = render_svg(History(asin="B000EMPTY1"), now=NOW)
+    assert empty.startswith("<svg") and chart_counts(empty) == dict.fromkeys(
+        ("new", "used", "buy_box", "sales_rank"), 0
+    )
+    broken = panel_html(1, "B000BROKE1", b"not zlib at all", "2026-12-01T00:00:00Z")
+    assert "cannot be read" in broken and "<svg" not in broken
+    not_json = panel_html(1, "B000BROKE2", zlib.compress(b"[1, 2]"), None)
+    assert "cannot be read" in not_json
