@@ -5,11 +5,11 @@ A 100-product /product response is built from the real recorded sample
 ~208 KB a product, mostly price history) with each copy's ASIN rewritten.
 The pipeline is what the client and the backfiller really run on such a
 body: ``decode_envelope`` and ``decode_products`` (dealsd/keepa/client.py), then for each
-product the backfiller's own ``_store_one`` (derive columns with
-``dealsd.mapping``, zlib-compress in a thread, commit through the store with
-``queries.store_product``), all products of the batch gathered as ``round()``
-does. The process is pinned to one CPU, threads included, so the thread hop
-cannot borrow the second core.
+product the backfiller's own ``_store_one`` (derive the schema v2 columns with
+``dealsd.mapping``, zlib-compress in a thread, read the deal row, estimate and
+commit through the store with ``queries.store_product``), all products of the
+batch gathered as ``round()`` does. The process is pinned to one CPU, threads
+included, so the thread hop cannot borrow the second core.
 
 The floor is a plain ``json.loads`` of the same body. Goals: the pipeline
 costs <= 2x that floor, and runs >= 2x what the largest Keepa plan can buy:
@@ -40,7 +40,7 @@ from dealsd.keepa import KeepaClient, payloads
 from dealsd.logs import configure_logging
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL, Backfiller
+from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL, Backfiller, product_params
 from dealsd.workers.health import Health
 
 ZLIB_LEVEL = PAYLOAD_ZLIB_LEVEL
@@ -92,11 +92,12 @@ async def _pipeline(db: Path, bodies: list[bytes]) -> float:
         client=cast(KeepaClient, None), tokens=tokens, store=store, clock=clock,
         config=BackfillerConfig(), price_type=2, profit=ProfitConfig(), health=health,
     )  # fmt: skip
+    params = product_params(BackfillerConfig())
     started = time.perf_counter()
     for body in bodies:
         payloads.decode_envelope(body)
         page = payloads.decode_products(body)
-        oks = await asyncio.gather(*(bf._store_one(item, 2500, 1, False) for item in page.items))
+        oks = await asyncio.gather(*(bf._store_one(item, 1, params, False) for item in page.items))
         assert all(oks), "a product was not stored"
     elapsed = time.perf_counter() - started
     await store.close()

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import msgspec
 
-from bench import Row
+from bench import Row, stop_process
 from bench.looplag import simulator_process
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import iso_utc
 from dealsd.config import ProfitConfig
 from dealsd.keepa import payloads
@@ -55,7 +55,9 @@ def _sample_product() -> tuple[dict[str, object], bytes]:
     raw = msgspec.json.encode(doc["products"][0])
     product = msgspec.json.decode(raw, type=payloads.Product)
     columns = mapping.product_columns(product)
-    columns.update(mapping.estimate(columns, buy_cost_cents=2500, profit=ProfitConfig()))
+    columns.update(
+        estimate.estimate(columns, buy_cost_cents=2500, price_type=2, profit=ProfitConfig())
+    )
     return columns, zlib.compress(raw, PAYLOAD_ZLIB_LEVEL)
 
 
@@ -135,12 +137,7 @@ def daemon_process(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, within_s=15)
 
 
 def time_to_ready(config: Path, directory: Path) -> float:

@@ -118,33 +118,25 @@ def _status(config_arg: str | None, database: str | None, as_json: bool) -> int:
     return run_status(Path(cfg.database.path), as_json=as_json)
 
 
-def _database(command: str, args: argparse.Namespace) -> tuple[Path, str] | int:
-    """The database (and selection price type) named by --database or the config.
-
-    With --database no config is read and the buy price is the default
-    selection's (used); an unreadable config exits 2, as `status` does.
-    """
-    from dealsd.deals import DEFAULT_PRICE_TYPE, price_type_name
-
+def _database(command: str, args: argparse.Namespace) -> Path | int:
+    """The database named by --database or the config; an unreadable config exits 2."""
     if args.database is not None:
-        return Path(args.database), DEFAULT_PRICE_TYPE
+        return Path(args.database)
     from dealsd.config import ConfigError, load_config, resolve_config_path
 
     try:
         cfg = load_config(resolve_config_path(args.config))
     except ConfigError as exc:
-        print(f"dealsd {command}: config error: {exc}", file=sys.stderr)
-        return EXIT_NO_DATABASE
-    return Path(cfg.database.path), price_type_name(cfg.upserter.selection)
+        return _config_error(exc, command=f"dealsd {command}", code=EXIT_NO_DATABASE)
+    return Path(cfg.database.path)
 
 
 def _deals(args: argparse.Namespace) -> int:
     from dealsd.deals import Filters, Output, run_deals
 
-    found = _database("deals", args)
-    if isinstance(found, int):
-        return found
-    db, price_type = found
+    db = _database("deals", args)
+    if isinstance(db, int):
+        return db
     filters = Filters(
         min_profit_cents=None if args.min_profit is None else round(args.min_profit * 100),
         min_roi_pct=args.min_roi,
@@ -153,7 +145,6 @@ def _deals(args: argparse.Namespace) -> int:
         selection=args.selection,
         sort=args.sort,
         limit=args.limit,
-        price_type=price_type,
     )
     output: Output = "csv" if args.csv else "json" if args.json else "table"
     return run_deals(db, filters, output=output)
@@ -162,11 +153,8 @@ def _deals(args: argparse.Namespace) -> int:
 def _web(args: argparse.Namespace) -> int:
     from dealsd.web import run_web
 
-    found = _database("web", args)
-    if isinstance(found, int):
-        return found
-    db, price_type = found
-    return run_web(db, host=args.host, port=args.port, price_type=price_type)
+    db = _database("web", args)
+    return db if isinstance(db, int) else run_web(db, host=args.host, port=args.port)
 
 
 def _check_config(config_arg: str | None) -> int:

@@ -42,7 +42,14 @@ import structlog
 
 from dealsd import snapshot
 from dealsd.clock import Clock, iso_utc, sleep_or_stop
-from dealsd.config import Config, ConfigError, KeepaConfig, diff_live, load_config
+from dealsd.config import (
+    Config,
+    ConfigError,
+    KeepaConfig,
+    config_warnings,
+    diff_live,
+    load_config,
+)
 from dealsd.exits import EX_CANTCREAT, EX_DATAERR, EX_OK, EX_TEMPFAIL
 from dealsd.keepa import KeepaClient
 from dealsd.lock import AlreadyRunning, InstanceLock
@@ -226,6 +233,7 @@ class Daemon:
         await self.write_snapshot()
         self._notifier.ready(status=self._last_status)
         log.info("ready", database=str(self.cfg.database.path), pid=os.getpid())
+        self._warn_config()
 
     async def shut_down(self) -> None:
         """Stop the workers (grace, then cancel) and write the last snapshot."""
@@ -239,7 +247,11 @@ class Daemon:
     async def watch(self) -> None:
         """The watch loop: snapshots, STATUS=, the watchdog, reloads, until stopped."""
         wd = self._notifier.watchdog_interval_s()
-        tick = min(self._snapshot_every_s, wd) if wd else self._snapshot_every_s
+        # A pass sleeps one tick, then waits at most one more for the snapshot
+        # write before it pings: two ticks between pings at most, however slow
+        # the writer. Half the ping interval each keeps that gap within the
+        # interval (WatchdogSec/2), so one late ping still never costs a kill.
+        tick = min(self._snapshot_every_s, wd / 2) if wd else self._snapshot_every_s
         last_log = self._clock.monotonic()
         # A snapshot write still waiting for the writer (another process holds
         # the lock) is not queued again; meanwhile STATUS= and the watchdog
@@ -404,8 +416,14 @@ class Daemon:
             self.apply(new)
             self.reload_key(new)
             log.info("reloaded", changes=len(changes), need_restart=len(need_restart))
+            self._warn_config()
         finally:
             self._notifier.ready(status=self._last_status)
+
+    def _warn_config(self) -> None:
+        """What check-config warns about, said in the journal too (once per start or reload)."""
+        for warning in config_warnings(self.cfg):
+            log.warning("config_warning", warning=warning)
 
     def reload_key(self, cfg: Config) -> None:
         """Re-read the API key: a key fixed on disk needs a reload, not a restart."""

@@ -7,9 +7,7 @@ unknown (docs/schema.md) and is shown blank, never as 0.
 ``FIELDS`` is the one place that names the `deals` columns this view shows,
 filters and sorts by; every other part (the query, the filters, the sort
 orders, the CSV and JSON keys, the web view's canned queries) goes through
-the field keys. Schema v2 (issue 13) adds a stored buy price with shipping,
-`roi_pct` and Keepa's `monthly_sold`: switching to them is an edit of the
-``sql`` of three fields below.
+the field keys, so a schema change is an edit of that table alone.
 
 Exit status (dealsd.exits): 0 even when no deal matches, 2 no database, an
 unreadable one or a bad config, 64 a filter this database cannot apply.
@@ -42,43 +40,33 @@ class Field(NamedTuple):
 
     key: str
     header: str
-    sql: str  # an expression over `deals`; "{buy}" is the buy price column
+    sql: str  # an expression over `deals`
     kind: Kind
     shown: bool = True  # in the terminal table (CSV and JSON carry every field)
 
 
-# The table. Schema v1 stores no buy price: profit was computed from the
-# current price of the selection's price type (mapping.buy_cost_cents), so the
-# buy price is that column ("{buy}") and ROI is derived from it here.
+# The table (schema v2: buy price with shipping, all-in cost, fees and ROI
+# are stored by the estimate, dealsd/estimate.py). Sales per month: Amazon's
+# "bought in past month" where Keepa has it, else the estimate from the
+# sales rank drops (docs/schema.md).
 FIELDS: tuple[Field, ...] = (
     Field("asin", "ASIN", "asin", "text"),
     Field("domain_id", "domain", "domain_id", "count", shown=False),
     Field("title", "title", "title", "text"),
-    Field("buy", "buy", "{buy}", "cents"),
+    Field("buy", "buy", "buy_price_cents", "cents"),
+    Field("all_in", "all in", "all_in_cost_cents", "cents", shown=False),
+    Field("fees", "fees", "fees_cents", "cents", shown=False),
     Field("sale", "sale", "expected_sale_cents", "cents"),
     Field("profit", "profit", "profit_cents", "cents"),
-    Field("roi_pct", "ROI", "profit_cents * 100.0 / NULLIF({buy}, 0)", "pct"),
+    Field("roi_pct", "ROI", "roi_pct", "pct"),
     Field("margin_pct", "margin", "margin_pct", "pct", shown=False),
     Field("sales_rank", "rank", "current_sales_rank", "count"),
-    # Rank drops in 30 days: Keepa's usual proxy for sales per month.
-    Field("sales_per_month", "sold/mo", "sales_rank_drops_30", "count"),
+    Field("sales_per_month", "sold/mo", "coalesce(monthly_sold, est_sales_per_month)", "count"),
     Field("category", "category", "root_category", "count", shown=False),
     Field("updated_at", "age", "keepa_last_update", "time"),
     Field("first_seen_at", "first seen", "first_seen_at", "time", shown=False),
 )
 FIELD_KEYS: tuple[str, ...] = tuple(f.key for f in FIELDS)
-
-# The buy price column for each selection price type (mapping.CURRENT_PRICE_COLUMN,
-# by name so this module stays free of the daemon's imports).
-BUY_COLUMN: Mapping[str, str] = {
-    "amazon": "current_amazon_cents",
-    "new": "current_new_cents",
-    "used": "current_used_cents",
-    # Other price types have no buy price column: profit is NULL for them too.
-    "other": "NULL",
-}
-PRICE_TYPE_NAMES: Mapping[int, str] = {0: "amazon", 1: "new", 2: "used"}
-DEFAULT_PRICE_TYPE = "used"  # the default selection's (config.default_selection)
 
 # --sort NAME -> (field key, descending). NULLs always come last.
 SORTS: Mapping[str, tuple[str, bool]] = {
@@ -119,18 +107,15 @@ class Filters(NamedTuple):
     selection: str | None = None
     sort: str = DEFAULT_SORT
     limit: int = DEFAULT_LIMIT
-    price_type: str = DEFAULT_PRICE_TYPE
 
 
 class FilterUnsupported(Exception):
     """A filter the database cannot apply (e.g. --selection before selections exist)."""
 
 
-def view_sql(price_type: str = DEFAULT_PRICE_TYPE) -> str:
+def view_sql() -> str:
     """The view's rows as one SELECT over `deals`, each field aliased by its key."""
-    buy = BUY_COLUMN[price_type]
-    cols = ", ".join(f"{f.sql.format(buy=buy)} AS {f.key}" for f in FIELDS)
-    return f"SELECT {cols} FROM deals"
+    return f"SELECT {', '.join(f'{f.sql} AS {f.key}' for f in FIELDS)} FROM deals"
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -164,11 +149,13 @@ def build_query(conn: sqlite3.Connection, f: Filters) -> tuple[str, list[object]
                 "(no deal_selections table): all its deals come from the one "
                 "[upserter.selection] of the config; leave out --selection"
             )
-        where.append("asin IN (SELECT asin FROM deal_selections WHERE selection = ?)")
+        where.append(
+            "(domain_id, asin) IN (SELECT domain_id, asin FROM deal_selections WHERE selection = ?)"
+        )
         args.append(f.selection)
     key, desc = SORTS[f.sort]
-    order = f"{key} {'DESC' if desc else 'ASC'} NULLS LAST, asin"
-    sql = f"SELECT * FROM ({view_sql(f.price_type)})"
+    order = f"{key} {'DESC' if desc else 'ASC'} NULLS LAST, asin, domain_id"
+    sql = f"SELECT * FROM ({view_sql()})"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += f" ORDER BY {order} LIMIT ?"
@@ -311,13 +298,6 @@ def run_deals(
     return EX_OK
 
 
-def price_type_name(selection: Mapping[str, object]) -> str:
-    """The buy price column's name for a configured selection (default: used)."""
-    types = selection.get("priceTypes")
-    first = types[0] if isinstance(types, list) and types else 2
-    return PRICE_TYPE_NAMES.get(first, "other") if isinstance(first, int) else "other"
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -328,8 +308,8 @@ def _positive(text: str) -> int:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """`dealsd deals` arguments (the flags mirror the alert rules' names)."""
     p = argparse.ArgumentParser(prog="dealsd deals", description="The best deals now.")
-    p.add_argument("--config", help="config file naming the database and the selection")
-    p.add_argument("--database", help="read this database directly instead (buy price: used)")
+    p.add_argument("--config", help="config file naming the database")
+    p.add_argument("--database", help="read this database directly instead")
     p.add_argument("--min-profit", type=float, metavar="AMOUNT",
                    help="profit at least this, in currency units (5 = 5.00)")
     p.add_argument("--min-roi", type=float, metavar="PCT", help="ROI at least PCT percent")

@@ -13,21 +13,29 @@ never reach a column as if it were a price.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from dealsd.clock import iso_utc, keepa_minutes_to_epoch
 from dealsd.keepa.payloads import (
     AMAZON,
     BUY_BOX_SHIPPING,
+    BUY_BOX_USED_SHIPPING,
     COUNT_NEW,
+    COUNT_NEW_FBA,
+    COUNT_NEW_FBM,
     COUNT_USED,
     IMAGE_BASE_URL,
     NEW,
+    NEW_FBA,
+    NEW_FBM_SHIPPING,
     ROOT_CATEGORY_UNKNOWN,
     SALES,
     USED,
+    USED_ACCEPTABLE_SHIPPING,
+    USED_GOOD_SHIPPING,
+    USED_NEW_SHIPPING,
+    USED_VERY_GOOD_SHIPPING,
     Deal,
     Product,
     Stats,
@@ -83,6 +91,82 @@ def _referral_pct(product: Product) -> Value:
     return None if pct is None or pct < 0 else float(pct)
 
 
+def _lowest(read: Callable[[Stats], list[int]], *types: int) -> Callable[[Product], Value]:
+    """The lowest known value among ``types`` of one stats array; None if none is known."""
+
+    def get(product: Product) -> Value:
+        if product.stats is None:
+            return None
+        known = [v for t in types if (v := _at(read(product.stats), t)) is not None]
+        return min(known) if known else None
+
+    return get
+
+
+def _positive(read: Callable[[Product], int | None]) -> Callable[[Product], Value]:
+    """A product fact where Keepa's 0 and -1 both mean unknown (weight, monthlySold)."""
+
+    def get(product: Product) -> Value:
+        value = read(product)
+        return value if value is not None and value > 0 else None
+
+    return get
+
+
+def _amazon_offering(product: Product) -> Value:
+    # stats.current[AMAZON]: a price when Amazon offers it now, -1 when it does not.
+    if product.stats is None:
+        return None
+    value = _at(product.stats.current, AMAZON)
+    if value is not None:
+        return 1
+    current = product.stats.current
+    return 0 if len(current) > AMAZON and current[AMAZON] == -1 else None
+
+
+def est_sales_per_month(drops30: object, drops90: object, drops180: object) -> int | None:
+    """Sales a month from Keepa's sales rank drops (docs/schema.md, "Sales speed").
+
+    The 90-day count over 3 months, else the 30-day count, else the 180-day
+    count over 6; halves round up. Each drop is at least one sale, so this is
+    a floor for fast sellers (two sales between Keepa's rank updates are one drop).
+    """
+    for drops, months in ((drops90, 3), (drops30, 1), (drops180, 6)):
+        if isinstance(drops, int) and not isinstance(drops, bool) and drops >= 0:
+            return (2 * drops + months) // (2 * months)
+    return None
+
+
+def _est_sales(product: Product) -> Value:
+    s = product.stats
+    if s is None:
+        return None
+    return est_sales_per_month(
+        s.sales_rank_drops30, s.sales_rank_drops90, s.sales_rank_drops180
+    )
+
+
+def keepa_date(value: int | None) -> str | None:
+    """Keepa's YYYY, YYYYMM or YYYYMMDD integer as ISO text (``1978``, ``2003-01``,
+    ``2015-04-09``); None for 0, -1 or anything else."""
+    if value is None or value <= 0:
+        return None
+    text = str(value)
+    parts = {4: (text,), 6: (text[:4], text[4:]), 8: (text[:4], text[4:6], text[6:])}.get(
+        len(text)
+    )
+    if parts is None or (len(parts) > 1 and not 1 <= int(parts[1]) <= 12):
+        return None
+    if len(parts) == 3 and not 1 <= int(parts[2]) <= 31:
+        return None
+    return "-".join(parts)
+
+
+def _binding(product: Product) -> Value:
+    text = product.binding.strip() if product.binding is not None else ""
+    return text or None
+
+
 _AVG_FIELDS: tuple[tuple[str, Callable[[Stats], list[int]]], ...] = (
     ("avg30", lambda s: s.avg30),
     ("avg90", lambda s: s.avg90),
@@ -90,24 +174,97 @@ _AVG_FIELDS: tuple[tuple[str, Callable[[Stats], list[int]]], ...] = (
     ("avg365", lambda s: s.avg365),
 )
 
-# The table. Column names match the `products` stats columns of the schema.
+
+def _current(s: Stats) -> list[int]:
+    return s.current
+
+
+def _avg90(s: Stats) -> list[int]:
+    return s.avg90
+
+
+# Shipping-inclusive price types ([t, price, shipping] triples in csv; the
+# stats arrays hold price + shipping): column stem -> Keepa price type.
+SHIPPING_TYPES: tuple[tuple[str, int], ...] = (
+    ("used_like_new", USED_NEW_SHIPPING),
+    ("used_very_good", USED_VERY_GOOD_SHIPPING),
+    ("used_good", USED_GOOD_SHIPPING),
+    ("used_acceptable", USED_ACCEPTABLE_SHIPPING),
+    ("used_buy_box", BUY_BOX_USED_SHIPPING),
+    ("new_fbm", NEW_FBM_SHIPPING),
+)
+_USED_BY_CONDITION = (
+    USED_NEW_SHIPPING, USED_VERY_GOOD_SHIPPING, USED_GOOD_SHIPPING, USED_ACCEPTABLE_SHIPPING,
+)  # fmt: skip
+
+# The table. Column names match the `deals` stats columns of the schema.
 PRODUCT_MAP: tuple[Column, ...] = (
     *(Column(f"{name}_new_cents", _stats_array(read, NEW)) for name, read in _AVG_FIELDS),
     *(Column(f"{name}_used_cents", _stats_array(read, USED)) for name, read in _AVG_FIELDS),
-    Column("avg90_amazon_cents", _stats_array(lambda s: s.avg90, AMAZON)),
-    Column("avg90_buy_box_cents", _stats_array(lambda s: s.avg90, BUY_BOX_SHIPPING)),
-    Column("avg90_sales_rank", _stats_array(lambda s: s.avg90, SALES)),
+    Column("avg90_amazon_cents", _stats_array(_avg90, AMAZON)),
+    Column("avg90_buy_box_cents", _stats_array(_avg90, BUY_BOX_SHIPPING)),
+    Column("avg90_sales_rank", _stats_array(_avg90, SALES)),
     Column("sales_rank_drops_30", _stats_scalar(lambda s: s.sales_rank_drops30)),
     Column("sales_rank_drops_90", _stats_scalar(lambda s: s.sales_rank_drops90)),
     Column("sales_rank_drops_180", _stats_scalar(lambda s: s.sales_rank_drops180)),
     Column("sales_rank_drops_365", _stats_scalar(lambda s: s.sales_rank_drops365)),
-    Column("offer_count_new", _stats_array(lambda s: s.current, COUNT_NEW)),
-    Column("offer_count_used", _stats_array(lambda s: s.current, COUNT_USED)),
+    Column("offer_count_new", _stats_array(_current, COUNT_NEW)),
+    Column("offer_count_used", _stats_array(_current, COUNT_USED)),
     Column("buy_box_cents", _stats_scalar(lambda s: s.buy_box_price)),
     Column("fba_fee_cents", _fba_fee),
     Column("referral_fee_pct", _referral_pct),
+    # schema v2
+    *(
+        Column(f"{when}_{stem}_shipping_cents", _stats_array(read, t))
+        for stem, t in SHIPPING_TYPES
+        for when, read in (("current", _current), ("avg90", _avg90))
+    ),
+    Column("current_used_shipping_cents", _lowest(_current, *_USED_BY_CONDITION)),
+    Column("current_new_shipping_cents", _lowest(_current, NEW_FBM_SHIPPING, NEW_FBA)),
+    Column("buy_box_shipping_cents", _stats_array(_current, BUY_BOX_SHIPPING)),
+    Column("monthly_sold", _positive(lambda p: p.monthly_sold)),
+    Column("avg30_sales_rank", _stats_array(lambda s: s.avg30, SALES)),
+    Column("avg180_sales_rank", _stats_array(lambda s: s.avg180, SALES)),
+    Column("est_sales_per_month", _est_sales),
+    Column("offer_count_new_fba", _stats_array(_current, COUNT_NEW_FBA)),
+    Column("offer_count_new_fbm", _stats_array(_current, COUNT_NEW_FBM)),
+    Column("avg90_offer_count_used", _stats_array(_avg90, COUNT_USED)),
+    Column("amazon_oos_pct_90", _stats_array(lambda s: s.out_of_stock_percentage90, AMAZON)),
+    Column("amazon_offering", _amazon_offering),
+    Column("package_weight_g", _positive(lambda p: p.package_weight)),
+    Column("binding", _binding),
+    Column("publication_date", lambda p: keepa_date(p.publication_date)),
+    Column("release_date", lambda p: keepa_date(p.release_date)),
 )
 PRODUCT_COLUMNS: tuple[str, ...] = tuple(c.name for c in PRODUCT_MAP)
+
+# The paid /product parameter whose data each column comes from (docs/keepa.md):
+# buy box data comes with `buybox=1` or `offers`; shipping-inclusive offer
+# prices by condition (isExtraData in Keepa's Java client) only with `offers`.
+BUY_BOX_COLUMNS: tuple[str, ...] = (
+    "buy_box_cents", "avg90_buy_box_cents", "buy_box_shipping_cents",
+    "current_used_buy_box_shipping_cents", "avg90_used_buy_box_shipping_cents",
+)  # fmt: skip
+OFFERS_COLUMNS: tuple[str, ...] = (
+    *(
+        f"{when}_{stem}_shipping_cents"
+        for stem, _ in SHIPPING_TYPES
+        if stem != "used_buy_box"
+        for when in ("current", "avg90")
+    ),
+    "current_used_shipping_cents",
+    "current_new_shipping_cents",
+)
+
+
+def unfetched_columns(*, offers: bool, buybox: bool) -> frozenset[str]:
+    """The product columns whose Keepa data these parameters do not ask for."""
+    out: set[str] = set()
+    if not offers:
+        out.update(OFFERS_COLUMNS)
+        if not buybox:
+            out.update(BUY_BOX_COLUMNS)
+    return frozenset(out)
 
 DEAL_COLUMNS: tuple[str, ...] = (
     "asin",
@@ -123,37 +280,6 @@ DEAL_COLUMNS: tuple[str, ...] = (
     "deal_json",
     "last_seen_at",
 )
-
-# The deal's current-price column for each selection price type.
-CURRENT_PRICE_COLUMN: Mapping[int, str] = {
-    AMAZON: "current_amazon_cents",
-    NEW: "current_new_cents",
-    USED: "current_used_cents",
-}
-
-ESTIMATE_COLUMNS: tuple[str, ...] = ("expected_sale_cents", "profit_cents", "margin_pct")
-
-# `[profit] reference` -> the avg90 column that prices a resale.
-REFERENCE_COLUMN: Mapping[str, str] = {
-    "used": "avg90_used_cents",
-    "new": "avg90_new_cents",
-    "buy_box": "avg90_buy_box_cents",
-    "amazon": "avg90_amazon_cents",
-}
-
-
-class ProfitSettings(Protocol):
-    """What ``estimate`` reads from the config's ``[profit]`` table."""
-
-    @property
-    def reference(self) -> str: ...
-    @property
-    def referral_fee_pct(self) -> float: ...
-    @property
-    def fba_fee_cents(self) -> int: ...
-    @property
-    def extra_cost_cents(self) -> int: ...
-
 
 def image_url(image: Sequence[int] | None) -> str | None:
     """The image URL from Keepa's array of ASCII codes; None if absent or not a file name."""
@@ -204,74 +330,6 @@ def deal_row(deal: Deal, raw: bytes, *, domain_id: int, seen_at: str) -> dict[st
 def product_columns(product: Product) -> dict[str, object]:
     """The stats and fee columns of one product (backfill and refresh alike)."""
     return {column.name: column.get(product) for column in PRODUCT_MAP}
-
-
-def buy_cost_cents(row: Mapping[str, object] | Sequence[int], price_type: int) -> int | None:
-    """What buying the deal costs: its current price for the selection's price type.
-
-    ``row`` is a ``deal_row`` (or a `deals` row read back) or a deal's raw
-    ``current`` array. Price types other than Amazon, new and used have no
-    buy price column, so they give None.
-    """
-    if isinstance(row, Mapping):
-        column = CURRENT_PRICE_COLUMN.get(price_type)
-        if column is None:
-            return None
-        value = row.get(column)
-        return value if isinstance(value, int) and value >= 0 else None
-    if price_type not in CURRENT_PRICE_COLUMN:
-        return None
-    return _at(row, price_type)
-
-
-def _int_or_none(value: object) -> int | None:
-    # bool is an int subclass; a True price would be a bug upstream, not 1 cent.
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
-
-
-def _float_or_none(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def estimate(
-    columns: Mapping[str, object],
-    *,
-    buy_cost_cents: int | None,
-    profit: ProfitSettings,
-) -> dict[str, object]:
-    """Expected resale price, profit and margin from the product columns.
-
-    Each output is None when one of its own inputs is None: the sale price
-    needs the reference average; profit and margin also need the buy cost.
-    A sale price of 0 or less prices nothing, so all three are None then.
-    The product's own referral percentage and FBA fee win over the config's
-    defaults, which only fill in when Keepa has none.
-    """
-    result: dict[str, object] = dict.fromkeys(ESTIMATE_COLUMNS)
-    column = REFERENCE_COLUMN.get(profit.reference)
-    if column is None:
-        raise ValueError(f"unknown profit reference {profit.reference!r}")
-    sale = _int_or_none(columns.get(column))
-    if sale is None or sale <= 0:
-        return result
-    result["expected_sale_cents"] = sale
-    if buy_cost_cents is None or buy_cost_cents < 0:
-        return result
-    pct = _float_or_none(columns.get("referral_fee_pct"))
-    if pct is None:
-        pct = profit.referral_fee_pct
-    fba = _int_or_none(columns.get("fba_fee_cents"))
-    if fba is None:
-        fba = profit.fba_fee_cents
-    fees = round(sale * pct / 100) + fba + profit.extra_cost_cents
-    profit_cents = sale - buy_cost_cents - fees
-    result["profit_cents"] = profit_cents
-    result["margin_pct"] = round(profit_cents / sale * 100, 2)
-    return result
 
 
 # Price types whose csv history is [time, price, shipping] triples (docs/keepa.md).

@@ -174,6 +174,8 @@ class DealCounts(msgspec.Struct, kw_only=True):
     added_last_day: int = 0
     newest_keepa_update: str | None = None
     newest_age_s: int | None = None  # seconds since newest_keepa_update
+    # Products stored with a Keepa field that could not be read (kept, that field NULL).
+    unreadable_fields: int = 0
 
 
 class WorkerStatus(msgspec.Struct, kw_only=True):

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import Config, ProfitConfig
 from dealsd.daemon import run_daemon
@@ -71,19 +71,22 @@ def sample_database(db: Path, *, now: float) -> None:
             product = msgspec.json.decode(raw, type=payloads.Product)
             current = product.stats.current if product.stats is not None else []
             row = {"asin": asin, "domain_id": 1, "title": product.title,
+                   "root_category": mapping.root_category(product.root_category),
                    "current_new_cents": _current(current, payloads.NEW),
                    "current_used_cents": _current(current, payloads.USED),
                    "current_sales_rank": _current(current, payloads.SALES),
                    "keepa_last_update": mapping.keepa_time_iso(product.last_update),
                    "last_seen_at": stamp}  # fmt: skip
             columns = mapping.product_columns(product)
-            # Bought new, priced at the 90-day new average: the samples have
-            # no used history at all.
-            buy = _current(current, payloads.NEW)
-            columns.update(mapping.estimate(columns, buy_cost_cents=buy,
-                                            profit=ProfitConfig(reference="new")))  # fmt: skip
             conn.execute("BEGIN")
             queries.upsert_deals(conn, [row], checkpoints={}, now=stamp)
+            # As the backfiller does: the estimate from the stored row and the
+            # product's columns. Bought new, priced at the 90-day new average:
+            # the samples have no used history at all.
+            merged = {**(queries.deal_by_asin(conn, asin) or {}), **columns}
+            columns.update(estimate.estimate(
+                merged, buy_cost_cents=estimate.buy_cost_cents(merged, payloads.NEW),
+                price_type=payloads.NEW, profit=ProfitConfig(reference="new")))  # fmt: skip
             queries.store_product(
                 conn, asin=asin, fetched_at=stamp, keepa_last_update=row["keepa_last_update"],
                 tokens_spent=1, payload_zlib=zlib.compress(raw, PAYLOAD_ZLIB_LEVEL),
@@ -119,12 +122,19 @@ StartSim = Callable[..., Awaitable[Simulator]]
 
 
 def write_config(
-    tmp_path: Path, base_url: str, *, max_batch: int = 20, extra: str = "", **keepa: object
+    tmp_path: Path,
+    base_url: str,
+    *,
+    max_batch: int = 20,
+    extra: str = "",
+    backfiller: str = "",
+    **keepa: object,
 ) -> Path:
     """``tmp_path/config.toml`` for a daemon on ``base_url``, intervals of a second.
 
     ``keepa`` replaces or adds ``[keepa]`` settings (timeouts, attempts, the
-    key file); ``extra`` is appended as it is (more tables).
+    key file); ``backfiller`` is added as it is to ``[backfiller]`` (lines of
+    TOML); ``extra`` is appended as it is (more tables).
     """
     settings: dict[str, object] = {
         "base_url": base_url, "max_attempts": 2, "read_timeout_s": 5, "connect_timeout_s": 2,
@@ -153,6 +163,7 @@ idle_s = 0.2
 max_batch = {max_batch}
 retry_base_s = 1
 max_attempts = 2
+{backfiller}
 
 [janitor]
 interval_s = 1

@@ -81,7 +81,7 @@ def screenshot(out: Path) -> Path:
         with served(db) as url:
             subprocess.run(
                 [browser, *CHROMIUM_FLAGS, f"--user-data-dir={Path(tmp) / 'profile'}",
-                 f"--screenshot={out.absolute()}", f"{url}/dealsd/deals/{ASIN}"],
+                 f"--screenshot={out.absolute()}", f"{url}/dealsd/deals/1,{ASIN}"],
                 check=True, capture_output=True, timeout=90,
             )  # fmt: skip
     return out

@@ -142,7 +142,7 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
         "bad reference",
         "[profit]\nreference = 'ebay'\n",
         "profit.reference",
-        "one of 'used', 'new', 'buy_box', 'amazon', got 'ebay'",
+        "one of 'used', 'new', 'buy_box', 'used_buy_box', 'amazon', got 'ebay'",
     ),
     (
         "fee over 100",
@@ -156,6 +156,22 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
         "[profit]\nextra_cost_cents = 1.5\n",
         "profit.extra_cost_cents",
         "expected an integer >= 0, got 1.5",
+    ),
+    *(
+        (f"negative {key}", f"[profit]\n{key} = -1\n", f"profit.{key}", ">= 0")
+        for key in (
+            "buy_shipping_cents",
+            "prep_cents",
+            "inbound_cents_per_lb",
+            "referral_fee_min_cents",
+            "closing_fee_cents",
+        )
+    ),
+    (
+        "closing fee categories not a list",
+        "[profit]\nclosing_fee_categories = 283155\n",
+        "profit.closing_fee_categories",
+        "Expected `array`, got `int`",
     ),
     ("bad level", "[log]\nlevel = 'verbose'\n", "log.level", "got 'verbose'"),
     ("bad format", "[log]\nformat = 'xml'\n", "log.format", "'journal'"),

@@ -65,7 +65,9 @@ async def test_first_run_fills_the_table_and_backfills_it(sim: Simulator, tmp_pa
 async def test_derived_columns_of_the_real_samples_flow_through(
     sim: Simulator, tmp_path: Path
 ) -> None:
-    path = write_config(tmp_path, sim.base_url)
+    # The parameters B0D8W1YVBX was recorded with: the simulator then answers
+    # exactly the recorded product (without them, no buy box, no rating).
+    path = write_config(tmp_path, sim.base_url, backfiller="buybox = true\nrating = true")
     db = tmp_path / "deals.db"
     d = Running(load_config(path), path)
 
@@ -314,7 +316,10 @@ async def test_profit_follows_the_current_price_after_deals_change(tmp_path: Pat
     await s.start("127.0.0.1", 0)
     try:
         # The simulated products have no used-price history: resell as new.
-        path = write_config(tmp_path, s.base_url, extra='[profit]\nreference = "new"\n')
+        # No closing fee: the formula below is the one this test is about.
+        path = write_config(
+            tmp_path, s.base_url, extra='[profit]\nreference = "new"\nclosing_fee_cents = 0\n'
+        )
         db = tmp_path / "deals.db"
         d = Running(load_config(path), path)
         await wait_for(lambda: counts(db)[1] >= 150, 10, "a backfill")

@@ -107,8 +107,14 @@ def as_json(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> list[di
 
 
 def roi(row: dict[str, Any]) -> float | None:
-    buy, profit = row["current_used_cents"], row["profit_cents"]
-    return None if profit is None or not buy else profit * 100 / buy
+    value: float | None = row["roi_pct"]
+    return value
+
+
+def sold(row: dict[str, Any]) -> int | None:
+    """Sales per month as the view defines it: Amazon's figure, else the estimate."""
+    value: int | None = row["monthly_sold"]
+    return row["est_sales_per_month"] if value is None else value
 
 
 def expected_order(rows: list[dict[str, Any]], key: Any, *, desc: bool) -> list[str]:
@@ -217,10 +223,13 @@ def test_selection_is_refused_until_the_database_records_selections(
     dst = sqlite3.connect(copy)
     src.backup(dst)
     src.close()
-    picked = [r["asin"] for r in _rows(db)[:5]]
-    dst.execute("CREATE TABLE deal_selections (asin TEXT, selection TEXT)")
-    dst.executemany("INSERT INTO deal_selections VALUES (?, ?)",
-                    [(a, "books") for a in picked] + [(_rows(db)[9]["asin"], "toys")])
+    rows = _rows(db)
+    picked = [r["asin"] for r in rows[:5]]
+    dst.execute("CREATE TABLE deal_selections (domain_id INTEGER, asin TEXT, selection TEXT)")
+    dst.executemany("INSERT INTO deal_selections VALUES (?, ?, ?)",
+                    [(r["domain_id"], r["asin"], "books") for r in rows[:5]]
+                    + [(rows[9]["domain_id"], rows[9]["asin"], "toys"),
+                       (rows[5]["domain_id"] + 1, rows[5]["asin"], "books")])  # fmt: skip
     dst.commit()
     dst.close()
     assert {d["asin"] for d in as_json(capsys, copy, "--selection", "books")} == set(picked)
@@ -275,26 +284,19 @@ def test_csv_reads_back_and_json_matches_its_columns(
             assert line[key] == ("" if value is None else str(value)), (key, line, doc)
         r = raw[doc["asin"]]
         assert doc["profit"] == (None if r["profit_cents"] is None else r["profit_cents"] / 100)
-        assert doc["buy"] == r["current_used_cents"] / 100
+        assert doc["buy"] == (None if r["buy_price_cents"] is None else r["buy_price_cents"] / 100)
+        assert doc["roi_pct"] == r["roi_pct"]
         assert doc["sales_rank"] == r["current_sales_rank"]
-        assert doc["sales_per_month"] == r["sales_rank_drops_30"]
+        assert doc["sales_per_month"] == sold(r)
         assert doc["updated_at"] == r["keepa_last_update"]
 
 
-def test_the_config_names_the_database_and_the_buy_price(
-    capsys: pytest.CaptureFixture[str], db: Path
-) -> None:
-    # A selection of new prices: the buy price is the current new price.
-    path = db.parent / "config-new.toml"
-    path.write_text(f'[database]\npath = "{db}"\n[upserter.selection]\npriceTypes = [1]\n')
+def test_the_config_names_the_database(capsys: pytest.CaptureFixture[str], db: Path) -> None:
+    path = db.parent / "config-db.toml"
+    path.write_text(f'[database]\npath = "{db}"\n')
     code, out, err = deals(capsys, "--config", str(path), "--json", "--limit", "5")
     assert code == 0, err
-    raw = {r["asin"]: r for r in _rows(db)}
-    docs = json.loads(out)
-    assert len(docs) == 5
-    for doc in docs:
-        new = raw[doc["asin"]]["current_new_cents"]
-        assert doc["buy"] == (None if new is None else new / 100)
+    assert [d["asin"] for d in json.loads(out)] == [d["asin"] for d in as_json(capsys, db)][:5]
 
 
 def test_no_database_or_a_bad_config_exit_2(

@@ -159,7 +159,8 @@ def test_product_params_query_and_stats_only() -> None:
         "only-live-offers": "1", "rating": "1", "buybox": "1", "update": "48",
     }
     light = full.stats_only()
-    assert light.to_query() == {"history": "0", "stats": "180", "update": "48"}
+    # The buy box stays: without it a refresh could not renew the buy box columns.
+    assert light.to_query() == {"history": "0", "stats": "180", "buybox": "1", "update": "48"}
     # update=-1 is sent: leaving it out lets Keepa force paid refreshes.
     assert ProductParams().to_query()["update"] == "-1"
     with pytest.raises(ValueError):
@@ -242,8 +243,11 @@ async def test_skipped_products_are_not_missing() -> None:
         async with client(base, scheduler()) as kc:
             page = await kc.products(asins, ProductParams(history=False))
         assert page.skipped
-        named = {s.asin for s in page.skipped if s.asin}
-        assert named and not named & set(page.missing)
+        # A product with an odd field is kept (the field named), not skipped
+        # and not missing: it was paid for.
+        repaired = {i.value.asin for i in page.items if i.unreadable}
+        assert repaired and not repaired & set(page.missing)
+        assert all(s.asin is None for s in page.skipped)
         nameless = sum(1 for s in page.skipped if s.asin is None)
         assert len(page.missing) == nameless  # an item without its ASIN cannot be placed
 

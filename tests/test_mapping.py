@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from helpers import sample_bytes
 
+from dealsd import estimate as est
 from dealsd import mapping
 from dealsd.keepa.payloads import Product, decode_deals, decode_products
 
@@ -33,6 +34,31 @@ class Profit:
     referral_fee_pct: float = 15.0
     fba_fee_cents: int = 0
     extra_cost_cents: int = 0
+    # schema v2's costs, all off here: the tests below are about the v1 parts.
+    buy_shipping_cents: int = 0
+    prep_cents: int = 0
+    inbound_cents_per_lb: int = 0
+    referral_fee_min_cents: int = 0
+    closing_fee_cents: int = 0
+    closing_fee_categories: tuple[int, ...] = ()
+
+
+USED, NEW, AMAZON = 2, 1, 0
+
+
+def _est(**values: object) -> dict[str, object]:
+    """An estimate result: every estimate column, None unless given."""
+    return {**dict.fromkeys(est.ESTIMATE_COLUMNS), **values}
+
+
+# The schema v2 columns with no data in either sample (the shipping-inclusive
+# offer prices need `offers`; both samples were recorded without them).
+_NO_OFFER_DATA = {
+    f"{when}_{stem}_shipping_cents": None
+    for stem in ("used_like_new", "used_very_good", "used_good", "used_acceptable",
+                 "used_buy_box", "new_fbm")
+    for when in ("current", "avg90")
+} | {"current_used_shipping_cents": None, "current_new_shipping_cents": None}
 
 
 # ---------------------------------------------------------------- products
@@ -62,6 +88,22 @@ def test_product_columns_b0d8w1yvbx_read_by_hand() -> None:
         "buy_box_cents": 1499,
         "fba_fee_cents": 409,
         "referral_fee_pct": 15.01,
+        # schema v2
+        **_NO_OFFER_DATA,
+        "buy_box_shipping_cents": 1499,  # stats.current[18]
+        "monthly_sold": 100000,
+        "avg30_sales_rank": 43,
+        "avg180_sales_rank": 63,
+        "est_sales_per_month": 25,  # salesRankDrops90 75 / 3
+        "offer_count_new_fba": 3,  # stats.current[34]
+        "offer_count_new_fbm": 2,  # stats.current[35]
+        "avg90_offer_count_used": None,  # avg90[12] -1
+        "amazon_oos_pct_90": 100,  # outOfStockPercentage90[0]
+        "amazon_offering": 0,  # stats.current[0] -1: Amazon does not offer it
+        "package_weight_g": 141,
+        "binding": None,  # null in the sample
+        "publication_date": None,  # 0
+        "release_date": None,  # 0
     }
 
 
@@ -88,6 +130,22 @@ def test_product_columns_b0f7xpycsj_sentinels_become_null() -> None:
         "buy_box_cents": None,  # buyBoxPrice is -2 in the sample
         "fba_fee_cents": 435,
         "referral_fee_pct": 12.0,
+        # schema v2
+        **_NO_OFFER_DATA,
+        "buy_box_shipping_cents": None,  # current[18] -1: recorded without buybox
+        "monthly_sold": 300,
+        "avg30_sales_rank": 11218,
+        "avg180_sales_rank": 15750,
+        "est_sales_per_month": 12,  # salesRankDrops90 35 / 3 = 11.67
+        "offer_count_new_fba": 1,
+        "offer_count_new_fbm": None,  # current[35] -1
+        "avg90_offer_count_used": None,
+        "amazon_oos_pct_90": 100,
+        "amazon_offering": 0,
+        "package_weight_g": 235,
+        "binding": None,
+        "publication_date": None,
+        "release_date": None,
     }
 
 
@@ -150,8 +208,9 @@ def test_refresh_through_sqlite_keeps_names(tmp_path: Path) -> None:
     marks = ", ".join("?" for _ in cols)
     db.execute(f"INSERT INTO products (asin, {names}) VALUES (?, {marks})", ["X", *cols.values()])
     row = db.execute("SELECT * FROM products").fetchone()
-    fresh = mapping.estimate(cols, buy_cost_cents=1000, profit=Profit(extra_cost_cents=50))
-    again = mapping.estimate(dict(row), buy_cost_cents=1000, profit=Profit(extra_cost_cents=50))
+    profit = Profit(extra_cost_cents=50)
+    fresh = est.estimate(cols, buy_cost_cents=1000, price_type=NEW, profit=profit)
+    again = est.estimate(dict(row), buy_cost_cents=1000, price_type=NEW, profit=profit)
     assert again == fresh
     assert fresh["profit_cents"] == 68  # not 0, not None: the refresh bug of the old system
     db.close()
@@ -160,55 +219,76 @@ def test_refresh_through_sqlite_keeps_names(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- estimate
 
 
-def test_estimate_new_reference_uses_product_fees() -> None:
+@pytest.mark.parametrize(
+    ("reference", "sale", "fees", "profit_cents", "margin", "roi"),
+    [
+        # 1797 * 15.01 % = 269.73 -> 270; + 409 pick-and-pack + 50 extra = 729;
+        # 1797 - 1000 - 729 = 68; 68 / 1797 = 3.78 %; 68 / 1000 = 6.8 %.
+        ("new", 1797, 729, 68, 3.78, 6.8),
+        # 1805 * 15.01 % = 270.93 -> 271; fees 271 + 409 + 50 = 730; 75 / 1805 = 4.155 %.
+        ("buy_box", 1805, 730, 75, 4.16, 7.5),
+    ],
+)
+def test_estimate_uses_product_fees(
+    reference: str, sale: int, fees: int, profit_cents: int, margin: float, roi: float
+) -> None:
     cols = mapping.product_columns(_product("B0D8W1YVBX"))
-    got = mapping.estimate(cols, buy_cost_cents=1000, profit=Profit("new", 15.0, 0, 50))
-    # 1797 * 15.01 % = 269.73 -> 270; + 409 pick-and-pack + 50 extra = 729.
-    assert got == {"expected_sale_cents": 1797, "profit_cents": 68, "margin_pct": 3.78}
-
-
-def test_estimate_buy_box_reference() -> None:
-    cols = mapping.product_columns(_product("B0D8W1YVBX"))
-    got = mapping.estimate(cols, buy_cost_cents=1000, profit=Profit("buy_box", 15.0, 0, 50))
-    # 1805 * 15.01 % = 270.93 -> 271; fees 271 + 409 + 50 = 730; 75 / 1805 = 4.155 %.
-    assert got == {"expected_sale_cents": 1805, "profit_cents": 75, "margin_pct": 4.16}
+    got = est.estimate(
+        cols, buy_cost_cents=1000, price_type=NEW, profit=Profit(reference, 15.0, 0, 50)
+    )
+    assert got == _est(
+        expected_sale_cents=sale, buy_price_cents=1000, all_in_cost_cents=1000,
+        fees_cents=fees, profit_cents=profit_cents, margin_pct=margin, roi_pct=roi,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("reference", ["used", "amazon"])
 def test_estimate_reference_without_data_is_null(reference: str) -> None:
     cols = mapping.product_columns(_product("B0D8W1YVBX"))
-    got = mapping.estimate(cols, buy_cost_cents=1000, profit=Profit(reference))
-    assert got == {"expected_sale_cents": None, "profit_cents": None, "margin_pct": None}
+    got = est.estimate(cols, buy_cost_cents=1000, price_type=USED, profit=Profit(reference))
+    assert got == _est()
 
 
 def test_estimate_config_defaults_fill_missing_fees() -> None:
     cols: dict[str, Any] = {"avg90_used_cents": 2000, "referral_fee_pct": None}
-    got = mapping.estimate(cols, buy_cost_cents=1200, profit=Profit("used", 15.0, 300, 0))
+    got = est.estimate(
+        cols, buy_cost_cents=1200, price_type=USED, profit=Profit("used", 15.0, 300, 0)
+    )
     # 2000 * 15 % = 300 referral + 300 config FBA fee; 2000 - 1200 - 600 = 200.
-    assert got == {"expected_sale_cents": 2000, "profit_cents": 200, "margin_pct": 10.0}
+    assert got == _est(
+        expected_sale_cents=2000, buy_price_cents=1200, all_in_cost_cents=1200,
+        fees_cents=600, profit_cents=200, margin_pct=10.0, roi_pct=16.67,
+    )  # fmt: skip
 
 
 def test_estimate_loss_is_negative_not_clamped() -> None:
     cols = {"avg90_amazon_cents": 1000, "referral_fee_pct": 15.0, "fba_fee_cents": 0}
-    got = mapping.estimate(cols, buy_cost_cents=1500, profit=Profit("amazon"))
-    assert got == {"expected_sale_cents": 1000, "profit_cents": -650, "margin_pct": -65.0}
+    got = est.estimate(cols, buy_cost_cents=1500, price_type=AMAZON, profit=Profit("amazon"))
+    # fees 150; 1000 - 1500 - 150 = -650; / 1000 = -65 %; / 1500 = -43.33 %.
+    assert got == _est(
+        expected_sale_cents=1000, buy_price_cents=1500, all_in_cost_cents=1500,
+        fees_cents=150, profit_cents=-650, margin_pct=-65.0, roi_pct=-43.33,
+    )  # fmt: skip
 
 
 def test_estimate_null_buy_cost_keeps_only_the_sale() -> None:
     cols = {"avg90_new_cents": 1000}
-    got = mapping.estimate(cols, buy_cost_cents=None, profit=Profit("new"))
-    assert got == {"expected_sale_cents": 1000, "profit_cents": None, "margin_pct": None}
+    got = est.estimate(cols, buy_cost_cents=None, price_type=NEW, profit=Profit("new"))
+    # The fees need only the sale: 1000 * 15 %.
+    assert got == _est(expected_sale_cents=1000, fees_cents=150)
 
 
 @pytest.mark.parametrize("sale", [0, -1, -2, None, "1000", True])
 def test_estimate_no_usable_sale_is_all_null(sale: object) -> None:
-    got = mapping.estimate({"avg90_new_cents": sale}, buy_cost_cents=100, profit=Profit("new"))
-    assert got == {"expected_sale_cents": None, "profit_cents": None, "margin_pct": None}
+    got = est.estimate(
+        {"avg90_new_cents": sale}, buy_cost_cents=100, price_type=NEW, profit=Profit("new")
+    )
+    assert got == _est()
 
 
 def test_estimate_unknown_reference_is_an_error() -> None:
     with pytest.raises(ValueError, match="lowest"):
-        mapping.estimate({}, buy_cost_cents=1, profit=Profit("lowest"))
+        est.estimate({}, buy_cost_cents=1, price_type=NEW, profit=Profit("lowest"))
 
 
 # ---------------------------------------------------------------- deals
@@ -293,7 +373,7 @@ def test_deal_sentinel_prices_and_short_current() -> None:
         _deal(asin="A1", current=[-1, -2, -1, -2]),
         _deal(asin="A2", current=[1999]),  # a lying, truncated array
     )
-    assert [a[k] for k in mapping.CURRENT_PRICE_COLUMN.values()] == [None, None, None]
+    assert [a[k] for k in est.CURRENT_PRICE_COLUMN.values()] == [None, None, None]
     assert a["current_sales_rank"] is None
     assert b["current_amazon_cents"] == 1999
     assert b["current_new_cents"] is None
@@ -324,24 +404,24 @@ def test_deal_json_keeps_unicode_as_sent() -> None:
 
 def test_buy_cost_from_row_by_price_type() -> None:
     [row] = _rows(_deal())
-    assert mapping.buy_cost_cents(row, 2) == 1450
-    assert mapping.buy_cost_cents(row, 1) == 2599
-    assert mapping.buy_cost_cents(row, 0) is None  # amazon -1
-    assert mapping.buy_cost_cents(row, 3) is None  # sales rank is no price
-    assert mapping.buy_cost_cents(row, 18) is None
+    assert est.buy_cost_cents(row, 2) == 1450
+    assert est.buy_cost_cents(row, 1) == 2599
+    assert est.buy_cost_cents(row, 0) is None  # amazon -1
+    assert est.buy_cost_cents(row, 3) is None  # sales rank is no price
+    assert est.buy_cost_cents(row, 18) is None
 
 
 def test_buy_cost_from_current_array() -> None:
     current = [-1, 2599, 1450, 123456]
-    assert mapping.buy_cost_cents(current, 2) == 1450
-    assert mapping.buy_cost_cents(current, 0) is None
-    assert mapping.buy_cost_cents(current, 3) is None
-    assert mapping.buy_cost_cents([500], 1) is None  # index missing
+    assert est.buy_cost_cents(current, 2) == 1450
+    assert est.buy_cost_cents(current, 0) is None
+    assert est.buy_cost_cents(current, 3) is None
+    assert est.buy_cost_cents([500], 1) is None  # index missing
 
 
 def test_buy_cost_from_row_read_back_with_null() -> None:
-    assert mapping.buy_cost_cents({"current_used_cents": None}, 2) is None
-    assert mapping.buy_cost_cents({}, 2) is None
+    assert est.buy_cost_cents({"current_used_cents": None}, 2) is None
+    assert est.buy_cost_cents({}, 2) is None
 
 
 def test_every_mapped_column_exists_in_the_schema(tmp_path: Path) -> None:
@@ -355,5 +435,5 @@ def test_every_mapped_column_exists_in_the_schema(tmp_path: Path) -> None:
         table = {str(r[1]) for r in conn.execute("PRAGMA table_info(deals)")}
     finally:
         conn.close()
-    for names in (mapping.DEAL_COLUMNS, mapping.PRODUCT_COLUMNS, mapping.ESTIMATE_COLUMNS):
+    for names in (mapping.DEAL_COLUMNS, mapping.PRODUCT_COLUMNS, est.ESTIMATE_COLUMNS):
         assert set(names) <= table, set(names) - table

@@ -69,13 +69,20 @@ def test_malformed_items_are_skipped_with_reason_and_neighbours_survive() -> Non
     assert "current" in decoded.skipped[1].reason
 
 
-def test_product_with_string_in_stats_is_skipped_not_misread() -> None:
+def test_product_with_string_in_stats_is_kept_not_misread() -> None:
+    # A paid product is never lost to one odd entry: the entry is no data (-1,
+    # never the number the string spells), its neighbours are read, and the
+    # field is named so the oddity can be counted.
     product = json.loads(_sample("B0F7XPYCSJ"))["products"][0]
     product["stats"]["avg90"][1] = "2599"
     decoded = decode_products(json.dumps({"products": [product]}).encode())
-    assert decoded.items == []
-    assert decoded.skipped[0].asin == "B0F7XPYCSJ"
-    assert "avg90" in decoded.skipped[0].reason
+    assert decoded.skipped == []
+    [item] = decoded.items
+    assert item.unreadable == ("stats.avg90",)
+    assert item.value.stats is not None
+    assert item.value.stats.avg90[1] == -1
+    assert item.value.stats.avg90[4] == 3599  # LISTPRICE, read by hand
+    assert item.value.stats.sales_rank_drops90 == 35
 
 
 @pytest.mark.parametrize("body", [b"", b"<html>", b'{"deals": 3}', b"{}", b'{"deals": {"dr": 1'])

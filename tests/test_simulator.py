@@ -23,6 +23,7 @@ from helpers import wait_for
 from dealsd.clock import FakeClock
 from dealsd.keepa.payloads import decode_deals, decode_envelope, decode_products
 from dealsd.simulator import Faults, SimOptions, Simulator
+from dealsd.simulator.products import withheld
 
 SAMPLES = Path(__file__).resolve().parents[1] / "dealsd" / "samples"
 REAL = ("B0D8W1YVBX", "B0F7XPYCSJ")
@@ -334,10 +335,15 @@ async def test_bad_selections_and_product_queries_are_400(sim: Sim) -> None:
 async def test_the_two_real_samples_are_served_exactly_as_recorded(sim: Sim) -> None:
     recorded = {a: json.loads((SAMPLES / f"product_{a}.json").read_bytes())["products"][0]
                 for a in REAL}  # fmt: skip
-    status, doc = await sim.products(list(REAL), stats=180)
+    # Asked as they were recorded: B0D8W1YVBX with buybox and rating (its
+    # tokensConsumed 4 = 1 + 2 + 1), B0F7XPYCSJ with neither (1).
+    status, doc = await sim.products(["B0D8W1YVBX"], stats=180, buybox=1, rating=1)
     assert status == 200
-    assert {p["asin"]: p for p in doc["products"]} == recorded
-    _, doc = await sim.products(list(REAL), history=0)  # no csv, no stats
+    assert doc["products"] == [recorded["B0D8W1YVBX"]]
+    status, doc = await sim.products(["B0F7XPYCSJ"], stats=180)
+    assert status == 200
+    assert doc["products"] == [recorded["B0F7XPYCSJ"]]
+    _, doc = await sim.products(list(REAL), history=0, buybox=1, rating=1)  # no csv, no stats
     for p in doc["products"]:
         want = {k: v for k, v in recorded[p["asin"]].items() if k not in ("csv", "stats")}
         assert p == want
@@ -356,8 +362,10 @@ async def test_other_asins_are_deterministic_variations_of_the_samples(sim: Sim)
     assert decoded.skipped == [] and len(decoded.items) == 20
     other = Simulator(options())  # same seed, another instance: same answer
     for p in products[:3]:
-        mine = other.products.product_bytes(p["asin"], history=True, stats=True, days=0,
-                                            title=p["title"])  # fmt: skip
+        mine = other.products.product_piece(
+            p["asin"], history=True, stats=True, days=0, title=p["title"],
+            withhold=withheld(buybox=False, rating=False),
+        ).data  # fmt: skip
         assert json.loads(mine) == p
 
 
@@ -413,10 +421,18 @@ async def test_bad_items_are_skipped_by_the_decoder_one_by_one(sim: Sim) -> None
     deals = decode_deals(json.dumps(doc).encode())
     assert len(deals.items) + len(deals.skipped) == 150
     assert 30 < len(deals.skipped) < 120
-    _, doc = await sim.products(catalogue_asins(sim, 30), stats=180)
+    # 100 products, half of them lying: an unusable one (no asin, 1 lie in 4)
+    # is missing from a draw of ~50 with a chance of (3/4)**50, ~6e-7.
+    _, doc = await sim.products(catalogue_asins(sim, 100), stats=180)
     products = decode_products(json.dumps(doc).encode())
-    assert len(products.items) + len(products.skipped) == 30 and products.skipped
-    assert sim.sim.stats()["faults"]["bad_items"] == len(deals.skipped) + len(products.skipped)
+    assert len(products.items) + len(products.skipped) == 100 and products.skipped
+    # A product with an odd field is kept with the field named; one without
+    # an ASIN cannot be, and is skipped.
+    repaired = [i for i in products.items if i.unreadable]
+    assert repaired
+    assert sim.sim.stats()["faults"]["bad_items"] == (
+        len(deals.skipped) + len(products.skipped) + len(repaired)
+    )
 
 
 async def test_outage_and_a_wrong_key_recover_via_control(sim: Sim) -> None:

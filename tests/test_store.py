@@ -382,7 +382,7 @@ async def test_migrates_a_version_0_file_in_one_transaction(
     s = await Store.open(db, clock=clock)
     await s.close()
     conn = sqlite3.connect(db)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
     assert conn.execute("SELECT x FROM notes").fetchall() == [("kept",)]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -403,7 +403,7 @@ def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
     schema.apply_migrations(conn)
     with pytest.raises(sqlite3.OperationalError):
         schema.apply_migrations(conn, broken)
-    assert schema.user_version(conn) == 1
+    assert schema.user_version(conn) == schema.SCHEMA_VERSION
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchone() is None
     assert not conn.in_transaction
     conn.close()

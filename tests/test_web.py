@@ -31,6 +31,7 @@ datasette_app = pytest.importorskip("datasette.app", reason="the web extra is no
 from dealsd.web.app import make_datasette  # noqa: E402  (needs datasette)
 
 ASIN = "B0D8W1YVBX"
+PAGE = f"/dealsd/deals/1,{ASIN}"  # the key is (domain_id, asin)
 NOW = time.time()
 
 
@@ -43,8 +44,7 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ds(db: Path) -> Iterator[Any]:
-    # The samples' selection bought new: the buy price is the new price.
-    app = make_datasette(db, price_type="new")
+    app = make_datasette(db)
     yield app
     app.get_database("dealsd").close()
 
@@ -102,14 +102,14 @@ async def test_pages_have_dealsd_titles_and_column_help(ds: Any) -> None:
         assert page.status_code == 200
         assert f">{title}</h1>" in page.text, table  # fmt: skip
     table = await ds.client.get("/dealsd/deals")
-    assert "Estimated profit after fees" in table.text  # a column's description
+    assert "sale minus all-in cost minus fees" in table.text  # a column's description
     assert "EQQUALBERRY" in table.text
     history = await ds.client.get("/dealsd/product_history")
     assert "KB of zlib-compressed Keepa JSON" in history.text
 
 
 async def test_a_deal_page_charts_the_real_history_point_by_point(ds: Any) -> None:
-    page = await ds.client.get(f"/dealsd/deals/{ASIN}")
+    page = await ds.client.get(PAGE)
     assert page.status_code == 200
     want = hand_counts(ASIN)
     assert want["new"] > 100 and want["buy_box"] > 100 and want["sales_rank"] > 1000
@@ -126,20 +126,31 @@ async def test_a_deal_not_backfilled_says_so(ds: Any, db: Path) -> None:
     write(db, lambda c: queries.upsert_deals(
         c, [{"asin": "B000NEW001", "domain_id": 3, "title": "fresh", "last_seen_at": stamp}],
         checkpoints={}, now=stamp))  # fmt: skip
-    page = await ds.client.get("/dealsd/deals/B000NEW001")
+    page = await ds.client.get("/dealsd/deals/3,B000NEW001")
     assert page.status_code == 200
     assert "not been backfilled" in page.text and "<svg" not in page.text
     assert 'href="https://www.amazon.de/dp/B000NEW001"' in page.text
 
 
-async def test_best_by_roi_orders_by_roi_and_takes_min_sales(ds: Any) -> None:
+async def test_best_by_roi_orders_by_roi_and_takes_min_sales(ds: Any, db: Path) -> None:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    raw = {asin: (roi, buy, sold) for asin, roi, buy, sold in conn.execute(
+        "SELECT asin, roi_pct, buy_price_cents, coalesce(monthly_sold, est_sales_per_month) "
+        "FROM deals")}  # fmt: skip
+    conn.close()
+    assert all(v[0] is not None and v[2] is not None for v in raw.values())
+    by_roi = sorted(raw, key=lambda a: -raw[a][0])
     got = await rows(ds, "/dealsd/best_by_roi.json?min_sales_per_month=")
-    assert [r["asin"] for r in got] == ["B0D8W1YVBX", "B0F7XPYCSJ"]  # -25.4 % before -28.7 %
-    assert got[0]["roi_pct"] > got[1]["roi_pct"]
-    assert got[0]["buy"] == 14.99 and got[0]["sales_per_month"] == 35
-    # B0F7XPYCSJ sells 13 a month: under 20 it is left out.
-    assert [r["asin"] for r in await rows(ds, "/dealsd/best_by_roi.json?min_sales_per_month=20")] \
-        == ["B0D8W1YVBX"]  # fmt: skip
+    assert [r["asin"] for r in got] == by_roi
+    first = got[0]
+    assert first["buy"] == raw[first["asin"]][1] / 100  # money in currency units
+    assert first["sales_per_month"] == raw[first["asin"]][2]
+    # A threshold between the two samples' sales keeps only the faster seller.
+    slow, fast = sorted(raw, key=lambda a: raw[a][2])
+    assert raw[slow][2] < raw[fast][2]
+    half_way = (raw[slow][2] + raw[fast][2]) // 2 + 1
+    kept = await rows(ds, f"/dealsd/best_by_roi.json?min_sales_per_month={half_way}")
+    assert [r["asin"] for r in kept] == [fast]
 
 
 async def test_new_in_the_last_hour(ds: Any, db: Path) -> None:
@@ -216,7 +227,7 @@ async def test_read_only_and_consistent_beside_a_writer_in_wal_mode(ds: Any, db:
 def test_dealsd_web_serves_on_loopback(db: Path) -> None:
     with served(db) as url:
         assert url.startswith("http://127.0.0.1:")
-        with urllib.request.urlopen(f"{url}/dealsd/deals/{ASIN}", timeout=10) as resp:
+        with urllib.request.urlopen(url + PAGE, timeout=10) as resp:
             page = resp.read().decode()
     assert chart_counts(page) == hand_counts(ASIN)
 

@@ -118,11 +118,26 @@ class TokensConfig(_Table, frozen=True):
     batch_minutes: PositiveFloat = 1.0
 
 
+# Amazon US root categories that pay the variable closing fee on media:
+# Books, CDs & Vinyl (music), Movies & TV (video, DVD), Software, Video Games.
+MEDIA_CATEGORIES_US: tuple[int, ...] = (283155, 5174, 2625373, 229534, 468642)
+
+
+def default_media_categories() -> list[int]:
+    return list(MEDIA_CATEGORIES_US)
+
+
 class ProfitConfig(_Table, frozen=True):
-    reference: Literal["used", "new", "buy_box", "amazon"] = "used"
+    reference: Literal["used", "new", "buy_box", "used_buy_box", "amazon"] = "used"
     referral_fee_pct: Annotated[float, Meta(ge=0, le=100)] = 15.0
     fba_fee_cents: NonNegativeInt = 0
     extra_cost_cents: NonNegativeInt = 0
+    buy_shipping_cents: NonNegativeInt = 0
+    prep_cents: NonNegativeInt = 0
+    inbound_cents_per_lb: NonNegativeInt = 0
+    referral_fee_min_cents: NonNegativeInt = 0
+    closing_fee_cents: NonNegativeInt = 180
+    closing_fee_categories: list[int] = msgspec.field(default_factory=default_media_categories)
 
 
 class LogConfig(_Table, frozen=True):
@@ -400,6 +415,24 @@ def diff_live(old: Config, new: Config) -> tuple[list[Change], list[str]]:
     return live, restart
 
 
+# `[profit] reference` values whose Keepa data only buybox=1 or offers fetch.
+BUY_BOX_REFERENCES = frozenset({"buy_box", "used_buy_box"})
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """What a valid config asks for that its own parameters will never fetch."""
+    warnings = []
+    b = cfg.backfiller
+    if cfg.profit.reference in BUY_BOX_REFERENCES and not (b.buybox or b.offers):
+        warnings.append(
+            f'profit.reference: "{cfg.profit.reference}" needs buy box data, which '
+            "backfiller.buybox = false and backfiller.offers = 0 never fetch: every "
+            "expected_sale_cents and profit column stays NULL (set backfiller.buybox = true, "
+            "+2 tokens a product)"
+        )
+    return warnings
+
+
 def check_config(
     path: str | os.PathLike[str],
     *,
@@ -414,7 +447,8 @@ def check_config(
     error when the file is wrong or the key it would use is unusable. No key
     visible at all is only a warning: under systemd the key arrives as a
     credential only the service sees, and ExecReload runs this as root
-    without it.
+    without it. A config that is valid but will not do what it seems to
+    (``config_warnings``) is a warning too.
     """
     err = err or sys.stderr
     try:
@@ -435,5 +469,7 @@ def check_config(
         return EX_CONFIG
     else:
         early_line(f"dealsd: API key: {where}", level="info", stream=err, env=env)
+    for warning in config_warnings(cfg):
+        early_line(f"dealsd: warning: {path}: {warning}", level="warning", stream=err, env=env)
     print(f"config OK: {path}", file=out or sys.stdout)
     return EX_OK

@@ -50,10 +50,13 @@ class ProductParams:
         return query
 
     def stats_only(self) -> ProductParams:
-        """The lightweight refresh: stats only, no history, offers, rating or buy box."""
+        """The lightweight refresh: stats only, no history, offers or rating.
+
+        The buy box stays when it was asked for (+2 a product): without it the
+        buy box columns, and a `buy_box` profit reference, could not be refreshed.
+        """
         return replace(
-            self, history=False, days=0, offers=0, only_live_offers=False,
-            rating=False, buybox=False,
+            self, history=False, days=0, offers=0, only_live_offers=False, rating=False,
         )
 
 

@@ -9,19 +9,36 @@ object exactly as Keepa sent it) are kept for storage.
 Keepa's conventions: prices are integer cents; -1 means no data and -2 not
 available. Turning those into NULL is the mapping's job (``dealsd.mapping``),
 not the decoder's: the decoder keeps what was sent.
+
+A product is paid for, so it is never lost to one odd field: when the strict
+decode fails (a JSON ``null`` or a string where a number is declared), the
+product is decoded again field by field (``_repair``). A field that cannot be
+read gets its default (-1, an empty list, None: no data), an array keeps its
+readable entries (an unreadable one becomes -1), and the field's name is kept
+in ``Item.unreadable`` so the oddity is counted and logged. Only a product
+without a readable ``asin`` is skipped: nothing could be stored for it. The
+strict decode stays the fast path: the repair runs for odd products only.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
 # Price-type indexes (docs/keepa.md, "Prices and arrays").
 AMAZON, NEW, USED, SALES = 0, 1, 2, 3
+NEW_FBM_SHIPPING, NEW_FBA = 7, 10
 COUNT_NEW, COUNT_USED = 11, 12
 BUY_BOX_SHIPPING = 18
+USED_NEW_SHIPPING, USED_VERY_GOOD_SHIPPING, USED_GOOD_SHIPPING, USED_ACCEPTABLE_SHIPPING = (
+    19, 20, 21, 22,
+)  # fmt: skip
+BUY_BOX_USED_SHIPPING = 32
+COUNT_NEW_FBA, COUNT_NEW_FBM = 34, 35
 
 PRODUCT_TYPE_INVALID = 4
 ROOT_CATEGORY_UNKNOWN = (0, 9_223_372_036_854_775_807)
@@ -72,6 +89,7 @@ class Stats(msgspec.Struct, frozen=True, rename="camel"):
     sales_rank_drops180: int = -1
     sales_rank_drops365: int = -1
     buy_box_price: int | None = None
+    out_of_stock_percentage90: list[int] = []
 
 
 class Product(msgspec.Struct, frozen=True, rename="camel"):
@@ -83,9 +101,15 @@ class Product(msgspec.Struct, frozen=True, rename="camel"):
     fba_fees: FbaFees | None = None
     referral_fee_percentage: float | None = None
     stats: Stats | None = None
+    monthly_sold: int | None = None
+    package_weight: int | None = None  # grams; 0 or -1: unknown
+    binding: str | None = None
+    publication_date: int | None = None  # YYYY, YYYYMM or YYYYMMDD; 0 or -1: unknown
+    release_date: int | None = None
 
 
 T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +118,8 @@ class Item(Generic[T]):
 
     value: T
     raw: bytes
+    # Fields that could not be read and were left as "no data" (see _repair).
+    unreadable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +190,49 @@ def decode_envelope(body: bytes) -> tuple[Envelope | None, KeepaErrorBody | None
     return envelope, env.error
 
 
-def _decode_items(raws: list[msgspec.Raw], typ: type[T]) -> Decoded[T]:
+def _struct_type(annotation: Any) -> type[msgspec.Struct] | None:
+    """The Struct in ``annotation`` (``Stats`` or ``Stats | None``), if any."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (
+        annotation,
+    )
+    for option in options:
+        if isinstance(option, type) and issubclass(option, msgspec.Struct):
+            return option
+    return None
+
+
+def _repair(typ: type[S], obj: dict[str, Any], prefix: str, unreadable: list[str]) -> S:
+    """``typ`` from a generic JSON object, field by field; odd fields are recorded.
+
+    Raises ValueError when a required field (one without a default) cannot be read.
+    """
+    kwargs: dict[str, Any] = {}
+    for field in msgspec.structs.fields(typ):
+        if field.encode_name not in obj:
+            if field.required:
+                raise ValueError(f"{prefix}{field.encode_name}: missing")
+            continue
+        value = obj[field.encode_name]
+        try:
+            kwargs[field.name] = msgspec.convert(value, field.type)
+            continue
+        except msgspec.ValidationError:
+            pass
+        name = prefix + field.encode_name
+        inner = _struct_type(field.type)
+        if inner is not None and isinstance(value, dict):
+            kwargs[field.name] = _repair(inner, value, name + ".", unreadable)
+            continue
+        if field.required:
+            raise ValueError(f"{name}: unreadable {type(value).__name__}")
+        unreadable.append(name)
+        if field.type == list[int] and isinstance(value, list):
+            # The readable entries stay; an odd one is "no data" (-1).
+            kwargs[field.name] = [v if type(v) is int else -1 for v in value]
+    return typ(**kwargs)
+
+
+def _decode_items(raws: list[msgspec.Raw], typ: type[T], *, repair: bool = False) -> Decoded[T]:
     decoder = msgspec.json.Decoder(typ)
     items: list[Item[T]] = []
     skipped: list[Skipped] = []
@@ -172,21 +240,50 @@ def _decode_items(raws: list[msgspec.Raw], typ: type[T]) -> Decoded[T]:
         data = bytes(raw)
         try:
             items.append(Item(decoder.decode(data), data))
+            continue
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            try:
-                asin = msgspec.json.decode(data, type=_AsinOnly).asin
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                asin = None
-            skipped.append(Skipped(index, asin, str(exc)))
+            reason = str(exc)
+        if repair:
+            repaired = _repaired(data, typ)
+            if repaired is not None:
+                items.append(repaired)
+                continue
+        try:
+            asin = msgspec.json.decode(data, type=_AsinOnly).asin
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            asin = None
+        skipped.append(Skipped(index, asin, reason))
     return Decoded(items, skipped)
+
+
+def _repaired(data: bytes, typ: type[T]) -> Item[T] | None:
+    """The item decoded field by field, or None if even that is impossible."""
+    try:
+        obj = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    struct = _struct_type(typ)
+    if struct is None or not isinstance(obj, dict):
+        return None
+    unreadable: list[str] = []
+    try:
+        value = _repair(struct, obj, "", unreadable)
+    except ValueError:
+        return None
+    return Item(typing.cast(T, value), data, tuple(unreadable))
+
+
+def _decode_body(body: bytes, typ: type[T], what: str) -> T:
+    """A whole response body: one that does not decode is a PayloadError naming ``what``."""
+    try:
+        return msgspec.json.decode(body, type=typ)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise PayloadError(f"{what} response: {exc}") from None
 
 
 def decode_deals(body: bytes) -> Decoded[Deal]:
     """Decode a /deal response body; raise PayloadError if the body itself is bad."""
-    try:
-        resp = msgspec.json.decode(body, type=_DealResponse)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise PayloadError(f"deal response: {exc}") from None
+    resp = _decode_body(body, _DealResponse, "deal")
     if resp.deals is None:
         raise PayloadError("deal response: no `deals` object")
     return _decode_items(resp.deals.dr, Deal)
@@ -194,13 +291,10 @@ def decode_deals(body: bytes) -> Decoded[Deal]:
 
 def decode_products(body: bytes) -> Decoded[Product]:
     """Decode a /product response body; raise PayloadError if the body itself is bad."""
-    try:
-        resp = msgspec.json.decode(body, type=_ProductResponse)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise PayloadError(f"product response: {exc}") from None
+    resp = _decode_body(body, _ProductResponse, "product")
     if resp.products is None:
         raise PayloadError("product response: no `products` list")
-    return _decode_items(resp.products, Product)
+    return _decode_items(resp.products, Product, repair=True)
 
 
 class History(msgspec.Struct, frozen=True, rename="camel"):

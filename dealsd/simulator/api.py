@@ -177,23 +177,80 @@ class ProductQuery:
         return cost
 
 
-def with_offers(product: bytes, asin: str, pages: int, limit: int, minute: int) -> bytes:
-    """Splice an ``offers`` list (``pages`` pages of 10, at most ``limit``) into a product."""
+# Keepa's offer conditions: 1 new, 2..5 used like new / very good / good / acceptable.
+USED_CONDITION_TYPE = {2: 19, 3: 20, 4: 21, 5: 22}  # -> USED_*_SHIPPING price type
+FBM_SHIPPING_CENTS = 399
+
+
+def _offer(i: int, asin: str, minute: int, stock: bool) -> dict[str, Any]:
+    fba = i % 2 == 0
+    offer: dict[str, Any] = {
+        "offerId": i,
+        "sellerId": f"SIMSELLER{i:03d}",
+        "condition": 1 + i % 5,
+        "isFBA": fba,
+        "isPrime": fba,
+        "lastSeen": minute,
+        # [time, price, shipping]: an FBA offer ships free.
+        "offerCSV": [minute, 1000 + 37 * i + len(asin), 0 if fba else FBM_SHIPPING_CENTS],
+    }
+    if stock:
+        offer["stockCSV"] = [minute, 1 + (i * 7 + len(asin)) % 30]
+    return offer
+
+
+def _offer_stats(stats: dict[str, Any], offers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stats fields Keepa derives from the offers it fetched: lowest prices
+    with shipping by condition, the buy boxes (the lowest landed new and used
+    offer here), the FBA/FBM counts."""
+    lowest: dict[int, int] = {}
+
+    def note(price_type: int, landed: int) -> None:
+        lowest[price_type] = min(landed, lowest.get(price_type, landed))
+
+    new_fba = new_fbm = 0
+    for offer in offers:
+        _, price, shipping = offer["offerCSV"][-3:]
+        landed = price + shipping
+        if offer["condition"] == 1:
+            if offer["isFBA"]:
+                new_fba += 1
+                note(10, price)  # NEW_FBA
+            else:
+                new_fbm += 1
+                note(7, landed)  # NEW_FBM_SHIPPING
+            note(18, landed)  # BUY_BOX_SHIPPING
+        else:
+            note(USED_CONDITION_TYPE[offer["condition"]], landed)
+            note(32, landed)  # BUY_BOX_USED_SHIPPING
+    out = dict(stats)
+    current = list(out.get("current") or [-1] * 36)
+    for price_type, value in lowest.items():
+        current[price_type] = value
+    out["current"] = current
+    out["offerCountFBA"], out["offerCountFBM"] = new_fba, new_fbm
+    out["retrievedOfferCount"] = len(offers)
+    if 18 in lowest:
+        out["buyBoxPrice"], out["buyBoxShipping"] = lowest[18], 0
+    return out
+
+
+def with_offers(
+    product: bytes, asin: str, pages: int, limit: int, minute: int, *, stock: bool = False
+) -> bytes:
+    """The product with an ``offers`` list (``pages`` pages of 10, at most ``limit``).
+
+    Offers also bring what Keepa derives from them into ``stats`` (when stats
+    were asked for); ``stock`` adds each offer's ``stockCSV``.
+    """
     n = min(limit, pages * 10)
-    offers = [
-        {
-            "offerId": i,
-            "sellerId": f"SIMSELLER{i:03d}",
-            "condition": 1 if i % 3 else 2,
-            "isFBA": i % 2 == 0,
-            "isPrime": i % 2 == 0,
-            "lastSeen": minute,
-            "offerCSV": [minute, 1000 + 37 * i + len(asin), 0],
-        }
-        for i in range(n)
-    ]
-    extra = msgspec.json.encode({"offers": offers, "liveOffersOrder": list(range(n))})
-    return product[:-1] + b"," + extra[1:]
+    offers = [_offer(i, asin, minute, stock) for i in range(n)]
+    doc = msgspec.json.decode(product)
+    doc["offers"] = offers
+    doc["liveOffersOrder"] = list(range(n))
+    if isinstance(doc.get("stats"), dict):
+        doc["stats"] = _offer_stats(doc["stats"], offers)
+    return msgspec.json.encode(doc)
 
 
 # lying items ---------------------------------------------------------------------
@@ -212,14 +269,19 @@ def corrupt_deal(data: bytes, rng: random.Random) -> bytes:
 
 
 def corrupt_product(data: bytes, rng: random.Random) -> bytes:
+    """A product that lies: no asin (unusable), a string or nulls where numbers
+    belong (Keepa sends nulls: readable around them), a productType string."""
     product = msgspec.json.decode(data)
-    how = rng.randrange(3)
+    how = rng.randrange(4)
     if how == 0:
         product.pop("asin", None)
     elif how == 1 and isinstance(product.get("stats"), dict):
         avg90 = list(product["stats"].get("avg90") or [-1] * N_TYPES)
         avg90[1] = "n/a"
         product["stats"]["avg90"] = avg90
+    elif how == 2 and isinstance(product.get("stats"), dict):
+        product["lastUpdate"] = None
+        product["stats"]["salesRankDrops90"] = None
     else:
         product["productType"] = "standard"
     return msgspec.json.encode(product)

@@ -1,10 +1,18 @@
 """Products for /product, built from the two real recorded payloads.
 
-The two real ASINs are answered with their recorded product exactly. Any other
+The two real ASINs are answered with their recorded product exactly (when asked
+with the parameters they were recorded with: B0D8W1YVBX with ``buybox=1`` and
+``rating=1``, B0F7XPYCSJ with neither). Any other
 ASIN gets a variation of one of them: ASIN and title rewritten, prices scaled
 by a per-ASIN factor (stats, buy box, price histories), fees and sales-rank
 drops varied, everything else (the shape) kept. Choices come from a hash of
 seed and ASIN, so an ASIN always gets the same product.
+
+Keepa sends only the data the parameters paid for (``withheld``, ``strip_stats``): without
+``buybox=1`` or ``offers`` no buy box (csv types 18 and 32, the ``buyBox*``
+stats), without ``rating=1`` or ``offers`` no rating history (types 16, 17).
+The offers themselves, and the offer-derived stats, are added by the server
+(``api.with_offers``).
 
 A product of the large sample is ~600 KB, mostly history. Those big members
 are encoded once per template (and price factor) and spliced in as
@@ -37,6 +45,41 @@ REFERRAL_PCTS = (8.0, 12.0, 15.0, 15.01, 17.0)
 STATS_MONEY_ARRAYS = ("current", "avg", "avg30", "avg90", "avg180", "avg365", "atIntervalStart")
 STATS_PAIR_ARRAYS = ("min", "max", "minInInterval", "maxInInterval")
 BIG_MEMBER = 2048  # bytes: members larger than this are pre-encoded once
+BUY_BOX_TYPES = frozenset({18, 32})  # BUY_BOX_SHIPPING, BUY_BOX_USED_SHIPPING
+RATING_TYPES = frozenset({16, 17})  # RATING, COUNT_REVIEWS
+STATS_TYPE_ARRAYS = (
+    *STATS_MONEY_ARRAYS, "outOfStockPercentage30", "outOfStockPercentage90",
+    "outOfStockPercentage180", "outOfStockPercentage365", "outOfStockPercentageInInterval",
+)  # fmt: skip
+
+
+def withheld(*, buybox: bool, rating: bool) -> frozenset[int]:
+    """The price types a request without these parameters gets no data for."""
+    return frozenset(
+        {*(() if buybox else BUY_BOX_TYPES), *(() if rating else RATING_TYPES)}
+    )
+
+
+def strip_stats(stats: dict[str, Any], types: frozenset[int]) -> dict[str, Any]:
+    """A copy of ``stats`` with no data for ``types`` (and no buy box fields if 18 is in)."""
+    if not types:
+        return stats
+    out = dict(stats)
+    for name in STATS_TYPE_ARRAYS:
+        arr = out.get(name)
+        if isinstance(arr, list):
+            out[name] = [-1 if t in types else v for t, v in enumerate(arr)]
+    for name in STATS_PAIR_ARRAYS:
+        arr = out.get(name)
+        if isinstance(arr, list):
+            out[name] = [None if t in types else v for t, v in enumerate(arr)]
+    if 18 in types:
+        for name in out:
+            if name.startswith("buyBox") or name == "lastBuyBoxUpdate":
+                out[name] = None
+        # Keepa's "not available" for these two, as in a sample asked without buybox.
+        out["buyBoxPrice"] = out["buyBoxShipping"] = -2
+    return out
 
 
 def unit(seed: int, asin: str, what: str) -> float:
@@ -66,10 +109,12 @@ def _scale(value: Any, factor: float) -> Any:
     return int(value * factor) if isinstance(value, int) and value > 0 else value
 
 
-def _scaled_csv(csv: list[Any], factor: float, since: int | None) -> list[Any]:
+def _scaled_csv(
+    csv: list[Any], factor: float, since: int | None, drop: frozenset[int] = frozenset()
+) -> list[Any]:
     out: list[Any] = []
     for t, series in enumerate(csv):
-        if series is None:
+        if series is None or t in drop:
             out.append(None)
             continue
         stride = 3 if t in TRIPLE_TYPES else 2
@@ -92,8 +137,10 @@ class ProductFactory:
         self.templates = load_templates()
         self._real = {t.asin: t for t in self.templates}
         self._raw_members: dict[tuple[str, str], msgspec.Raw] = {}
-        self._csv: dict[tuple[str, float, int], msgspec.Raw] = {}
-        self._cache: OrderedDict[tuple[str, bool, bool, int], Piece] = OrderedDict()
+        self._csv: dict[tuple[str, float, int, frozenset[int]], msgspec.Raw] = {}
+        self._cache: OrderedDict[tuple[str, bool, bool, int, frozenset[int]], Piece] = (
+            OrderedDict()
+        )
         self._cache_size = 0
         self._cache_max = cache_bytes
         self.builds = 0
@@ -111,15 +158,26 @@ class ProductFactory:
         return 1 + int(unit(self.seed, asin, "offers") * 3)
 
     def product_piece(
-        self, asin: str, *, history: bool, stats: bool, days: int, title: str | None = None
+        self,
+        asin: str,
+        *,
+        history: bool,
+        stats: bool,
+        days: int,
+        title: str | None = None,
+        withhold: frozenset[int] = frozenset(),
     ) -> Piece:
-        """The product's JSON and its deflated form, cached."""
-        key = (asin, history, stats, days if history else 0)
+        """The product's JSON and its deflated form, cached.
+
+        ``withhold``: price types the request did not pay for (``withheld``).
+        """
+        key = (asin, history, stats, days if history else 0, withhold)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        made = piece(msgspec.json.encode(self._build(asin, history, stats, days, title)))
+        product = self._build(asin, history, stats, days, title, withhold)
+        made = piece(msgspec.json.encode(product))
         self.builds += 1
         self._cache[key] = made
         self._cache_size += len(made.data) + len(made.deflated)
@@ -127,11 +185,6 @@ class ProductFactory:
             _, old = self._cache.popitem(last=False)
             self._cache_size -= len(old.data) + len(old.deflated)
         return made
-
-    def product_bytes(
-        self, asin: str, *, history: bool, stats: bool, days: int, title: str | None = None
-    ) -> bytes:
-        return self.product_piece(asin, history=history, stats=stats, days=days, title=title).data
 
     def invalid_bytes(self, asin: str) -> bytes:
         # Keepa's answer for an ASIN it cannot resolve: the product, empty.
@@ -151,28 +204,40 @@ class ProductFactory:
             raw = self._raw_members[key] = msgspec.Raw(encoded)
         return raw
 
-    def _csv_raw(self, template: Template, factor: float, days: int) -> msgspec.Raw:
-        key = (template.asin, factor, days)
+    def _csv_raw(
+        self, template: Template, factor: float, days: int, drop: frozenset[int]
+    ) -> msgspec.Raw:
+        key = (template.asin, factor, days, drop)
         raw = self._csv.get(key)
         if raw is None:
             since = template.product["lastUpdate"] - days * 1440 if days > 0 else None
             csv = template.product["csv"]
-            raw = msgspec.Raw(msgspec.json.encode(_scaled_csv(csv, factor, since)))
+            raw = msgspec.Raw(msgspec.json.encode(_scaled_csv(csv, factor, since, drop)))
             self._csv[key] = raw
         return raw
 
     def _build(
-        self, asin: str, history: bool, stats: bool, days: int, title: str | None
+        self,
+        asin: str,
+        history: bool,
+        stats: bool,
+        days: int,
+        title: str | None,
+        withhold: frozenset[int],
     ) -> dict[str, Any]:
         real = self._real.get(asin)
         if real is not None:
             product = dict(real.product)  # exactly as recorded, minus what was not asked
             if not history:
                 del product["csv"]
-            elif days > 0:
-                product["csv"] = self._csv_raw(real, 1.0, days)
+            elif days > 0 or withhold:
+                product["csv"] = self._csv_raw(real, 1.0, days, withhold)
             if not stats:
                 product.pop("stats", None)
+            elif withhold and isinstance(product.get("stats"), dict):
+                product["stats"] = strip_stats(product["stats"], withhold)
+            if 18 in withhold and "buyBoxSellerIdHistory" in product:
+                product["buyBoxSellerIdHistory"] = None
             return product
         template = self.templates[int(unit(self.seed, asin, "template") * len(self.templates))]
         factor = FACTORS[int(unit(self.seed, asin, "factor") * len(FACTORS))]
@@ -183,9 +248,11 @@ class ProductFactory:
         product["asin"] = asin
         product["title"] = title or f"{src['title']} ({asin})"
         if history:
-            product["csv"] = self._csv_raw(template, factor, days)
+            product["csv"] = self._csv_raw(template, factor, days, withhold)
         if stats and src.get("stats") is not None:
-            product["stats"] = self._stats(src["stats"], factor, asin)
+            product["stats"] = strip_stats(self._stats(src["stats"], factor, asin), withhold)
+        if 18 in withhold and "buyBoxSellerIdHistory" in product:
+            product["buyBoxSellerIdHistory"] = None
         fees = dict(src.get("fbaFees") or {})
         if isinstance(fees.get("pickAndPackFee"), int):
             fees["pickAndPackFee"] = 250 + int(unit(self.seed, asin, "fee") * 600)

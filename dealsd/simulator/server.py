@@ -29,7 +29,7 @@ from dealsd.simulator.bucket import TokenBucket
 from dealsd.simulator.catalogue import Catalogue, RealDeal
 from dealsd.simulator.gzjoin import Piece, gzip_join, piece
 from dealsd.simulator.options import Faults, SimOptions
-from dealsd.simulator.products import ProductFactory
+from dealsd.simulator.products import ProductFactory, withheld
 
 log = structlog.get_logger(__name__)
 
@@ -348,14 +348,21 @@ class Simulator:
                 item_cost = 1
             else:
                 deal = self.catalogue.by_asin.get(asin)
+                # Keepa answers what was paid for: buy box data with buybox=1
+                # or offers, rating history with rating=1 or offers.
+                withhold = withheld(
+                    buybox=q.buybox or q.offers > 0, rating=q.rating or q.offers > 0
+                )
                 made = self.products.product_piece(
                     asin, history=q.history, stats=q.stats > 0, days=q.days,
-                    title=deal["title"] if deal is not None else None,
+                    title=deal["title"] if deal is not None else None, withhold=withhold,
                 )  # fmt: skip
                 pages = self.products.offer_pages(asin) if q.offers else 0
                 if q.offers:
                     made = piece(
-                        api.with_offers(made.data, asin, pages, q.offers, self.keepa_minute)
+                        api.with_offers(
+                            made.data, asin, pages, q.offers, self.keepa_minute, stock=q.stock
+                        )
                     )
                 item_cost = q.cost_per_product(pages)
             if self._roll("bad_items", self.options.faults.bad_items):

@@ -45,9 +45,12 @@ _NEWER = (
 UPSERT_DEAL_COLUMNS: tuple[str, ...] = ("asin", *DEAL_FEED_COLUMNS, "first_seen_at", "last_seen_at")
 UPSERT_DEAL_SQL = (
     f"INSERT INTO deals ({', '.join(UPSERT_DEAL_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(UPSERT_DEAL_COLUMNS))}) ON CONFLICT (asin) DO UPDATE SET "
+    f"VALUES ({', '.join('?' * len(UPSERT_DEAL_COLUMNS))}) "
+    "ON CONFLICT (domain_id, asin) DO UPDATE SET "
     + ", ".join(
-        f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE deals.{c} END" for c in DEAL_FEED_COLUMNS
+        f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE deals.{c} END"
+        for c in DEAL_FEED_COLUMNS
+        if c != "domain_id"  # part of the key: a conflict means it is equal
     )
     + ", last_seen_at = max(deals.last_seen_at, excluded.last_seen_at)"
 )
@@ -263,14 +266,22 @@ def store_product(
     if cur.rowcount == 0:
         return False
     if payload_zlib is not None:
+        # The history takes its deal's key (domain_id from the deal row).
         conn.execute(
-            "INSERT INTO product_history (asin, fetched_at, keepa_last_update, tokens_spent, "
-            "payload) VALUES (?, ?, ?, ?, ?) ON CONFLICT (asin) DO UPDATE SET "
+            "INSERT INTO product_history (domain_id, asin, fetched_at, keepa_last_update, "
+            "tokens_spent, payload) SELECT domain_id, asin, ?, ?, ?, ? FROM deals WHERE asin = ? "
+            "ON CONFLICT (domain_id, asin) DO UPDATE SET "
             "fetched_at = excluded.fetched_at, keepa_last_update = excluded.keepa_last_update, "
             "tokens_spent = excluded.tokens_spent, payload = excluded.payload",
-            (asin, fetched_at, keepa_last_update, tokens_spent, payload_zlib),
+            (fetched_at, keepa_last_update, tokens_spent, payload_zlib, asin),
         )
     return True
+
+
+def deal_by_asin(conn: sqlite3.Connection, asin: str) -> dict[str, Any] | None:
+    """The whole `deals` row of ``asin`` as a dict, None if there is none."""
+    rows = _dicts(conn.execute("SELECT * FROM deals WHERE asin = ?", (asin,)))
+    return rows[0] if rows else None
 
 
 def record_backfill_failure(
@@ -278,7 +289,7 @@ def record_backfill_failure(
 ) -> int:
     """Count a failed backfill; ``retry_at`` None means given up. Returns attempts (0: no deal).
 
-    ``now`` is not stored by schema v1 (the failure time is the writer's
+    ``now`` is not stored by the schema (the failure time is the writer's
     commit time); it stays in the signature so a later column needs no
     change at the callers.
     """
@@ -294,7 +305,8 @@ def record_backfill_failure(
 def prune_stale(conn: sqlite3.Connection, *, older_than: str, limit: int) -> int:
     """Delete up to ``limit`` deals not seen since ``older_than`` (history cascades)."""
     cur = conn.execute(
-        "DELETE FROM deals WHERE asin IN (SELECT asin FROM deals WHERE last_seen_at < ? "
+        # By rowid: exactly the rows chosen, whatever marketplace shares an ASIN.
+        "DELETE FROM deals WHERE rowid IN (SELECT rowid FROM deals WHERE last_seen_at < ? "
         "ORDER BY last_seen_at LIMIT ?)",
         (older_than, limit),
     )
@@ -372,6 +384,10 @@ def status_summary(conn: sqlite3.Connection, *, now: float) -> dict[str, Any]:
             conn, "SELECT count(*) FROM deals WHERE first_seen_at >= ?", day_ago
         ),
         "newest_keepa_update": _one(conn, "SELECT max(keepa_last_update) FROM deals"),
+        # Products stored with a field that could not be read (kept, not lost).
+        "unreadable_fields": _one(
+            conn, "SELECT count(*) FROM deals WHERE unreadable_fields IS NOT NULL"
+        ),
     }
     spent = _one(conn, "SELECT coalesce(sum(tokens), 0) FROM token_ledger WHERE at >= ?", hour_ago)
     tokens, items = tuple(

@@ -18,9 +18,9 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-_V1 = """
-CREATE TABLE deals (
-    asin                  TEXT PRIMARY KEY,
+# The deals columns of v1 after the key, and the deals indexes: v2 rebuilds
+# the table with the same columns and indexes, so the text is written once.
+_DEALS_V1_COLUMNS = """
     domain_id             INTEGER NOT NULL,
     title                 TEXT,
     image_url             TEXT,
@@ -61,8 +61,9 @@ CREATE TABLE deals (
     backfill_attempts     INTEGER NOT NULL DEFAULT 0,
     backfill_retry_at     TEXT,
     backfill_error        TEXT
-);
+"""
 
+_DEALS_INDEXES = """
 -- The backfill queue, newest first: only never-backfilled rows are in it,
 -- and attempts/retry_at ride along so the filter needs no table lookup.
 CREATE INDEX deals_pending_backfill
@@ -78,7 +79,13 @@ CREATE INDEX deals_last_seen_at ON deals (last_seen_at);
 CREATE INDEX deals_first_seen_at ON deals (first_seen_at);
 -- "Newest deal" (max) and dashboards sorting by freshness.
 CREATE INDEX deals_keepa_last_update ON deals (keepa_last_update);
+"""
 
+_V1 = f"""
+CREATE TABLE deals (
+    asin                  TEXT PRIMARY KEY,{_DEALS_V1_COLUMNS});
+
+{_DEALS_INDEXES}
 CREATE TABLE product_history (
     asin              TEXT PRIMARY KEY REFERENCES deals (asin) ON DELETE CASCADE,
     fetched_at        TEXT,
@@ -126,7 +133,90 @@ CREATE TABLE token_ledger (
 CREATE INDEX token_ledger_at ON token_ledger (at);
 """
 
-MIGRATIONS: list[str] = [_V1]
+# Every v1 deals column, for the copy into v2 (which has them all, and more).
+_V1_DEAL_NAMES = ", ".join(
+    ["asin", *(line.split()[0] for line in _DEALS_V1_COLUMNS.strip().splitlines())]
+)
+
+_V2 = f"""
+-- v2: the key is (domain_id, asin): the same ASIN is another offer in another
+-- marketplace. SQLite cannot change a primary key in place, so both tables
+-- are rebuilt and copied, child first out and parent first in, inside the
+-- one migration transaction (apply_migrations); no DROP ever cascades,
+-- because the old history table is dropped before the old deals table.
+CREATE TABLE deals_v2 (
+    asin                  TEXT NOT NULL,{_DEALS_V1_COLUMNS},
+    -- schema v2: prices by condition, shipping included (stats current / avg90)
+    current_used_like_new_shipping_cents   INTEGER,
+    avg90_used_like_new_shipping_cents     INTEGER,
+    current_used_very_good_shipping_cents  INTEGER,
+    avg90_used_very_good_shipping_cents    INTEGER,
+    current_used_good_shipping_cents       INTEGER,
+    avg90_used_good_shipping_cents         INTEGER,
+    current_used_acceptable_shipping_cents INTEGER,
+    avg90_used_acceptable_shipping_cents   INTEGER,
+    current_used_buy_box_shipping_cents    INTEGER,
+    avg90_used_buy_box_shipping_cents      INTEGER,
+    current_new_fbm_shipping_cents         INTEGER,
+    avg90_new_fbm_shipping_cents           INTEGER,
+    current_used_shipping_cents            INTEGER,
+    current_new_shipping_cents             INTEGER,
+    buy_box_shipping_cents                 INTEGER,
+    -- sales speed
+    monthly_sold                           INTEGER,
+    avg30_sales_rank                       INTEGER,
+    avg180_sales_rank                      INTEGER,
+    est_sales_per_month                    INTEGER,
+    -- competition
+    offer_count_new_fba                    INTEGER,
+    offer_count_new_fbm                    INTEGER,
+    avg90_offer_count_used                 INTEGER,
+    amazon_oos_pct_90                      INTEGER,
+    amazon_offering                        INTEGER,
+    -- product facts
+    package_weight_g                       INTEGER,
+    binding                                TEXT,
+    publication_date                       TEXT,
+    release_date                           TEXT,
+    -- the estimate's new parts
+    buy_price_cents                        INTEGER,
+    all_in_cost_cents                      INTEGER,
+    fees_cents                             INTEGER,
+    roi_pct                                REAL,
+    -- fields of the product Keepa sent that could not be read (NULL: all read)
+    unreadable_fields                      TEXT,
+    PRIMARY KEY (domain_id, asin)
+);
+INSERT INTO deals_v2 ({_V1_DEAL_NAMES})
+SELECT {_V1_DEAL_NAMES} FROM deals;
+CREATE TABLE product_history_v2 (
+    domain_id         INTEGER NOT NULL,
+    asin              TEXT NOT NULL,
+    fetched_at        TEXT,
+    keepa_last_update TEXT,
+    tokens_spent      INTEGER,
+    payload           BLOB,
+    PRIMARY KEY (domain_id, asin),
+    FOREIGN KEY (domain_id, asin) REFERENCES deals_v2 (domain_id, asin) ON DELETE CASCADE
+);
+INSERT INTO product_history_v2 (domain_id, asin, fetched_at, keepa_last_update, tokens_spent,
+                                payload)
+    SELECT d.domain_id, h.asin, h.fetched_at, h.keepa_last_update, h.tokens_spent, h.payload
+    FROM product_history AS h JOIN deals AS d ON d.asin = h.asin;
+DROP TABLE product_history;
+DROP TABLE deals;
+-- RENAME also rewrites product_history_v2's REFERENCES to the new name.
+ALTER TABLE deals_v2 RENAME TO deals;
+ALTER TABLE product_history_v2 RENAME TO product_history;
+
+{_DEALS_INDEXES}-- Every daemon statement and most dashboard queries name the ASIN alone.
+CREATE INDEX deals_asin ON deals (asin);
+CREATE INDEX product_history_asin ON product_history (asin);
+-- The status count of products with unreadable fields.
+CREATE INDEX deals_unreadable ON deals (unreadable_fields) WHERE unreadable_fields IS NOT NULL;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

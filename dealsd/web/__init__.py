@@ -18,7 +18,7 @@ INSTALL_HINT = (
 )
 
 
-def run_web(db: Path, *, host: str, port: int, price_type: str) -> int:
+def run_web(db: Path, *, host: str, port: int) -> int:
     try:
         import datasette  # noqa: F401
     except ImportError:
@@ -29,4 +29,4 @@ def run_web(db: Path, *, host: str, port: int, price_type: str) -> int:
         return EXIT_NO_DATABASE
     from dealsd.web.app import serve
 
-    return serve(db, host=host, port=port, price_type=price_type)
+    return serve(db, host=host, port=port)

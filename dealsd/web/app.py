@@ -32,14 +32,14 @@ SETTINGS = {
 }
 
 
-def make_datasette(db: Path, *, price_type: str) -> Datasette:
+def make_datasette(db: Path) -> Datasette:
     """A Datasette over ``db`` (named ``dealsd``) with dealsd's plugin and metadata."""
     if pm.get_plugin("dealsd") is None:
         pm.register(plugin, name="dealsd")
     templates = resources.files("dealsd.web") / "templates"
     ds = Datasette(
         [],
-        metadata=metadata(price_type),
+        metadata=metadata(),
         template_dir=str(templates),
         settings=SETTINGS,
     )
@@ -47,8 +47,8 @@ def make_datasette(db: Path, *, price_type: str) -> Datasette:
     return ds
 
 
-def serve(db: Path, *, host: str, port: int, price_type: str) -> int:
-    ds = make_datasette(db, price_type=price_type)
+def serve(db: Path, *, host: str, port: int) -> int:
+    ds = make_datasette(db)
     print(f"dealsd web: serving {db} read-only at http://{host}:{port}/{DATABASE}", flush=True)
     uvicorn.run(ds.app(), host=host, port=port, log_level="warning", lifespan="on")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dealsd.deals import DEFAULT_PRICE_TYPE, DEFAULT_SORT, FIELDS, SORTS, view_sql
+from dealsd.deals import DEFAULT_SORT, FIELDS, SORTS, view_sql
 
 DATABASE = "dealsd"  # the name the database is served under: /dealsd/deals/...
 MIN_SALES_PER_MONTH = 5
@@ -30,36 +30,43 @@ DEAL_COLUMNS: dict[str, str] = {
     "first_seen_at": "When dealsd first stored this deal (UTC)",
     "last_seen_at": "When the deal was last in Keepa's deal feed (UTC)",
     "backfilled_at": "When the history and stats were fetched; blank: not yet",
-    "sales_rank_drops_30": "Sales rank drops in 30 days (about the sales per month)",
+    "sales_rank_drops_30": "Sales rank drops in 30 days",
+    "monthly_sold": "Amazon's 'bought in past month' (a floor: 100, 1000, ...); blank: none",
+    "est_sales_per_month": "Estimated sales a month, from the sales rank drops",
     "expected_sale_cents": "dealsd's resale price estimate, cents",
-    "profit_cents": "Estimated profit after fees and the buy price, cents (may be negative)",
+    "buy_price_cents": "What buying costs, shipping included, cents",
+    "all_in_cost_cents": "Buy price plus prep and inbound shipping, cents",
+    "fees_cents": "Referral, FBA and closing fees plus the extra cost, cents",
+    "profit_cents": "Estimated profit: sale minus all-in cost minus fees, cents (may be negative)",
     "margin_pct": "Profit as a percent of the expected sale",
+    "roi_pct": "Profit as a percent of the all-in cost",
     "backfill_attempts": "Failed backfill attempts so far",
     "backfill_error": "Why the last backfill attempt failed",
 }
 
 
-def _deals_select(price_type: str) -> str:
+def _deals_select() -> str:
     """The view's columns, money in currency units, from the view's subquery."""
     cols = ", ".join(
         f"ROUND({f.key} / 100.0, 2) AS {f.key}" if f.kind == "cents" else f.key for f in FIELDS
     )
-    return f"SELECT {cols} FROM ({view_sql(price_type)})"
+    return f"SELECT {cols} FROM ({view_sql()})"
 
 
-def canned_queries(price_type: str = DEFAULT_PRICE_TYPE) -> dict[str, dict[str, Any]]:
-    deals = _deals_select(price_type)
+def canned_queries() -> dict[str, dict[str, Any]]:
+    deals = _deals_select()
     return {
         "best_by_roi": {
             "title": "Best deals by ROI, with enough sales per month",
             "description": (
                 "Deals with an ROI, selling at least min_sales_per_month a month "
-                f"(rank drops in 30 days; default {MIN_SALES_PER_MONTH}), best ROI first."
+                "(Amazon's bought-in-past-month, else the estimate from rank drops; "
+                f"default {MIN_SALES_PER_MONTH}), best ROI first."
             ),
             "sql": (
                 f"{deals} WHERE roi_pct IS NOT NULL AND sales_per_month >= "
                 f"CAST(COALESCE(NULLIF(:min_sales_per_month, ''), {MIN_SALES_PER_MONTH}) "
-                "AS INTEGER) ORDER BY roi_pct DESC, asin LIMIT 200"
+                "AS INTEGER) ORDER BY roi_pct DESC, asin, domain_id LIMIT 200"
             ),
         },
         "new_last_hour": {
@@ -93,7 +100,7 @@ def canned_queries(price_type: str = DEFAULT_PRICE_TYPE) -> dict[str, dict[str, 
     }
 
 
-def metadata(price_type: str = DEFAULT_PRICE_TYPE) -> dict[str, Any]:
+def metadata() -> dict[str, Any]:
     """The whole metadata document Datasette is started with."""
     return {
         "title": "dealsd",
@@ -134,7 +141,7 @@ def metadata(price_type: str = DEFAULT_PRICE_TYPE) -> dict[str, Any]:
                         "description": "Where the upserter resumes (internal).",
                     },
                 },
-                "queries": canned_queries(price_type),
+                "queries": canned_queries(),
             }
         },
     }

@@ -33,7 +33,8 @@ def hookimpl(fn: F) -> F:
 
 PANEL_SQL = (
     "SELECT d.domain_id, d.asin, h.payload, h.fetched_at FROM deals d "
-    "LEFT JOIN product_history h ON h.asin = d.asin WHERE d.asin = ?"
+    "LEFT JOIN product_history h ON h.domain_id = d.domain_id AND h.asin = d.asin "
+    "WHERE d.domain_id = ? AND d.asin = ?"
 )
 
 
@@ -82,10 +83,10 @@ def extra_template_vars(
         return {}
 
     async def inner() -> dict[str, Any]:
-        # The last key component is the ASIN, with the (domain_id, asin) key
-        # of schema v2 as with today's asin.
-        asin = urlsafe_components(request.url_vars["pks"])[-1]
-        result = await datasette.get_database(database).execute(PANEL_SQL, [asin])
+        key = urlsafe_components(request.url_vars["pks"])  # (domain_id, asin)
+        if len(key) != 2:
+            return {"dealsd_panel": ""}
+        result = await datasette.get_database(database).execute(PANEL_SQL, key)
         row = result.first()
         if row is None:
             return {"dealsd_panel": ""}
@@ -95,15 +96,24 @@ def extra_template_vars(
     return inner
 
 
+def _domain(row: Any) -> object:
+    try:
+        return row["domain_id"]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
 @hookimpl
 def render_cell(
-    value: object, column: str, table: str | None, database: str | None, datasette: Any
+    row: Any, value: object, column: str, table: str | None, database: str | None, datasette: Any
 ) -> Markup | None:
     if database != DATABASE:
         return None
-    if column == "asin" and table is None and isinstance(value, str):
+    domain = _domain(row)
+    if column == "asin" and table is None and isinstance(value, str) and isinstance(domain, int):
         # Canned query results: the ASIN opens the deal's page (with its chart).
-        href = f"{datasette.urls.table(DATABASE, 'deals')}/{tilde_encode(value)}"
+        key = f"{domain},{tilde_encode(value)}"
+        href = f"{datasette.urls.table(DATABASE, 'deals')}/{key}"
         return Markup(f'<a href="{escape(href)}">{escape(value)}</a>')
     if column == "payload" and table == "product_history" and isinstance(value, bytes):
         return Markup(f"{len(value) / 1024:,.0f} KB of zlib-compressed Keepa JSON")

@@ -2,7 +2,8 @@
 
 Work comes in this order: deals never backfilled, newest first; then deals
 whose derived columns are older than ``refresh_after_h``, refreshed with the
-cheap stats-only parameters (no history, offers, rating or buy box). The batch
+cheap stats-only parameters (no history, offers or rating; the buy box stays
+when configured, so its columns can be renewed). The batch
 size follows the refill rate and the cost per product actually observed
 (``tokens.batch_size``; docs/field-notes.md #5), not a fixed number.
 
@@ -25,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import BackfillerConfig
 from dealsd.keepa import (
@@ -47,7 +48,6 @@ log = structlog.get_logger(__name__)
 # After a failed batch: soon enough to catch a passing fault, slow enough that
 # a persistent one does not spin.
 FAILED_BATCH_PAUSE_S = 10.0
-_PRICE_COLUMNS = ("current_amazon_cents", "current_new_cents", "current_used_cents")
 # The two kinds of work differ in price (history and offers vs stats only), so
 # their observed cost per product is learned apart (tokens.observe's kind); the
 # full backfill is the consumer's main work and keeps the plain key.
@@ -76,10 +76,13 @@ def product_params(cfg: BackfillerConfig) -> ProductParams:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """What one round buys: the ASINs, at which parameters, and what each costs to buy."""
+    """What one round buys: the ASINs and at which parameters.
+
+    What each costs to buy is read when its product is stored (``_product_writer``):
+    the deal's price may move while the batch is being bought.
+    """
 
     asins: list[str]
-    buy_costs: dict[str, int | None]
     params: ProductParams
     kind: str  # KIND_BACKFILL or KIND_REFRESH
     picked_at: str  # the round's time, stamped on its ledger row
@@ -101,7 +104,7 @@ class Backfiller(KeepaWorker):
         clock: Clock,
         config: BackfillerConfig,
         price_type: int,
-        profit: mapping.ProfitSettings,
+        profit: estimate.ProfitSettings,
         health: Health,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
@@ -113,14 +116,18 @@ class Backfiller(KeepaWorker):
         self._profit = profit
         self.failed_batches = 0
         self._faults = FailureLog(clock=clock)
+        # Kept apart from _faults, which a good batch clears: an odd field is
+        # said once per kind of oddity, then counted, however many batches pass.
+        self._oddities = FailureLog(clock=clock)
         self.given_up = 0
+        self.unreadable_products = 0
 
     @property
     def expected_round_s(self) -> float:
         return float(self._cfg.idle_s)
 
     def reconfigure(
-        self, *, config: BackfillerConfig, price_type: int, profit: mapping.ProfitSettings
+        self, *, config: BackfillerConfig, price_type: int, profit: estimate.ProfitSettings
     ) -> None:
         self._cfg = config
         self._price_type = price_type
@@ -160,19 +167,7 @@ class Backfiller(KeepaWorker):
             )
         if not rows:
             return None
-        buy_costs = {
-            r.asin: mapping.buy_cost_cents(
-                {c: getattr(r, c, None) for c in _PRICE_COLUMNS}, self._price_type
-            )
-            for r in rows
-        }
-        return Batch(
-            asins=[r.asin for r in rows],
-            buy_costs=buy_costs,
-            params=params,
-            kind=kind,
-            picked_at=now,
-        )
+        return Batch(asins=[r.asin for r in rows], params=params, kind=kind, picked_at=now)
 
     async def _fetch(self, batch: Batch) -> ProductPage | None:
         """Buy the batch from Keepa; None when it failed (already counted and logged)."""
@@ -213,8 +208,7 @@ class Backfiller(KeepaWorker):
         # one: it fails alone), but they are handed over together so the writer can
         # commit them in one group instead of one fsync per product.
         results = await asyncio.gather(
-            *(self._store_one(item, batch.buy_costs.get(item.value.asin), per_product, refresh)
-              for item in valid)
+            *(self._store_one(item, per_product, batch.params, refresh) for item in valid)
         )  # fmt: skip
         stored = sum(1 for ok in results if ok)
         for skipped in page.skipped:
@@ -256,29 +250,41 @@ class Backfiller(KeepaWorker):
         )
 
     async def _store_one(
-        self, item: Item[Product], buy_cost: int | None, tokens_spent: int, refresh: bool
+        self, item: Item[Product], tokens_spent: int, params: ProductParams, refresh: bool
     ) -> bool:
         product = item.value
         # zlib releases the GIL: compressing a 200 KB product in a thread keeps
         # the event loop (and the other worker) responsive (bench/looplag.py).
         level = PAYLOAD_ZLIB_LEVEL
         payload = None if refresh else await asyncio.to_thread(zlib.compress, item.raw, level)
-        columns = self._columns(product, buy_cost, refresh=refresh)
-        fetched_at = iso_utc(self._clock.now())
+        columns = mapping.product_columns(product)
+        if refresh:
+            # What the refresh's parameters did not ask for is not "no data":
+            # the backfill's values stay (e.g. offer prices bought with `offers`).
+            for name in mapping.unfetched_columns(offers=bool(params.offers), buybox=params.buybox):
+                columns.pop(name, None)
+        columns["unreadable_fields"] = ",".join(item.unreadable) or None
+        if item.unreadable:
+            self._unreadable(product.asin, item.unreadable)
+        stamp = iso_utc(self._clock.now())
+        columns["refreshed_at" if refresh else "backfilled_at"] = stamp
         ok = await self._store.write(
-            self._product_writer(product, fetched_at, tokens_spent, payload, columns)
+            self._product_writer(product, stamp, tokens_spent, payload, columns)
         )
         self._health.progress(self.name, 1, "products")
         return ok
 
-    def _columns(
-        self, product: Product, buy_cost: int | None, *, refresh: bool
-    ) -> dict[str, object]:
-        columns = mapping.product_columns(product)
-        columns.update(mapping.estimate(columns, buy_cost_cents=buy_cost, profit=self._profit))
-        stamp = iso_utc(self._clock.now())
-        columns["refreshed_at" if refresh else "backfilled_at"] = stamp
-        return columns
+    def _unreadable(self, asin: str, fields: Sequence[str]) -> None:
+        """A paid product kept with fields left NULL: said once per kind, then counted."""
+        self.unreadable_products += 1
+        self._oddities.log_failure(
+            log,
+            "product_fields_unreadable",
+            "unreadable:" + ",".join(fields),
+            asin=asin,
+            fields=",".join(fields),
+            unreadable_products=self.unreadable_products,
+        )
 
     def _product_writer(
         self,
@@ -288,7 +294,20 @@ class Backfiller(KeepaWorker):
         payload: bytes | None,
         columns: dict[str, object],
     ) -> Callable[[sqlite3.Connection], bool]:
+        price_type, profit = self._price_type, self._profit
+
         def write(conn: sqlite3.Connection) -> bool:
+            # The estimate is made from the row as it is at commit time: its
+            # current price (the upserter may have moved it since the batch
+            # was chosen) and the columns this fetch did not renew.
+            row = queries.deal_by_asin(conn, product.asin)
+            if row is None:
+                return False  # pruned while its product was being fetched
+            merged = {**row, **columns}
+            buy = estimate.buy_cost_cents(merged, price_type)
+            figures = estimate.estimate(
+                merged, buy_cost_cents=buy, price_type=price_type, profit=profit
+            )
             return queries.store_product(
                 conn,
                 asin=product.asin,
@@ -296,7 +315,7 @@ class Backfiller(KeepaWorker):
                 keepa_last_update=mapping.keepa_time_iso(product.last_update),
                 tokens_spent=tokens_spent,
                 payload_zlib=payload,
-                columns=columns,
+                columns={**columns, **figures},
             )
 
         return write

@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import UpserterConfig
 from dealsd.keepa import DEAL_COST, DEAL_PAGE_SIZE, KeepaClient
@@ -68,7 +68,7 @@ class Upserter(KeepaWorker):
         clock: Clock,
         config: UpserterConfig,
         domain: int,
-        profit: mapping.ProfitSettings,
+        profit: estimate.ProfitSettings,
         health: Health,
         stop: asyncio.Event | None = None,
     ) -> None:
@@ -85,7 +85,7 @@ class Upserter(KeepaWorker):
     def expected_round_s(self) -> float:
         return float(self._cfg.interval_s)
 
-    def reconfigure(self, *, config: UpserterConfig, profit: mapping.ProfitSettings) -> None:
+    def reconfigure(self, *, config: UpserterConfig, profit: estimate.ProfitSettings) -> None:
         """Live changes (SIGHUP): take effect from the next page."""
         self._cfg = config
         self._profit = profit
@@ -175,8 +175,11 @@ class Upserter(KeepaWorker):
                 k: existing[k] for k in existing.keys()
             }
             columns = {k: existing[k] for k in existing.keys()}
-            return mapping.estimate(
-                columns, buy_cost_cents=mapping.buy_cost_cents(current, ptype), profit=profit
+            return estimate.estimate(
+                columns,
+                buy_cost_cents=estimate.buy_cost_cents(current, ptype),
+                price_type=ptype,
+                profit=profit,
             )
 
         def write(conn: sqlite3.Connection) -> object:
