@@ -93,8 +93,8 @@ def build_db(path: Path, deals: int = N, history: int = N) -> None:
         conn.executemany(sql, rows(lo, min(deals, lo + 10_000)))
     stamp = iso_utc(now)
     conn.executemany(
-        "INSERT INTO product_history (asin, fetched_at, keepa_last_update, tokens_spent, "
-        "payload) VALUES (?, ?, ?, 1, ?)",
+        "INSERT INTO product_history (domain_id, asin, fetched_at, keepa_last_update, "
+        "tokens_spent, payload) VALUES (1, ?, ?, ?, 1, ?)",
         ((f"B{i:09d}", stamp, stamp, payload) for i in range(history)),
     )
     conn.execute("COMMIT")
