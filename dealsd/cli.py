@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     cc.add_argument("--config")
     demo = sub.add_parser("demo", help="run dealsd against the built-in Keepa simulator")
     demo.add_argument("--seconds", type=float, default=30.0, help="how long to run (default 30)")
+    al = sub.add_parser("alerts", help="test the alert channels, list what was sent")
+    al_sub = al.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
+    al_test = al_sub.add_parser("test", help="send a test message to each channel")
+    al_test.add_argument("--config")
+    al_test.add_argument("--rule", help="only the channels of this rule")
+    al_list = al_sub.add_parser("list", help="alerts queued and sent lately")
+    al_list.add_argument("--config", help="config file naming the database")
+    al_list.add_argument("--database", help="read this database directly instead")
+    al_list.add_argument("--limit", type=int, default=30)
     # Listed for --help only: its arguments belong to the simulator's own parser.
     sub.add_parser("simulator", help="serve the local Keepa simulator (see: dealsd simulator -h)")
     return p
@@ -75,6 +84,7 @@ def _run(config_arg: str | None) -> int:
     if early:
         stop.set()
 
+    from dealsd.alerts.channels import load_channels
     from dealsd.clock import SystemClock
     from dealsd.config import ConfigError, load_api_key, load_config, resolve_config_path
     from dealsd.daemon import run_daemon
@@ -85,9 +95,15 @@ def _run(config_arg: str | None) -> int:
         path = resolve_config_path(config_arg)
         cfg = load_config(path)
         api_key = load_api_key(cfg)
+        channels = load_channels(cfg.alerts)
     except ConfigError as exc:
         return _config_error(exc)
     configure_logging(cfg.log.level, cfg.log.format)
+    alert_sender = None
+    if channels:
+        from dealsd.alerts.channels import Sender
+
+        alert_sender = Sender(channels)
     notifier = Notifier.from_env()
     try:
         return asyncio.run(
@@ -99,6 +115,7 @@ def _run(config_arg: str | None) -> int:
                 config_path=path,
                 key_loader=load_api_key,
                 stop=stop,
+                alert_channels=alert_sender,
             )
         )
     finally:
@@ -157,6 +174,21 @@ def _web(args: argparse.Namespace) -> int:
     return db if isinstance(db, int) else run_web(db, host=args.host, port=args.port)
 
 
+def _alerts(args: argparse.Namespace) -> int:
+    from dealsd.alerts.commands import run_list, run_test
+    from dealsd.config import ConfigError, load_config, resolve_config_path
+
+    if args.alerts_command == "list" and args.database is not None:
+        return run_list(Path(args.database), limit=args.limit)
+    try:
+        cfg = load_config(resolve_config_path(args.config))
+        if args.alerts_command == "test":
+            return run_test(cfg, rule=args.rule)
+    except ConfigError as exc:
+        return _config_error(exc)
+    return run_list(Path(cfg.database.path), limit=args.limit)
+
+
 def _check_config(config_arg: str | None) -> int:
     from dealsd.config import ConfigError, check_config, resolve_config_path
 
@@ -186,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         return _web(args)
     if args.command == "check-config":
         return _check_config(args.config)
+    if args.command == "alerts":
+        return _alerts(args)
     if args.command == "demo":
         from dealsd.demo import run_demo
 
