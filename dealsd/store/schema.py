@@ -260,7 +260,14 @@ CREATE TABLE alert_channels (
 """
 
 
-MIGRATIONS: list[str] = [_V1, _V2, _ALERTS]
+# The deals view's orders (`dealsd deals`, the web view's canned queries):
+# best profit and best ROI first without sorting the whole table.
+_RANKING = """
+CREATE INDEX deals_profit ON deals (profit_cents DESC, asin, domain_id);
+CREATE INDEX deals_roi ON deals (roi_pct DESC, asin, domain_id);
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _ALERTS, _RANKING]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
