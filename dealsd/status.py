@@ -32,8 +32,8 @@ from dealsd import snapshot
 from dealsd.alerts import outbox
 from dealsd.clock import iso_utc, parse_iso_utc
 from dealsd.exits import EXIT_HEALTHY, EXIT_NO_DATABASE, EXIT_UNHEALTHY
+from dealsd.journal import early_line
 from dealsd.lock import holder_pid
-from dealsd.logs import early_line
 from dealsd.snapshot import (
     AlertChannelStatus,
     DaemonStatus,

@@ -302,7 +302,7 @@ async def test_a_v1_config_and_database_upgrade_without_losing_a_row_or_rebuying
     assert await running.finish() == 0
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        assert schema.user_version(conn) == schema.SCHEMA_VERSION == 4
+        assert schema.user_version(conn) == schema.SCHEMA_VERSION == 5
         keys = {(int(d), str(a)) for d, a in conn.execute("SELECT domain_id, asin FROM deals")}
         assert old <= keys  # not a row lost
         # The bought one kept its product and was not bought again.

@@ -29,7 +29,7 @@ from dealsd.config.errors import ConfigError as ConfigError
 from dealsd.config.errors import translate as translate
 from dealsd.exits import EX_CONFIG as EX_CONFIG
 from dealsd.exits import EX_OK
-from dealsd.logs import early_line
+from dealsd.journal import early_line
 
 DEFAULT_CONFIG_PATH = Path("/etc/dealsd/config.toml")
 CREDENTIAL_NAME = "keepa_api_key"  # LoadCredential=keepa_api_key:/path in the unit

@@ -295,3 +295,25 @@ def decode_products(body: bytes) -> Decoded[Product]:
     if resp.products is None:
         raise PayloadError("product response: no `products` list")
     return _decode_items(resp.products, Product, repair=True)
+
+
+class History(msgspec.Struct, frozen=True, rename="camel"):
+    """A stored product's price histories, for charts (``product_history.payload``).
+
+    Separate from ``Product``: the backfiller never decodes the ``csv``
+    arrays (most of a 600 KB product), only a chart of one product does.
+    """
+
+    asin: str
+    domain_id: int = 1
+    title: str | None = None
+    last_update: int = -1
+    csv: list[list[int] | None] | None = None
+
+
+def decode_history(raw: bytes) -> History:
+    """One product object (as stored, decompressed); raise PayloadError if it is not one."""
+    try:
+        return msgspec.json.decode(raw, type=History)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise PayloadError(f"product history: {exc}") from None

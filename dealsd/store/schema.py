@@ -260,7 +260,7 @@ CREATE TABLE alert_channels (
 """
 
 _SELECTIONS = """
--- v4: several selections and marketplaces on one key (issue 16).
+-- v5: several selections and marketplaces on one key (issue 16).
 -- Money stays an integer in the marketplace's smallest currency unit, as
 -- Keepa sends it (cents; whole yen for JPY, which has no minor unit); the
 -- currency code names it. The CASE is Keepa's domain ids as of this version.
@@ -290,8 +290,14 @@ INSERT INTO deal_selections (domain_id, asin, selection, first_seen_at, last_see
     SELECT domain_id, asin, 'default', first_seen_at, last_seen_at FROM deals;
 """
 
+# The deals view's orders (`dealsd deals`, the web view's canned queries):
+# best profit and best ROI first without sorting the whole table.
+_RANKING = """
+CREATE INDEX deals_profit ON deals (profit_cents DESC, asin, domain_id);
+CREATE INDEX deals_roi ON deals (roi_pct DESC, asin, domain_id);
+"""
 
-MIGRATIONS: list[str] = [_V1, _V2, _ALERTS, _SELECTIONS]
+MIGRATIONS: list[str] = [_V1, _V2, _ALERTS, _RANKING, _SELECTIONS]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
