@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dealsd.clock import iso_utc, keepa_minutes_to_epoch
 from dealsd.keepa.payloads import (
     AMAZON,
     BUY_BOX_SHIPPING,
@@ -40,6 +39,7 @@ from dealsd.keepa.payloads import (
     Product,
     Stats,
 )
+from dealsd.timefmt import iso_utc, keepa_minutes_to_epoch
 
 Value = int | float | str | None
 

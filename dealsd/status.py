@@ -30,7 +30,6 @@ import msgspec
 
 from dealsd import snapshot
 from dealsd.alerts import outbox
-from dealsd.clock import iso_utc, parse_iso_utc
 from dealsd.exits import EXIT_HEALTHY, EXIT_NO_DATABASE, EXIT_UNHEALTHY
 from dealsd.journal import early_line
 from dealsd.lock import holder_pid
@@ -46,6 +45,7 @@ from dealsd.snapshot import (
     nonempty_str,
 )
 from dealsd.store import queries
+from dealsd.timefmt import iso_utc, parse_iso_utc
 
 # A heartbeat older than this many snapshot intervals (plus slack) means the
 # process holding the lock no longer runs its watch loop: hung, not healthy.

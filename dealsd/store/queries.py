@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dealsd import mapping
-from dealsd.clock import iso_utc
 from dealsd.store import schema
+from dealsd.timefmt import iso_utc
 
 # What a /deal page updates: the mapping's deal row, less the key and the
 # seen-stamp, which the upsert handles itself. One list, in the mapping.
