@@ -123,11 +123,12 @@ def _run(config_arg: str | None) -> int:
 
 
 def _status(config_arg: str | None, database: str | None, as_json: bool) -> int:
-    from dealsd.config import ConfigError, load_config, resolve_config_path
     from dealsd.status import run_status
 
     if database is not None:
         return run_status(Path(database), as_json=as_json)
+    from dealsd.config import ConfigError, load_config, resolve_config_path
+
     try:
         cfg = load_config(resolve_config_path(config_arg))
     except ConfigError as exc:

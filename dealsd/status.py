@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import msgspec
 
 from dealsd import snapshot
-from dealsd.alerts import outbox
+from dealsd.alerts import queries as alert_queries
 from dealsd.exits import EXIT_HEALTHY, EXIT_NO_DATABASE, EXIT_UNHEALTHY
 from dealsd.journal import early_line
 from dealsd.lock import holder_pid
@@ -211,7 +211,7 @@ def _selections(
 
 def _alert_channels(conn: sqlite3.Connection) -> list[AlertChannelStatus]:
     try:
-        rows = outbox.summary(conn)
+        rows = alert_queries.summary(conn)
     except sqlite3.OperationalError:  # a database from before alerts: no such table
         return []
     return [msgspec.convert(r, AlertChannelStatus) for r in rows]

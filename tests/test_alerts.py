@@ -32,6 +32,7 @@ from helpers import (
 )
 
 from dealsd.alerts import message, outbox
+from dealsd.alerts import queries as alert_queries
 from dealsd.alerts.channels import Channel, Redactor, Sender, load_channels
 from dealsd.alerts.outbox import Evaluator
 from dealsd.alerts.rules import DealFacts, facts, matches
@@ -403,7 +404,7 @@ async def test_a_channel_down_for_hours_gets_one_digest_when_it_is_back(
             assert nxt is not None
             delays.append(round(float(clock.now()), 0))
             await clock.advance(900.0)
-        summary = await store.read(outbox.summary)
+        summary = await store.read(alert_queries.summary)
         assert summary[0]["queued"] == 30 and summary[0]["last_error"]
         assert SECRET not in json.dumps(summary)
         # `dealsd status` shows the failing channel, its queue and its error.
@@ -416,7 +417,7 @@ async def test_a_channel_down_for_hours_gets_one_digest_when_it_is_back(
         await clock.advance(900.0)
         await worker.round()
         assert len(receiver.messages) == 1 and receiver.messages[0]["title"].startswith("30 deals")
-        summary = await store.read(outbox.summary)
+        summary = await store.read(alert_queries.summary)
         assert summary[0]["queued"] == 0 and summary[0]["failing_since"] is None
         assert summary[0]["sent_total"] == 30
     finally:

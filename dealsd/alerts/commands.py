@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from dealsd.alerts import outbox
+from dealsd.alerts import queries
 from dealsd.alerts.channels import Sender, load_channels
 from dealsd.config import Config
 
@@ -59,8 +59,8 @@ def run_list(db_path: Path, *, limit: int, out: TextIO = sys.stdout) -> int:
         print(f"dealsd alerts: cannot open {db_path}: {exc}", file=sys.stderr)
         return EXIT_NO_DATABASE
     try:
-        channels = outbox.summary(conn)
-        rows = outbox.recent(conn, limit=limit)
+        channels = queries.summary(conn)
+        rows = queries.recent(conn, limit=limit)
     except sqlite3.Error as exc:
         print(f"dealsd alerts: {db_path}: {exc}", file=sys.stderr)
         return EXIT_NO_DATABASE
