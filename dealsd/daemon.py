@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from dealsd import snapshot
+from dealsd import funnel, snapshot
 from dealsd.clock import Clock, iso_utc, sleep_or_stop
 from dealsd.config import (
     Config,
@@ -156,14 +156,19 @@ class Daemon:
             token_queue=lambda: tokens.snapshot().waiting,
         )
         sel = cfg.upserter.selection
+        # Set by the upserter when it stores new deals: a waiting backfiller starts.
+        work_arrived = asyncio.Event()
         self.upserter = Upserter(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.upserter,
             domain=cfg.keepa.domain, profit=cfg.profit, health=self.health, stop=stop,
+            work_arrived=work_arrived,
         )  # fmt: skip
         self.backfiller = Backfiller(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.backfiller,
             price_type=price_type(sel), profit=cfg.profit, health=self.health,
+            funnel=cfg.funnel, work_arrived=work_arrived,
         )  # fmt: skip
+        self.funnel: snapshot.FunnelPart | None = None
         self.janitor = Janitor(
             store=store, clock=clock, config=cfg.janitor, health=self.health, stop=stop
         )
@@ -283,7 +288,8 @@ class Daemon:
                 self._after_snapshot(snap)
                 if self._clock.monotonic() - last_log >= SUMMARY_LOG_EVERY_S:
                     last_log = self._clock.monotonic()
-                    log.info("summary", status=self.health.summary_line(snap))
+                    extra = funnel.line(self.funnel) if self.funnel is not None else {}
+                    log.info("summary", status=self.health.summary_line(snap), **extra)
         finally:
             if pending is not None and not pending.done():
                 # The stopped snapshot written next supersedes it.
@@ -328,6 +334,7 @@ class Daemon:
         except (sqlite3.Error, OSError) as exc:
             log.warning("status_counts_failed", error=str(exc))
         tok = self._tokens.snapshot()
+        await self._read_funnel(now_s, tok.refill_rate, tok.period_s)
         self.health.note_counts(tokens=tok.balance)
         snap = self.health.snapshot()
         line = self._publish(snap)
@@ -356,6 +363,7 @@ class Daemon:
                 last_error=stats.last_error,
             ),
             previous_run=self.previous_run,
+            funnel=self.funnel,
         )
         daemon_row: dict[str, object] = {
             "pid": os.getpid(),
@@ -374,6 +382,22 @@ class Daemon:
 
         await self._store.write(write)
         return snap
+
+    async def _read_funnel(self, now_s: float, refill_rate: float, period_s: float) -> None:
+        """The funnel's figures under the running config (kept from last time on a failure)."""
+        cfg, now = self.cfg, iso_utc(now_s)
+        try:
+            counts = await self._store.read(lambda c: funnel.read_counts(c, cfg, now=now))
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("funnel_counts_failed", error=str(exc))
+            return
+        self.funnel = funnel.figures(
+            counts,
+            refill_rate=refill_rate,
+            period_s=period_s,
+            cost_per_product=self._tokens.cost_per_item("backfiller"),
+            full_pass_tokens=self.upserter.full_pass_tokens,
+        )
 
     def _publish(self, snap: HealthSnapshot) -> str:
         """STATUS= and the health_changed log line, each only when it changed."""
@@ -443,8 +467,9 @@ class Daemon:
         sel = new.upserter.selection
         self.upserter.reconfigure(config=new.upserter, profit=new.profit)
         self.backfiller.reconfigure(
-            config=new.backfiller, price_type=price_type(sel), profit=new.profit
-        )
+            config=new.backfiller, price_type=price_type(sel), profit=new.profit,
+            funnel=new.funnel,
+        )  # fmt: skip
         self.janitor.reconfigure(config=new.janitor)
         self._tokens.set_weights(dict(new.tokens.weights))
         self._tokens.set_batch_minutes(new.tokens.batch_minutes)

@@ -35,6 +35,7 @@ from dealsd.lock import holder_pid
 from dealsd.snapshot import (
     DaemonStatus,
     DealCounts,
+    FunnelPart,
     PreviousRun,
     Status,
     TokenStatus,
@@ -175,6 +176,7 @@ def read_status(db_path: Path, *, now: float | None = None) -> Status:
         writer=snap.writer,
         backfill_eta_s=eta,
         database=str(db_path),
+        funnel=snap.funnel,
     )
 
 
@@ -240,6 +242,8 @@ def render(doc: Status, *, now: float | None = None) -> str:
     if deals.unreadable_fields:
         lines.append(f"products with unreadable Keepa fields: {deals.unreadable_fields}")
     lines.append(f"backfill ETA: {_duration(doc.backfill_eta_s)}")
+    if doc.funnel is not None:
+        lines.extend(_funnel_lines(doc.funnel))
     lines.append(
         f"tokens: balance {tok.balance}, refill {tok.refill_rate} per {tok.period_s:g}s, "
         f"spent last hour {tok.spent_last_hour}, per product {tok.per_product}"
@@ -256,6 +260,24 @@ def render(doc: Status, *, now: float | None = None) -> str:
         if row.last_error:
             lines.append(f"  last error: {row.last_error} at {row.last_error_at}")
     return "\n".join(lines)
+
+
+def _funnel_lines(f: FunnelPart) -> list[str]:
+    """Where the tokens went: the stages, their tokens, and what they found."""
+    stages = ", ".join(f"{k} {v}" for k, v in sorted(f.tokens_by_stage.items())) or "none yet"
+    per = (
+        "n/a (none profitable yet)"
+        if f.tokens_per_profitable is None
+        else (f"{f.tokens_per_profitable:g}")
+    )
+    full = "not yet" if f.full_pass_tokens is None else f"{f.full_pass_tokens} tokens"
+    return [
+        f"funnel: {f.seen} seen, {f.screened_in} screened in, {f.backfilled} backfilled, "
+        f"{f.detailed} detailed, {f.profitable} profitable",
+        f"funnel tokens (7 days): {stages}; per profitable deal {per}",
+        f"screened-in queue: {f.pending_screened_in} pending, ETA {_duration(f.queue_eta_s)}; "
+        f"last full pass {full}",
+    ]
 
 
 def _previous_run_line(prev: PreviousRun, now: float) -> str:

@@ -54,6 +54,26 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
     ("tokens as value", "tokens = 1.0\n", "tokens", "expected a table, got 1.0"),
     ("profit as value", "profit = 15\n", "profit", "expected a table, got 15"),
     ("log as value", "log = 'debug'\n", "log", "expected a table, got 'debug'"),
+    ("funnel as value", "funnel = 1\n", "funnel", "expected a table, got 1"),
+    ("negative full pass", "[upserter]\nfull_pass_h = -1\n", "upserter.full_pass_h", ">= 0"),
+    ("screen profit text", "[funnel]\nmin_screen_profit_cents = 'x'\n",
+     "funnel.min_screen_profit_cents", "expected an integer, got 'x'"),
+    ("screen roi text", "[funnel]\nmin_screen_roi_pct = 'x'\n", "funnel.min_screen_roi_pct",
+     "expected a number, got 'x'"),
+    ("below threshold", "[funnel]\nbelow_threshold = 'later'\n", "funnel.below_threshold",
+     "one of 'skip', 'idle'"),
+    ("queue order", "[funnel]\norder = 'oldest'\n", "funnel.order", "one of 'screen', 'newest'"),
+    ("detail asks nothing",
+     "[funnel]\ndetail_min_profit_cents = 500\ndetail_offers = 0\ndetail_buybox = false\n",
+     "funnel.detail_min_profit_cents", "the second tier asks for nothing"),
+    ("detail offers 10", "[funnel]\ndetail_offers = 10\n", "funnel.detail_offers",
+     "0 (no offers) or 20..100, got 10"),
+    ("detail buybox text", "[funnel]\ndetail_buybox = 'yes'\n", "funnel.detail_buybox",
+     "expected true or false"),
+    ("profitable float", "[funnel]\nprofitable_min_profit_cents = 1.5\n",
+     "funnel.profitable_min_profit_cents", "expected an integer, got 1.5"),
+    ("profitable roi text", "[funnel]\nprofitable_min_roi_pct = 'x'\n",
+     "funnel.profitable_min_roi_pct", "expected a number"),
     ("selection as value", "[upserter]\nselection = 3\n", "upserter.selection", "a table"),
     ("weights as value", "[tokens]\nweights = 3\n", "tokens.weights", "expected a table"),
     (
@@ -329,7 +349,7 @@ def test_sample_is_the_defaults_and_documents_every_key(
     text = SAMPLE.read_text()
     for table, struct in msgspec.structs.asdict(Config()).items():
         for field in msgspec.structs.asdict(struct):
-            if field == "api_key_file":  # no default value: shown commented out
+            if getattr(struct, field) is None:  # no default value: shown commented out
                 assert f"# {field} = " in text
                 continue
             assert field in raw[table], f"[{table}] {field} missing from config.toml"

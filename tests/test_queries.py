@@ -192,11 +192,17 @@ async def test_pending_backfill_newest_first_due_and_under_attempts(store: Store
         ),
     )  # fmt: skip
     got = await store.read(
-        lambda c: queries.pending_backfill(c, now=ts(), max_attempts=2, limit=10)
+        lambda c: queries.pending_backfill(
+            c, now=ts(), max_attempts=2, limit=10, order=queries.BY_NEWEST
+        )
     )
     assert [r.asin for r in got] == ["P4", "P1", "P0"]
     assert got[0].current_new_cents == 1000 and got[0].current_amazon_cents is None
-    got = await store.read(lambda c: queries.pending_backfill(c, now=ts(), max_attempts=5, limit=2))
+    got = await store.read(
+        lambda c: queries.pending_backfill(
+            c, now=ts(), max_attempts=5, limit=2, order=queries.BY_NEWEST
+        )
+    )
     assert [r.asin for r in got] == ["P4", "P3"]
 
 

@@ -72,6 +72,9 @@ class Deal(msgspec.Struct, frozen=True, rename="camel"):
     image: list[int] | None = None
     creation_date: int | None = None
     categories: list[int] | None = None
+    # avg[dateRange][priceType]: read leniently by the screen (mapping.screen),
+    # so an odd average never costs the deal itself.
+    avg: object = None
 
 
 class FbaFees(msgspec.Struct, frozen=True, rename="camel"):

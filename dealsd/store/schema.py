@@ -216,7 +216,28 @@ CREATE INDEX product_history_asin ON product_history (asin);
 CREATE INDEX deals_unreadable ON deals (unreadable_fields) WHERE unreadable_fields IS NOT NULL;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2]
+_V3 = """
+-- v3 (issue 14): the funnel. The screen is the all-in estimate made from the
+-- deal object alone (its current[] and 90-day avg[]), before any token is spent.
+ALTER TABLE deals ADD COLUMN screen_profit_cents INTEGER;
+ALTER TABLE deals ADD COLUMN screen_roi_pct REAL;
+-- The second tier: when the candidate's offers / buy box were bought (NULL: never).
+ALTER TABLE deals ADD COLUMN detailed_at TEXT;
+-- The ledger says which stage a product request was: backfill, refresh, detail.
+ALTER TABLE token_ledger ADD COLUMN kind TEXT;
+-- The backfill queue, best screen first (NULL, no screen, last).
+CREATE INDEX deals_backfill_by_screen
+    ON deals (screen_profit_cents DESC, backfill_attempts, backfill_retry_at)
+    WHERE backfilled_at IS NULL;
+-- The funnel's counts by the screen, and the second tier's candidates.
+CREATE INDEX deals_screen ON deals (screen_profit_cents, screen_roi_pct);
+CREATE INDEX deals_profit ON deals (profit_cents, roi_pct) WHERE backfilled_at IS NOT NULL;
+CREATE INDEX deals_detail_due ON deals (profit_cents DESC)
+    WHERE backfilled_at IS NOT NULL AND detailed_at IS NULL;
+CREATE INDEX deals_detailed ON deals (detailed_at) WHERE detailed_at IS NOT NULL;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,9 +1,26 @@
 """The backfiller: buys /product data for deals, one batch per round.
 
-Work comes in this order: deals never backfilled, newest first; then deals
-whose derived columns are older than ``refresh_after_h``, refreshed with the
-cheap stats-only parameters (no history, offers or rating; the buy box stays
-when configured, so its columns can be renewed). The batch
+Work comes in this order (the funnel, ``[funnel]``):
+
+1. the second tier, when ``detail_min_profit_cents`` is set: backfilled deals
+   whose full estimate reaches it and that were never detailed, best first,
+   bought again with the expensive parameters (``detail_offers``,
+   ``detail_buybox``) and no history: the landed prices and the buy box that
+   make the estimate of a candidate exact;
+2. deals never backfilled whose screen (the estimate the upserter made from
+   the deal object alone) passes the thresholds, best screen profit first (a
+   deal without a screen last; ``order = "newest"``: Keepa's lastUpdate);
+3. deals whose derived columns are older than ``refresh_after_h``, refreshed
+   with the cheap stats-only parameters (no history, offers or rating; the
+   buy box stays when configured, so its columns can be renewed);
+4. with ``below_threshold = "idle"``, the deals below the thresholds, best
+   first: bought only when nothing above is pending. With "skip" they wait
+   in the table, unbought, and a lower threshold on SIGHUP brings them back.
+
+Each kind has its own observed cost per product (``tokens.observe``'s kind)
+and its own ledger stage. When nothing is pending the backfiller waits at
+most ``idle_s``, and not at all once the upserter stores new deals
+(``work_arrived``). The batch
 size follows the refill rate and the cost per product actually observed
 (``tokens.batch_size``; docs/field-notes.md #5), not a fixed number.
 
@@ -18,6 +35,7 @@ long while and makes the daemon unhealthy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import zlib
 from collections.abc import Callable, Sequence
@@ -28,7 +46,7 @@ import structlog
 
 from dealsd import mapping
 from dealsd.clock import Clock, iso_utc
-from dealsd.config import BackfillerConfig
+from dealsd.config import BackfillerConfig, FunnelConfig
 from dealsd.keepa import (
     KeepaClient,
     KeepaError,
@@ -53,6 +71,15 @@ FAILED_BATCH_PAUSE_S = 10.0
 # full backfill is the consumer's main work and keeps the plain key.
 KIND_BACKFILL = ""
 KIND_REFRESH = "refresh"
+KIND_DETAIL = "detail"
+# The column each kind of work stamps on the deal it stored (or gave up).
+STAMP_COLUMN = {
+    KIND_BACKFILL: "backfilled_at",
+    KIND_REFRESH: "refreshed_at",
+    KIND_DETAIL: "detailed_at",
+}
+# Keepa asks for batches of 20 or fewer when offers are fetched.
+MAX_OFFERS_BATCH = 20
 # zlib level of the stored history payload (any level decompresses the same).
 # On a 208 KB full-history product level 1 takes 2.2 ms and keeps 87 KB;
 # level 6 takes 14 ms for 80 KB: 9 % of disk is not worth 6x the CPU, which
@@ -84,12 +111,36 @@ class Batch:
 
     asins: list[str]
     params: ProductParams
-    kind: str  # KIND_BACKFILL or KIND_REFRESH
+    kind: str  # KIND_BACKFILL, KIND_REFRESH or KIND_DETAIL
     picked_at: str  # the round's time, stamped on its ledger row
 
     @property
     def refresh(self) -> bool:
-        return self.kind == KIND_REFRESH
+        """A second look at a backfilled product (refresh or detail): no history kept,
+        what was not asked for keeps its backfilled value."""
+        return self.kind != KIND_BACKFILL
+
+    @property
+    def stage(self) -> str:
+        """The ledger's name for this kind of work."""
+        return self.kind or "backfill"
+
+
+def detail_params(cfg: BackfillerConfig, funnel: FunnelConfig) -> ProductParams:
+    """The second tier's parameters: stats with offers and/or the buy box, no history."""
+    return ProductParams(
+        history=False,
+        stats=cfg.stats or 180,
+        offers=funnel.detail_offers,
+        buybox=funnel.detail_buybox,
+        update=cfg.update,
+    )
+
+
+def screen_of(funnel: FunnelConfig) -> queries.Screen:
+    return queries.Screen(
+        min_profit_cents=funnel.min_screen_profit_cents, min_roi_pct=funnel.min_screen_roi_pct
+    )
 
 
 class Backfiller(KeepaWorker):
@@ -106,8 +157,12 @@ class Backfiller(KeepaWorker):
         price_type: int,
         profit: mapping.ProfitSettings,
         health: Health,
+        funnel: FunnelConfig | None = None,
+        work_arrived: asyncio.Event | None = None,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
+        self._funnel = funnel if funnel is not None else FunnelConfig()
+        self._work_arrived = work_arrived
         self._client = client
         self._store = store
         self._clock = clock
@@ -127,18 +182,30 @@ class Backfiller(KeepaWorker):
         return float(self._cfg.idle_s)
 
     def reconfigure(
-        self, *, config: BackfillerConfig, price_type: int, profit: mapping.ProfitSettings
+        self,
+        *,
+        config: BackfillerConfig,
+        price_type: int,
+        profit: mapping.ProfitSettings,
+        funnel: FunnelConfig | None = None,
     ) -> None:
+        """Live changes (SIGHUP): the next pick uses them; the queue is a query, so
+        new thresholds reorder it without losing a deal."""
         self._cfg = config
         self._price_type = price_type
         self._profit = profit
+        if funnel is not None:
+            self._funnel = funnel
 
     async def _round(self) -> RoundResult:
         """One batch: pick it, buy it from Keepa, store what came back."""
+        if self._work_arrived is not None:
+            # Cleared before looking: deals stored after the pick end the wait.
+            self._work_arrived.clear()
         batch = await self._pick()
         if batch is None:
             # Nothing to do is a sign of life, not a stall.
-            return RoundResult(sleep_s=float(self._cfg.idle_s), idle=True)
+            return RoundResult(sleep_s=float(self._cfg.idle_s), idle=True, wake=self._work_arrived)
         page = await self._fetch(batch)
         if page is None:  # the batch failed: counted, and rescheduled if it was its fault
             return RoundResult(sleep_s=self._pause_s())
@@ -147,27 +214,46 @@ class Backfiller(KeepaWorker):
         return RoundResult(sleep_s=0.0)
 
     async def _pick(self) -> Batch | None:
-        """The next batch: deals never backfilled first, then refreshes due; None if neither."""
-        cfg = self._cfg
+        """The next batch, in the funnel's order (module docstring); None if nothing is due."""
+        cfg, funnel = self._cfg, self._funnel
         now_s = self._clock.now()
         now = iso_utc(now_s)
-        params, kind = product_params(cfg), KIND_BACKFILL
-        size = self._batch_size(params, kind)
-        rows: Sequence[Any] = await self._store.read(
-            lambda c: queries.pending_backfill(
-                c, now=now, max_attempts=cfg.max_attempts, limit=size
-            )
-        )
-        if not rows:
-            params, kind = params.stats_only(), KIND_REFRESH
+        screen = screen_of(funnel)
+        order = queries.BY_NEWEST if funnel.order == "newest" else queries.BY_SCREEN
+        min_detail = funnel.detail_min_profit_cents
+        attempts = cfg.max_attempts
+        older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
+        full = product_params(cfg)
+        steps: list[tuple[ProductParams, str, Callable[..., list[Any]]]] = []
+        if min_detail is not None:
+            steps.append((
+                detail_params(cfg, funnel), KIND_DETAIL,
+                lambda c, limit: queries.detail_due(c, min_profit_cents=min_detail, limit=limit),
+            ))  # fmt: skip
+        steps.append((
+            full, KIND_BACKFILL,
+            lambda c, limit: queries.pending_backfill(
+                c, now=now, max_attempts=attempts, limit=limit, screen=screen, order=order
+            ),
+        ))  # fmt: skip
+        steps.append((
+            full.stats_only(), KIND_REFRESH,
+            lambda c, limit: queries.due_refresh(c, older_than=older, limit=limit),
+        ))  # fmt: skip
+        if funnel.below_threshold == "idle":
+            steps.append((
+                full, KIND_BACKFILL,
+                lambda c, limit: queries.pending_backfill(
+                    c, now=now, max_attempts=attempts, limit=limit, screen=screen, below=True
+                ),
+            ))  # fmt: skip
+        for params, kind, query in steps:
             size = self._batch_size(params, kind)
-            older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
-            rows = await self._store.read(
-                lambda c: queries.due_refresh(c, older_than=older, limit=size)
-            )
-        if not rows:
-            return None
-        return Batch(asins=[r.asin for r in rows], params=params, kind=kind, picked_at=now)
+            rows: Sequence[Any] = await self._store.read(functools.partial(query, limit=size))
+            if rows:
+                asins = [r.asin for r in rows]
+                return Batch(asins=asins, params=params, kind=kind, picked_at=now)
+        return None
 
     async def _fetch(self, batch: Batch) -> ProductPage | None:
         """Buy the batch from Keepa; None when it failed (already counted and logged)."""
@@ -183,7 +269,7 @@ class Backfiller(KeepaWorker):
             # must not block the queue, so each one is retried later on its own clock.
             self._batch_failed(exc, len(asins))
             for asin in asins:
-                await self._failure(asin, f"rejected: {exc}", refresh=batch.refresh)
+                await self._failure(asin, f"rejected: {exc}", kind=batch.kind)
             return None
         except (KeepaError, PayloadError) as exc:
             self._batch_failed(exc, len(asins))
@@ -194,28 +280,28 @@ class Backfiller(KeepaWorker):
 
     async def _store_page(self, batch: Batch, page: ProductPage) -> None:
         """Store each product bought; reschedule what came back invalid, malformed or not at all."""
-        refresh = batch.refresh
+        kind = batch.kind
         returned = max(1, len(page.items))
         per_product = round(page.tokens_consumed / returned)
         valid = []
         for item in page.items:
             if item.value.product_type == PRODUCT_TYPE_INVALID:
                 reason = "invalid product (productType 4)"
-                await self._failure(item.value.asin, reason, refresh=refresh)
+                await self._failure(item.value.asin, reason, kind=kind)
             else:
                 valid.append(item)
         # Each product is still its own write (the store isolates a failing
         # one: it fails alone), but they are handed over together so the writer can
         # commit them in one group instead of one fsync per product.
         results = await asyncio.gather(
-            *(self._store_one(item, per_product, batch.params, refresh) for item in valid)
+            *(self._store_one(item, per_product, batch.params, kind) for item in valid)
         )  # fmt: skip
         stored = sum(1 for ok in results if ok)
         for skipped in page.skipped:
             if skipped.asin is not None:
-                await self._failure(skipped.asin, f"malformed: {skipped.reason}", refresh=refresh)
+                await self._failure(skipped.asin, f"malformed: {skipped.reason}", kind=kind)
         for asin in page.missing:
-            await self._failure(asin, "not returned by keepa", refresh=refresh)
+            await self._failure(asin, "not returned by keepa", kind=kind)
         await self._store.write(
             lambda c: queries.record_tokens(
                 c,
@@ -224,11 +310,12 @@ class Backfiller(KeepaWorker):
                 endpoint="product",
                 items=len(page.items),
                 tokens=page.tokens_consumed,
+                kind=batch.stage,
             )
         )
         log.info(
             "backfill_batch",
-            mode="refresh" if refresh else "backfill",
+            mode=batch.stage,
             asked=len(batch.asins),
             stored=stored,
             missing=len(page.missing),
@@ -241,17 +328,19 @@ class Backfiller(KeepaWorker):
 
     def _batch_size(self, params: ProductParams, kind: str) -> int:
         """Products of this kind whose observed cost fits the scheduler's batch budget."""
+        hi = min(self._cfg.max_batch, MAX_OFFERS_BATCH) if params.offers else self._cfg.max_batch
         return self._tokens.batch_size(
             self.name,
-            lo=self._cfg.min_batch,
-            hi=self._cfg.max_batch,
+            lo=min(self._cfg.min_batch, hi),
+            hi=hi,
             default_cost=self._client.estimate_product_cost(params, 1),
             kind=kind,
         )
 
     async def _store_one(
-        self, item: Item[Product], tokens_spent: int, params: ProductParams, refresh: bool
+        self, item: Item[Product], tokens_spent: int, params: ProductParams, kind: str
     ) -> bool:
+        refresh = kind != KIND_BACKFILL
         product = item.value
         # zlib releases the GIL: compressing a 200 KB product in a thread keeps
         # the event loop (and the other worker) responsive (bench/looplag.py).
@@ -259,7 +348,7 @@ class Backfiller(KeepaWorker):
         payload = None if refresh else await asyncio.to_thread(zlib.compress, item.raw, level)
         columns = mapping.product_columns(product)
         if refresh:
-            # What the refresh's parameters did not ask for is not "no data":
+            # What a refresh's (or detail's) parameters did not ask for is not "no data":
             # the backfill's values stay (e.g. offer prices bought with `offers`).
             for name in mapping.unfetched_columns(offers=bool(params.offers), buybox=params.buybox):
                 columns.pop(name, None)
@@ -267,7 +356,7 @@ class Backfiller(KeepaWorker):
         if item.unreadable:
             self._unreadable(product.asin, item.unreadable)
         stamp = iso_utc(self._clock.now())
-        columns["refreshed_at" if refresh else "backfilled_at"] = stamp
+        columns[STAMP_COLUMN[kind]] = stamp
         ok = await self._store.write(
             self._product_writer(product, stamp, tokens_spent, payload, columns)
         )
@@ -338,12 +427,13 @@ class Backfiller(KeepaWorker):
             failed_batches=self.failed_batches,
         )
 
-    async def _failure(self, asin: str, reason: str, *, refresh: bool) -> None:
+    async def _failure(self, asin: str, reason: str, *, kind: str) -> None:
         now_s = self._clock.now()
         now = iso_utc(now_s)
-        if refresh:
+        if kind != KIND_BACKFILL:
             # A refresh that fails keeps the columns it has; it is simply
-            # not due again until refresh_after_h has passed once more.
+            # not due again until refresh_after_h has passed once more. A
+            # detail that fails is not asked again: the backfill's estimate stands.
             await self._store.write(
                 lambda c: queries.store_product(
                     c,
@@ -352,7 +442,7 @@ class Backfiller(KeepaWorker):
                     keepa_last_update=None,
                     tokens_spent=0,
                     payload_zlib=None,
-                    columns={"refreshed_at": now},
+                    columns={STAMP_COLUMN[kind]: now},
                 )
             )
             return
