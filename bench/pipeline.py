@@ -5,11 +5,11 @@ A 100-product /product response is built from the real recorded sample
 ~208 KB a product, mostly price history) with each copy's ASIN rewritten.
 The pipeline is what the client and the backfiller really run on such a
 body: ``decode_envelope`` and ``decode_products`` (dealsd/keepa/client.py), then for each
-product the backfiller's own ``_store_one`` (derive columns with
-``dealsd.mapping``, zlib-compress in a thread, commit through the store with
-``queries.store_product``), all products of the batch gathered as ``round()``
-does. The process is pinned to one CPU, threads included, so the thread hop
-cannot borrow the second core.
+product the backfiller's own ``_store_one`` (derive the schema v2 columns with
+``dealsd.mapping``, zlib-compress in a thread, read the deal row, estimate and
+commit through the store with ``queries.store_product``), all products of the
+batch gathered as ``round()`` does. The process is pinned to one CPU, threads
+included, so the thread hop cannot borrow the second core.
 
 The floor is a plain ``json.loads`` of the same body. Goals: the pipeline
 costs <= 2x that floor, and runs >= 2x what the largest Keepa plan can buy:

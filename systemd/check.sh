@@ -37,11 +37,11 @@ if [ ! -x "$exec_path" ]; then
   mkdir -p "$tmp/stub"
   printf '#!/bin/sh\nexit 0\n' >"$tmp/stub/dealsd"
   chmod +x "$tmp/stub/dealsd"
-  sed "s|^\(Exec[A-Za-z]*=\)$exec_path |\1$tmp/stub/dealsd |" "$unit" >"$tmp/dealsd.service"
+  sed "s|^\(Exec[A-Za-z]*=[-+!@:]*\)$exec_path |\1$tmp/stub/dealsd |" "$unit" >"$tmp/dealsd.service"
   if ! grep -q "^ExecStart=$tmp/stub/dealsd run " "$tmp/dealsd.service"; then
     fail "could not point ExecStart at the stub"
   fi
-  naming="$(grep -c "^Exec[A-Za-z]*=$exec_path " "$unit" || true)"
+  naming="$(grep -c "^Exec[A-Za-z]*=[-+!@:]*$exec_path " "$unit" || true)"
   changed="$(diff "$unit" "$tmp/dealsd.service" | grep -c '^[<>]' || true)"
   [ "$changed" = "$((2 * naming))" ] ||
     fail "the verified copy differs in more than the $naming Exec lines naming $exec_path ($changed lines)"

@@ -627,7 +627,10 @@ class Harness:
         s = self.show("MainPID", "ActiveState")
         problems = []
         if r.returncode != 0:
-            problems.append(f"systemctl reload rc={r.returncode}: {r.stderr.strip()[-200:]}")
+            why = [ln.strip() for ln in seen.splitlines()
+                   if ln.strip() and not ln.startswith("event=") and "Reload" not in ln]
+            problems.append(f"systemctl reload rc={r.returncode}; journal: "
+                            f"{' | '.join(why[-2:])[-300:] or '(nothing)'}")
         if "interval_s" not in seen:
             problems.append("no config_changed for upserter.interval_s in the journal")
         if s.get("MainPID") != pid or s.get("ActiveState") != "active":

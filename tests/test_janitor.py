@@ -50,7 +50,9 @@ async def seed(store: Store, clock: FakeClock, seen_ago_s: dict[str, float]) -> 
                 (asin, seen, seen),
             )
             conn.execute(
-                "INSERT INTO product_history (asin, fetched_at, payload) VALUES (?, ?, x'00')",
+                # Schema v2: a history is keyed like its deal, (domain_id, asin).
+                "INSERT INTO product_history (domain_id, asin, fetched_at, payload) "
+                "VALUES (1, ?, ?, x'00')",
                 (asin, seen),
             )
 
