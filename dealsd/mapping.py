@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from dealsd.clock import iso_utc, keepa_minutes_to_epoch
 from dealsd.keepa.payloads import (
     AMAZON,
@@ -419,8 +421,14 @@ def deal_row(
     return row
 
 
-def _deal_avg90(avg: object, price_type: int) -> int | None:
+def _deal_avg90(raw: msgspec.Raw | None, price_type: int) -> int | None:
     """avg[3][price_type] of a deal as sent, or None when absent or not a number."""
+    if raw is None:
+        return None
+    try:
+        avg = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
     if not isinstance(avg, list) or len(avg) <= DEAL_AVG_90_DAYS:
         return None
     row = avg[DEAL_AVG_90_DAYS]

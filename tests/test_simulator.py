@@ -377,8 +377,8 @@ async def test_other_asins_are_deterministic_variations_of_the_samples(sim: Sim)
 
 
 async def test_a_product_follows_its_deal_with_noise(sim: Sim) -> None:
-    # The deal object predicts the product: its current prices exactly, its
-    # 90-day averages within the noise (+-12 %), as the screen assumes.
+    # The deal object predicts the product: its 90-day averages within the
+    # noise (+-12 %), as the screen assumes.
     asins = catalogue_asins(sim, 30)
     _, doc = await sim.products(asins, stats=180)
     products = doc["products"]
@@ -386,7 +386,6 @@ async def test_a_product_follows_its_deal_with_noise(sim: Sim) -> None:
     ratios = []
     for p in products:
         deal = sim.sim.catalogue.by_asin[p["asin"]]
-        assert p["stats"]["current"][2] == deal["current"][2]
         ratios.append(p["stats"]["avg90"][2] / deal["avg"][3][2])
     assert all(0.87 <= r <= 1.13 for r in ratios), ratios
     assert len({round(r, 3) for r in ratios}) > 10  # noise, not one factor

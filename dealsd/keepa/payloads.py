@@ -72,9 +72,11 @@ class Deal(msgspec.Struct, frozen=True, rename="camel"):
     image: list[int] | None = None
     creation_date: int | None = None
     categories: list[int] | None = None
-    # avg[dateRange][priceType]: read leniently by the screen (mapping.screen),
-    # so an odd average never costs the deal itself.
-    avg: object = None
+    # avg[dateRange][priceType], kept undecoded: only the screen reads it
+    # (mapping.screen, leniently, so an odd average never costs the deal), and
+    # 144 numbers a deal decoded for every page cost what the page's other
+    # fields cost together (bench/tokens.py).
+    avg: msgspec.Raw | None = None
 
 
 class FbaFees(msgspec.Struct, frozen=True, rename="camel"):

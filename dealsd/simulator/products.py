@@ -8,11 +8,12 @@ by a per-ASIN factor (stats, buy box, price histories), fees and sales-rank
 drops varied, everything else (the shape) kept. Choices come from a hash of
 seed and ASIN, so an ASIN always gets the same product.
 
-A variation asked while its deal is in the catalogue takes its prices from
-the deal (``follow_deal``): the stats' Amazon, new and used ``current`` are
-the deal's, their averages the deal's ``avg`` (30 and 90 days; 180 and 365
-from the 90) each times a noise factor of +-12 % fixed per ASIN and window.
-The deal object thus predicts the product's stats, with noise, as on Keepa.
+A variation asked while its deal is in the catalogue takes its averages from
+the deal (``follow_deal``): the stats' Amazon, new and used averages are the
+deal's ``avg`` (30 and 90 days; 180 and 365 from the 90) each times a noise
+factor of +-12 % fixed per ASIN and window. The deal object thus predicts the
+product's stats, with noise, as on Keepa. A deal's averages are set when it
+appears and kept through its price changes, so the cached product stays right.
 
 Keepa sends only the data the parameters paid for (``strip``): without
 ``buybox=1`` or ``offers`` no buy box (csv types 18 and 32, the ``buyBox*``
@@ -88,16 +89,16 @@ def strip_stats(stats: dict[str, Any], types: frozenset[int]) -> dict[str, Any]:
 
 DEAL_PRICE_TYPES = (0, 1, 2)  # AMAZON, NEW, USED: the prices a deal object carries
 NOISE = 0.12
-# stats array -> the deal's avg dateRange it follows (None: the deal's current)
-FOLLOWS: tuple[tuple[str, int | None], ...] = (
-    ("current", None), ("avg30", 2), ("avg90", 3), ("avg180", 3), ("avg365", 3), ("avg", 3),
+# stats array -> the deal's avg dateRange it follows
+FOLLOWS: tuple[tuple[str, int], ...] = (
+    ("avg30", 2), ("avg90", 3), ("avg180", 3), ("avg365", 3), ("avg", 3),
 )  # fmt: skip
 
 
 def follow_deal(
     stats: dict[str, Any], deal: dict[str, Any], seed: int, asin: str, withhold: frozenset[int]
 ) -> dict[str, Any]:
-    """``stats`` with the deal's Amazon, new and used prices and averages, with noise."""
+    """``stats`` with the deal's Amazon, new and used averages, with noise."""
     out = dict(stats)
     for name, window in FOLLOWS:
         arr = out.get(name)
@@ -107,11 +108,11 @@ def follow_deal(
         for t in DEAL_PRICE_TYPES:
             if t >= len(arr) or t in withhold:
                 continue
-            source = deal["current"][t] if window is None else deal["avg"][window][t]
+            source = deal["avg"][window][t]
             if source <= 0:
                 arr[t] = -1
                 continue
-            noise = 1.0 if window is None else 1 + NOISE * (2 * unit(seed, asin, f"{name}{t}") - 1)
+            noise = 1 + NOISE * (2 * unit(seed, asin, f"{name}{t}") - 1)
             arr[t] = max(1, int(source * noise))
         out[name] = arr
     return out
@@ -173,7 +174,7 @@ class ProductFactory:
         self._real = {t.asin: t for t in self.templates}
         self._raw_members: dict[tuple[str, str], msgspec.Raw] = {}
         self._csv: dict[tuple[str, float, int, frozenset[int]], msgspec.Raw] = {}
-        self._cache: OrderedDict[tuple[str, bool, bool, int, frozenset[int], int], Piece] = (
+        self._cache: OrderedDict[tuple[str, bool, bool, int, frozenset[int]], Piece] = (
             OrderedDict()
         )
         self._cache_size = 0
@@ -208,8 +209,7 @@ class ProductFactory:
         ``withhold``: price types the request did not pay for (``withheld``);
         ``deal``: the catalogue's deal, whose prices the product follows.
         """
-        version = int(deal["lastUpdate"]) if deal is not None else -1
-        key = (asin, history, stats, days if history else 0, withhold, version)
+        key = (asin, history, stats, days if history else 0, withhold)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
