@@ -421,10 +421,8 @@ def deal_row(
     return row
 
 
-def _deal_avg90(raw: msgspec.Raw | None, price_type: int) -> int | None:
+def _deal_avg90(raw: msgspec.Raw, price_type: int) -> int | None:
     """avg[3][price_type] of a deal as sent, or None when absent or not a number."""
-    if raw is None:
-        return None
     try:
         avg = msgspec.json.decode(raw)
     except msgspec.DecodeError:

@@ -405,3 +405,20 @@ def test_the_journal_line_and_the_figures_of_the_funnel() -> None:
         refill_rate=0, period_s=60.0, cost_per_product=None, full_pass_tokens=None,
     )  # fmt: skip
     assert none.tokens_per_profitable is None and none.queue_eta_s is None
+
+
+def test_an_odd_average_costs_the_screen_not_the_deal() -> None:
+    from dealsd.keepa.payloads import decode_deals
+
+    good = {"asin": "B0GOOD0001", "lastUpdate": 9, "current": [-1, 3000, 2000, 50],
+            "rootCat": 283155, "avg": [[-1] * 4] * 3 + [[-1, 5000, 4000, 60]]}  # fmt: skip
+    odd = {**good, "asin": "B0ODD00001", "avg": "n/a"}
+    short = {**good, "asin": "B0SHORT001", "avg": [[1, 2]]}
+    none = {k: v for k, v in good.items() if k != "avg"} | {"asin": "B0NONE0001"}
+    body = json.dumps({"deals": {"dr": [good, odd, short, none]}}).encode()
+    decoded = decode_deals(body)
+    assert decoded.skipped == [] and len(decoded.items) == 4
+    screens = [mapping.screen(i.value, price_type=2, profit=PROFIT) for i in decoded.items]
+    # 4000 resale - 2000 buy - 600 referral - 400 FBA - 180 closing = 820, ROI 41 %.
+    assert screens[0] == {"screen_profit_cents": 820, "screen_roi_pct": 41.0}
+    assert all(s == {"screen_profit_cents": None, "screen_roi_pct": None} for s in screens[1:])

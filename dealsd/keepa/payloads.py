@@ -76,7 +76,8 @@ class Deal(msgspec.Struct, frozen=True, rename="camel"):
     # (mapping.screen, leniently, so an odd average never costs the deal), and
     # 144 numbers a deal decoded for every page cost what the page's other
     # fields cost together (bench/tokens.py).
-    avg: msgspec.Raw | None = None
+    # (msgspec takes Raw alone, not in a union: an absent avg is JSON null.)
+    avg: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
 
 
 class FbaFees(msgspec.Struct, frozen=True, rename="camel"):
