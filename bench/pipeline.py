@@ -40,7 +40,7 @@ from dealsd.keepa import KeepaClient, payloads
 from dealsd.logs import configure_logging
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL, Backfiller, product_params
+from dealsd.workers.backfiller import KIND_BACKFILL, PAYLOAD_ZLIB_LEVEL, Backfiller, product_params
 from dealsd.workers.health import Health
 
 ZLIB_LEVEL = PAYLOAD_ZLIB_LEVEL
@@ -97,7 +97,8 @@ async def _pipeline(db: Path, bodies: list[bytes]) -> float:
     for body in bodies:
         payloads.decode_envelope(body)
         page = payloads.decode_products(body)
-        oks = await asyncio.gather(*(bf._store_one(item, 1, params, False) for item in page.items))
+        stores = (bf._store_one(item, 1, params, KIND_BACKFILL) for item in page.items)
+        oks = await asyncio.gather(*stores)
         assert all(oks), "a product was not stored"
     elapsed = time.perf_counter() - started
     await store.close()

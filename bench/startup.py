@@ -33,7 +33,7 @@ import msgspec
 
 from bench import Row
 from bench.looplag import simulator_process
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import iso_utc
 from dealsd.config import ProfitConfig
 from dealsd.keepa import payloads
@@ -54,7 +54,7 @@ def _sample_product() -> tuple[dict[str, object], bytes]:
     product = msgspec.json.decode(raw, type=payloads.Product)
     columns = mapping.product_columns(product)
     columns.update(
-        mapping.estimate(columns, buy_cost_cents=2500, price_type=2, profit=ProfitConfig())
+        estimate.estimate(columns, buy_cost_cents=2500, price_type=2, profit=ProfitConfig())
     )
     return columns, zlib.compress(raw, PAYLOAD_ZLIB_LEVEL)
 

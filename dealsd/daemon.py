@@ -252,7 +252,11 @@ class Daemon:
     async def watch(self) -> None:
         """The watch loop: snapshots, STATUS=, the watchdog, reloads, until stopped."""
         wd = self._notifier.watchdog_interval_s()
-        tick = min(self._snapshot_every_s, wd) if wd else self._snapshot_every_s
+        # A pass sleeps one tick, then waits at most one more for the snapshot
+        # write before it pings: two ticks between pings at most, however slow
+        # the writer. Half the ping interval each keeps that gap within the
+        # interval (WatchdogSec/2), so one late ping still never costs a kill.
+        tick = min(self._snapshot_every_s, wd / 2) if wd else self._snapshot_every_s
         last_log = self._clock.monotonic()
         # A snapshot write still waiting for the writer (another process holds
         # the lock) is not queued again; meanwhile STATUS= and the watchdog

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import msgspec
 
+from dealsd import estimate as profit_estimate
 from dealsd.clock import iso_utc, keepa_minutes_to_epoch
 from dealsd.keepa.payloads import (
     AMAZON,
@@ -287,41 +287,6 @@ DEAL_COLUMNS: tuple[str, ...] = (
     "screen_roi_pct",
 )
 
-# The deal's current-price column for each selection price type.
-CURRENT_PRICE_COLUMN: Mapping[int, str] = {
-    AMAZON: "current_amazon_cents",
-    NEW: "current_new_cents",
-    USED: "current_used_cents",
-}
-
-ESTIMATE_COLUMNS: tuple[str, ...] = (
-    "expected_sale_cents",
-    "buy_price_cents",
-    "all_in_cost_cents",
-    "fees_cents",
-    "profit_cents",
-    "margin_pct",
-    "roi_pct",
-)
-
-# `[profit] reference` -> the avg90 column that prices a resale: what an FBA
-# buyer pays (an FBA offer ships free, so an item price is the whole price).
-REFERENCE_COLUMN: Mapping[str, str] = {
-    "used": "avg90_used_cents",
-    "new": "avg90_new_cents",
-    "buy_box": "avg90_buy_box_cents",
-    "used_buy_box": "avg90_used_buy_box_shipping_cents",
-    "amazon": "avg90_amazon_cents",
-}
-
-# The selection's price type -> the product column with its lowest price
-# shipping included (needs `offers`). Amazon ships its own offers free.
-LANDED_PRICE_COLUMN: Mapping[int, str] = {
-    NEW: "current_new_shipping_cents",
-    USED: "current_used_shipping_cents",
-}
-GRAMS_PER_LB = 453.59237
-
 # `[profit] reference` -> the price type whose 90-day average the deal object
 # carries in avg[3][type] (the screen's resale price, like REFERENCE_COLUMN's).
 REFERENCE_PRICE_TYPE: Mapping[str, int] = {
@@ -333,31 +298,6 @@ REFERENCE_PRICE_TYPE: Mapping[str, int] = {
 }
 DEAL_AVG_90_DAYS = 3  # the deal's dateRange index of its 90-day averages
 SCREEN_COLUMNS: tuple[str, ...] = ("screen_profit_cents", "screen_roi_pct")
-
-
-class ProfitSettings(Protocol):
-    """What ``estimate`` reads from the config's ``[profit]`` table."""
-
-    @property
-    def reference(self) -> str: ...
-    @property
-    def referral_fee_pct(self) -> float: ...
-    @property
-    def fba_fee_cents(self) -> int: ...
-    @property
-    def extra_cost_cents(self) -> int: ...
-    @property
-    def buy_shipping_cents(self) -> int: ...
-    @property
-    def prep_cents(self) -> int: ...
-    @property
-    def inbound_cents_per_lb(self) -> int: ...
-    @property
-    def referral_fee_min_cents(self) -> int: ...
-    @property
-    def closing_fee_cents(self) -> int: ...
-    @property
-    def closing_fee_categories(self) -> Sequence[int]: ...
 
 
 def image_url(image: Sequence[int] | None) -> str | None:
@@ -392,7 +332,7 @@ def deal_row(
     domain_id: int,
     seen_at: str,
     price_type: int | None = None,
-    profit: ProfitSettings | None = None,
+    profit: profit_estimate.ProfitSettings | None = None,
 ) -> dict[str, object]:
     """The `deals` row for one decoded deal; ``raw`` is the object exactly as sent.
 
@@ -432,10 +372,14 @@ def _deal_avg90(raw: msgspec.Raw, price_type: int) -> int | None:
     row = avg[DEAL_AVG_90_DAYS]
     if not isinstance(row, list) or price_type >= len(row):
         return None
-    return _non_negative(_int_or_none(row[price_type]))
+    value = row[price_type]
+    # bool is an int subclass, and JSON true is no price.
+    return _non_negative(value) if type(value) is int else None
 
 
-def screen(deal: Deal, *, price_type: int, profit: ProfitSettings) -> dict[str, object]:
+def screen(
+    deal: Deal, *, price_type: int, profit: profit_estimate.ProfitSettings
+) -> dict[str, object]:
     """The screen: ``estimate`` run on what the deal object alone says, before paying.
 
     The resale price is the deal's 90-day average (``avg[3]``) of the
@@ -449,12 +393,12 @@ def screen(deal: Deal, *, price_type: int, profit: ProfitSettings) -> dict[str, 
     if reference_type is None:
         raise ValueError(f"unknown profit reference {profit.reference!r}")
     columns: dict[str, object] = {
-        REFERENCE_COLUMN[profit.reference]: _deal_avg90(deal.avg, reference_type),
+        profit_estimate.REFERENCE_COLUMN[profit.reference]: _deal_avg90(deal.avg, reference_type),
         "root_category": root_category(deal.root_cat),
     }
-    result = estimate(
+    result = profit_estimate.estimate(
         columns,
-        buy_cost_cents=buy_cost_cents(deal.current, price_type),
+        buy_cost_cents=profit_estimate.buy_cost_cents(deal.current, price_type),
         price_type=price_type,
         profit=profit,
     )
@@ -464,133 +408,3 @@ def screen(deal: Deal, *, price_type: int, profit: ProfitSettings) -> dict[str, 
 def product_columns(product: Product) -> dict[str, object]:
     """The stats and fee columns of one product (backfill and refresh alike)."""
     return {column.name: column.get(product) for column in PRODUCT_MAP}
-
-
-def buy_cost_cents(row: Mapping[str, object] | Sequence[int], price_type: int) -> int | None:
-    """What buying the deal costs: its current price for the selection's price type.
-
-    ``row`` is a ``deal_row`` (or a `deals` row read back) or a deal's raw
-    ``current`` array. Price types other than Amazon, new and used have no
-    buy price column, so they give None.
-    """
-    if isinstance(row, Mapping):
-        column = CURRENT_PRICE_COLUMN.get(price_type)
-        if column is None:
-            return None
-        value = row.get(column)
-        return value if isinstance(value, int) and value >= 0 else None
-    if price_type not in CURRENT_PRICE_COLUMN:
-        return None
-    return _at(row, price_type)
-
-
-def _int_or_none(value: object) -> int | None:
-    # bool is an int subclass; a True price would be a bug upstream, not 1 cent.
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
-
-
-def _float_or_none(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def buy_price_cents(
-    columns: Mapping[str, object], item_cents: int | None, price_type: int, extra_shipping: int
-) -> int | None:
-    """What buying costs, shipping included: the deal's item price made like-for-like.
-
-    Keepa's lowest price with shipping (``LANDED_PRICE_COLUMN``) when it was
-    fetched and is not below the item price (the lowest landed price is never
-    below the lowest item price, so a lower one is stale: the deal's price
-    rose since the backfill); otherwise the item price plus the configured
-    ``buy_shipping_cents``. None without an item price.
-    """
-    if item_cents is None or item_cents < 0:
-        return None
-    if price_type == AMAZON:
-        return item_cents
-    column = LANDED_PRICE_COLUMN.get(price_type)
-    landed = _int_or_none(columns.get(column)) if column is not None else None
-    if landed is not None and landed >= item_cents:
-        return landed
-    return item_cents + extra_shipping
-
-
-def _pct(part: int, whole: int) -> float:
-    return round(part / whole * 100, 2)
-
-
-def estimate(
-    columns: Mapping[str, object],
-    *,
-    buy_cost_cents: int | None,
-    price_type: int,
-    profit: ProfitSettings,
-) -> dict[str, object]:
-    """Expected resale price, fees, all-in cost, profit, margin and ROI.
-
-    ``columns`` are the product columns (with ``root_category`` for the
-    closing fee); ``buy_cost_cents`` is the deal's item price for
-    ``price_type``. Each output is None when one of its own inputs is None:
-    the sale price needs the reference average; the fees also need the
-    category when a closing fee is configured; the all-in cost needs the buy
-    price, and the package weight when inbound shipping is priced per pound;
-    profit, margin and ROI need both. A sale price of 0 or less prices
-    nothing, so everything is None then. The product's own referral percentage
-    and FBA fee win over the config's defaults, which only fill in when Keepa
-    has none. docs/schema.md ("The estimate") has the formulas.
-    """
-    result: dict[str, object] = dict.fromkeys(ESTIMATE_COLUMNS)
-    column = REFERENCE_COLUMN.get(profit.reference)
-    if column is None:
-        raise ValueError(f"unknown profit reference {profit.reference!r}")
-    sale = _int_or_none(columns.get(column))
-    if sale is None or sale <= 0:
-        return result
-    result["expected_sale_cents"] = sale
-    fees = _fees(columns, sale, profit)
-    result["fees_cents"] = fees
-    buy = buy_price_cents(columns, buy_cost_cents, price_type, profit.buy_shipping_cents)
-    result["buy_price_cents"] = buy
-    all_in = None if buy is None else _all_in(columns, buy, profit)
-    result["all_in_cost_cents"] = all_in
-    if fees is None or all_in is None:
-        return result
-    profit_cents = sale - all_in - fees
-    result["profit_cents"] = profit_cents
-    result["margin_pct"] = _pct(profit_cents, sale)
-    result["roi_pct"] = _pct(profit_cents, all_in) if all_in > 0 else None
-    return result
-
-
-def _fees(columns: Mapping[str, object], sale: int, profit: ProfitSettings) -> int | None:
-    """Referral (at least the per-item minimum) + FBA + closing fee + extra cost."""
-    pct = _float_or_none(columns.get("referral_fee_pct"))
-    if pct is None:
-        pct = profit.referral_fee_pct
-    fba = _int_or_none(columns.get("fba_fee_cents"))
-    if fba is None:
-        fba = profit.fba_fee_cents
-    referral = max(round(sale * pct / 100), profit.referral_fee_min_cents)
-    closing = 0
-    if profit.closing_fee_cents:
-        category = _int_or_none(columns.get("root_category"))
-        if category is None:
-            return None  # a media product would pay it: unknown, not zero
-        if category in profit.closing_fee_categories:
-            closing = profit.closing_fee_cents
-    return referral + fba + closing + profit.extra_cost_cents
-
-
-def _all_in(columns: Mapping[str, object], buy: int, profit: ProfitSettings) -> int | None:
-    """Buy price with shipping + prep + inbound shipping to Amazon by package weight."""
-    inbound = 0
-    if profit.inbound_cents_per_lb:
-        grams = _int_or_none(columns.get("package_weight_g"))
-        if grams is None or grams <= 0:
-            return None
-        inbound = round(profit.inbound_cents_per_lb * grams / GRAMS_PER_LB)
-    return buy + profit.prep_cents + inbound

@@ -32,6 +32,7 @@ from dealsd import snapshot
 from dealsd.clock import iso_utc, parse_iso_utc
 from dealsd.exits import EXIT_HEALTHY, EXIT_NO_DATABASE, EXIT_UNHEALTHY
 from dealsd.lock import holder_pid
+from dealsd.logs import early_line
 from dealsd.snapshot import (
     DaemonStatus,
     DealCounts,
@@ -304,10 +305,10 @@ def run_status(
     try:
         doc = read_status(db_path, now=now)
     except FileNotFoundError as exc:
-        print(f"dealsd status: {exc}", file=sys.stderr)
+        early_line(f"dealsd status: {exc}")
         return EXIT_NO_DATABASE
     except sqlite3.DatabaseError as exc:
-        print(f"dealsd status: cannot read {db_path}: {exc}", file=sys.stderr)
+        early_line(f"dealsd status: cannot read {db_path}: {exc}")
         return EXIT_NO_DATABASE
     if as_json:
         print(json.dumps(msgspec.to_builtins(doc), indent=2, sort_keys=True), file=out)

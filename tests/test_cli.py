@@ -318,6 +318,23 @@ def test_a_refused_start_reaches_the_journal_as_an_error(tmp_path: Path) -> None
     assert lines[0].startswith("<4>dealsd: warning: no API key visible here")
 
 
+def test_status_says_why_it_cannot_read_as_an_error_on_the_journal(tmp_path: Path) -> None:
+    # `dealsd status` run by a unit (a health check's ExecStartPost, a timer):
+    # its own fatal lines carry <3> like run's, not the journal's default 6.
+    missing = tmp_path / "none.db"
+    code, lines = _on_a_stream_socket("status", "--database", str(missing))
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("<3>dealsd status: ") and str(missing) in lines[0], lines
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database, " * 512)
+    code, lines = _on_a_stream_socket("status", "--database", str(garbage))
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"<3>dealsd status: cannot read {garbage}: "), lines
+    # Off the journal the same line is plain text.
+    r = dealsd("status", "--database", str(missing), env=clean_env())
+    assert r.returncode == 2 and r.stderr.startswith("dealsd status: "), r.stderr
+
+
 def test_fatal_lines_are_plain_text_on_a_pipe_a_tty_or_another_stream(tmp_path: Path) -> None:
     import pty
 

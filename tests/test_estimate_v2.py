@@ -17,6 +17,7 @@ import pytest
 import structlog
 from helpers import Running, StartSim, sample_bytes, wait_for, write_config
 
+from dealsd import estimate as est
 from dealsd import mapping
 from dealsd.config import Config, check_config, config_warnings, load_config
 from dealsd.keepa.payloads import Product, decode_products
@@ -53,7 +54,7 @@ def _columns(asin: str, root_category: int) -> dict[str, object]:
 
 def test_estimate_of_b0d8w1yvbx_by_hand() -> None:
     cols = _columns("B0D8W1YVBX", 3760911)  # rootCategory: Beauty, not a media category
-    got = mapping.estimate(cols, buy_cost_cents=500, price_type=NEW, profit=Profit("buy_box"))
+    got = est.estimate(cols, buy_cost_cents=500, price_type=NEW, profit=Profit("buy_box"))
     # sale: avg90[18] BUY_BOX_SHIPPING = 1805 (shipping included; an FBA buy box ships free)
     # buy price: the deal's new price 500; Keepa's new price with shipping
     #   (current[7] NEW_FBM_SHIPPING, current[10] NEW_FBA) is -1 (no offers asked),
@@ -79,7 +80,7 @@ def test_estimate_of_b0f7xpycsj_by_hand_with_a_closing_fee() -> None:
     # (16310091, Industrial & Scientific) is listed, so the fee is charged.
     cols = _columns("B0F7XPYCSJ", 16310091)
     profit = Profit("new", closing_fee_categories=(16310091,))
-    got = mapping.estimate(cols, buy_cost_cents=700, price_type=USED, profit=profit)
+    got = est.estimate(cols, buy_cost_cents=700, price_type=USED, profit=profit)
     # sale: avg90[1] NEW = 2599
     # buy price: the deal's used price 700; current[19..22] USED_*_SHIPPING are -1,
     #   so + buy_shipping 399 = 1099
@@ -102,15 +103,15 @@ def test_keepas_price_with_shipping_is_the_buy_price_unless_stale() -> None:
     base = {"avg90_used_cents": 3000, "package_weight_g": 453, "root_category": 1}
     profit = Profit("used", referral_fee_pct=10.0, inbound_cents_per_lb=0, prep_cents=0)
     # Lowest used with shipping 1399 >= the deal's 1000: that is what buying costs.
-    got = mapping.estimate({**base, "current_used_shipping_cents": 1399},
+    got = est.estimate({**base, "current_used_shipping_cents": 1399},
                            buy_cost_cents=1000, price_type=USED, profit=profit)  # fmt: skip
     assert got["buy_price_cents"] == 1399 and got["all_in_cost_cents"] == 1399
     # Below the deal's price it is older than the deal (the price rose): item + 399.
-    got = mapping.estimate({**base, "current_used_shipping_cents": 1399},
+    got = est.estimate({**base, "current_used_shipping_cents": 1399},
                            buy_cost_cents=1500, price_type=USED, profit=profit)  # fmt: skip
     assert got["buy_price_cents"] == 1899
     # Amazon's own offer: its price, no shipping added.
-    got = mapping.estimate({"avg90_amazon_cents": 3000, "root_category": 1},
+    got = est.estimate({"avg90_amazon_cents": 3000, "root_category": 1},
                            buy_cost_cents=1000, price_type=0,
                            profit=Profit("amazon", inbound_cents_per_lb=0))  # fmt: skip
     assert got["buy_price_cents"] == 1000
@@ -119,7 +120,7 @@ def test_keepas_price_with_shipping_is_the_buy_price_unless_stale() -> None:
 def test_the_estimates_null_rules() -> None:
     cols: dict[str, Any] = {"avg90_new_cents": 100, "root_category": 283155,
                             "package_weight_g": None, "fba_fee_cents": 0}  # fmt: skip
-    got = mapping.estimate(cols, buy_cost_cents=40, price_type=NEW, profit=Profit("new"))
+    got = est.estimate(cols, buy_cost_cents=40, price_type=NEW, profit=Profit("new"))
     # referral 15 % of 100 = 15, raised to the 30 minimum; closing 180 (Books); extra 25.
     assert got["fees_cents"] == 30 + 180 + 25
     # Inbound is priced per pound and the weight is unknown: no all-in cost, no profit.
@@ -127,7 +128,7 @@ def test_the_estimates_null_rules() -> None:
     assert got["all_in_cost_cents"] is None and got["profit_cents"] is None
     assert got["roi_pct"] is None and got["margin_pct"] is None
     # Unknown category with a closing fee configured: the fees are unknown, not 0.
-    got = mapping.estimate({**cols, "root_category": None, "package_weight_g": 453},
+    got = est.estimate({**cols, "root_category": None, "package_weight_g": 453},
                            buy_cost_cents=40, price_type=NEW, profit=Profit("new"))  # fmt: skip
     assert got["fees_cents"] is None and got["profit_cents"] is None
     assert got["all_in_cost_cents"] == 40 + 399 + 50 + 40  # 453 g = 0.9987 lb -> 40

@@ -86,19 +86,22 @@ def check_stored_rows(db: Path, sim: Simulator) -> None:
         deal = json.loads(r["deal_json"])
         assert deal["asin"] == r["asin"] and isinstance(deal["lastUpdate"], int)
         assert all(isinstance(v, int) for v in deal["current"]), r["asin"]
+    # A product with an odd field is paid for: it is stored as sent, with the
+    # field named in unreadable_fields and nothing misread from it.
     for r in db_query(
         db,
-        "SELECT h.asin, h.payload, d.unreadable_fields FROM product_history AS h "
-        "JOIN deals AS d USING (domain_id, asin)",
+        "SELECT h.asin, h.payload, d.unreadable_fields, d.avg90_new_cents FROM product_history "
+        "AS h JOIN deals AS d USING (domain_id, asin)",
     ):
         product = json.loads(zlib.decompress(r["payload"]))
+        odd = (r["unreadable_fields"] or "").split(",")
         assert product["asin"] == r["asin"]
-        # A product with an odd field is kept as sent, the field named (issue 13):
-        # whether one is drawn depends on how many items the run was served.
-        odd = set((r["unreadable_fields"] or "").split(","))
         assert isinstance(product["productType"], int) or "productType" in odd, r["asin"]
         avg90 = (product.get("stats") or {}).get("avg90") or []
-        assert all(isinstance(v, int) for v in avg90) or "stats.avg90" in odd, r["asin"]
+        if not all(isinstance(v, int) for v in avg90):
+            assert "stats.avg90" in odd, r["asin"]
+            if not isinstance(avg90[1], int):
+                assert r["avg90_new_cents"] is None, r["asin"]
 
 
 def wrote_twice(sim: Simulator) -> int:

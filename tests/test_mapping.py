@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from helpers import sample_bytes
 
+from dealsd import estimate as est
 from dealsd import mapping
 from dealsd.keepa.payloads import Product, decode_deals, decode_products
 
@@ -47,7 +48,7 @@ USED, NEW, AMAZON = 2, 1, 0
 
 def _est(**values: object) -> dict[str, object]:
     """An estimate result: every estimate column, None unless given."""
-    return {**dict.fromkeys(mapping.ESTIMATE_COLUMNS), **values}
+    return {**dict.fromkeys(est.ESTIMATE_COLUMNS), **values}
 
 
 # The schema v2 columns with no data in either sample (the shipping-inclusive
@@ -208,8 +209,8 @@ def test_refresh_through_sqlite_keeps_names(tmp_path: Path) -> None:
     db.execute(f"INSERT INTO products (asin, {names}) VALUES (?, {marks})", ["X", *cols.values()])
     row = db.execute("SELECT * FROM products").fetchone()
     profit = Profit(extra_cost_cents=50)
-    fresh = mapping.estimate(cols, buy_cost_cents=1000, price_type=NEW, profit=profit)
-    again = mapping.estimate(dict(row), buy_cost_cents=1000, price_type=NEW, profit=profit)
+    fresh = est.estimate(cols, buy_cost_cents=1000, price_type=NEW, profit=profit)
+    again = est.estimate(dict(row), buy_cost_cents=1000, price_type=NEW, profit=profit)
     assert again == fresh
     assert fresh["profit_cents"] == 68  # not 0, not None: the refresh bug of the old system
     db.close()
@@ -232,7 +233,7 @@ def test_estimate_uses_product_fees(
     reference: str, sale: int, fees: int, profit_cents: int, margin: float, roi: float
 ) -> None:
     cols = mapping.product_columns(_product("B0D8W1YVBX"))
-    got = mapping.estimate(
+    got = est.estimate(
         cols, buy_cost_cents=1000, price_type=NEW, profit=Profit(reference, 15.0, 0, 50)
     )
     assert got == _est(
@@ -244,13 +245,13 @@ def test_estimate_uses_product_fees(
 @pytest.mark.parametrize("reference", ["used", "amazon"])
 def test_estimate_reference_without_data_is_null(reference: str) -> None:
     cols = mapping.product_columns(_product("B0D8W1YVBX"))
-    got = mapping.estimate(cols, buy_cost_cents=1000, price_type=USED, profit=Profit(reference))
+    got = est.estimate(cols, buy_cost_cents=1000, price_type=USED, profit=Profit(reference))
     assert got == _est()
 
 
 def test_estimate_config_defaults_fill_missing_fees() -> None:
     cols: dict[str, Any] = {"avg90_used_cents": 2000, "referral_fee_pct": None}
-    got = mapping.estimate(
+    got = est.estimate(
         cols, buy_cost_cents=1200, price_type=USED, profit=Profit("used", 15.0, 300, 0)
     )
     # 2000 * 15 % = 300 referral + 300 config FBA fee; 2000 - 1200 - 600 = 200.
@@ -262,7 +263,7 @@ def test_estimate_config_defaults_fill_missing_fees() -> None:
 
 def test_estimate_loss_is_negative_not_clamped() -> None:
     cols = {"avg90_amazon_cents": 1000, "referral_fee_pct": 15.0, "fba_fee_cents": 0}
-    got = mapping.estimate(cols, buy_cost_cents=1500, price_type=AMAZON, profit=Profit("amazon"))
+    got = est.estimate(cols, buy_cost_cents=1500, price_type=AMAZON, profit=Profit("amazon"))
     # fees 150; 1000 - 1500 - 150 = -650; / 1000 = -65 %; / 1500 = -43.33 %.
     assert got == _est(
         expected_sale_cents=1000, buy_price_cents=1500, all_in_cost_cents=1500,
@@ -272,14 +273,14 @@ def test_estimate_loss_is_negative_not_clamped() -> None:
 
 def test_estimate_null_buy_cost_keeps_only_the_sale() -> None:
     cols = {"avg90_new_cents": 1000}
-    got = mapping.estimate(cols, buy_cost_cents=None, price_type=NEW, profit=Profit("new"))
+    got = est.estimate(cols, buy_cost_cents=None, price_type=NEW, profit=Profit("new"))
     # The fees need only the sale: 1000 * 15 %.
     assert got == _est(expected_sale_cents=1000, fees_cents=150)
 
 
 @pytest.mark.parametrize("sale", [0, -1, -2, None, "1000", True])
 def test_estimate_no_usable_sale_is_all_null(sale: object) -> None:
-    got = mapping.estimate(
+    got = est.estimate(
         {"avg90_new_cents": sale}, buy_cost_cents=100, price_type=NEW, profit=Profit("new")
     )
     assert got == _est()
@@ -287,7 +288,7 @@ def test_estimate_no_usable_sale_is_all_null(sale: object) -> None:
 
 def test_estimate_unknown_reference_is_an_error() -> None:
     with pytest.raises(ValueError, match="lowest"):
-        mapping.estimate({}, buy_cost_cents=1, price_type=NEW, profit=Profit("lowest"))
+        est.estimate({}, buy_cost_cents=1, price_type=NEW, profit=Profit("lowest"))
 
 
 # ---------------------------------------------------------------- deals
@@ -375,7 +376,7 @@ def test_deal_sentinel_prices_and_short_current() -> None:
         _deal(asin="A1", current=[-1, -2, -1, -2]),
         _deal(asin="A2", current=[1999]),  # a lying, truncated array
     )
-    assert [a[k] for k in mapping.CURRENT_PRICE_COLUMN.values()] == [None, None, None]
+    assert [a[k] for k in est.CURRENT_PRICE_COLUMN.values()] == [None, None, None]
     assert a["current_sales_rank"] is None
     assert b["current_amazon_cents"] == 1999
     assert b["current_new_cents"] is None
@@ -406,24 +407,24 @@ def test_deal_json_keeps_unicode_as_sent() -> None:
 
 def test_buy_cost_from_row_by_price_type() -> None:
     [row] = _rows(_deal())
-    assert mapping.buy_cost_cents(row, 2) == 1450
-    assert mapping.buy_cost_cents(row, 1) == 2599
-    assert mapping.buy_cost_cents(row, 0) is None  # amazon -1
-    assert mapping.buy_cost_cents(row, 3) is None  # sales rank is no price
-    assert mapping.buy_cost_cents(row, 18) is None
+    assert est.buy_cost_cents(row, 2) == 1450
+    assert est.buy_cost_cents(row, 1) == 2599
+    assert est.buy_cost_cents(row, 0) is None  # amazon -1
+    assert est.buy_cost_cents(row, 3) is None  # sales rank is no price
+    assert est.buy_cost_cents(row, 18) is None
 
 
 def test_buy_cost_from_current_array() -> None:
     current = [-1, 2599, 1450, 123456]
-    assert mapping.buy_cost_cents(current, 2) == 1450
-    assert mapping.buy_cost_cents(current, 0) is None
-    assert mapping.buy_cost_cents(current, 3) is None
-    assert mapping.buy_cost_cents([500], 1) is None  # index missing
+    assert est.buy_cost_cents(current, 2) == 1450
+    assert est.buy_cost_cents(current, 0) is None
+    assert est.buy_cost_cents(current, 3) is None
+    assert est.buy_cost_cents([500], 1) is None  # index missing
 
 
 def test_buy_cost_from_row_read_back_with_null() -> None:
-    assert mapping.buy_cost_cents({"current_used_cents": None}, 2) is None
-    assert mapping.buy_cost_cents({}, 2) is None
+    assert est.buy_cost_cents({"current_used_cents": None}, 2) is None
+    assert est.buy_cost_cents({}, 2) is None
 
 
 def test_every_mapped_column_exists_in_the_schema(tmp_path: Path) -> None:
@@ -437,5 +438,5 @@ def test_every_mapped_column_exists_in_the_schema(tmp_path: Path) -> None:
         table = {str(r[1]) for r in conn.execute("PRAGMA table_info(deals)")}
     finally:
         conn.close()
-    for names in (mapping.DEAL_COLUMNS, mapping.PRODUCT_COLUMNS, mapping.ESTIMATE_COLUMNS):
+    for names in (mapping.DEAL_COLUMNS, mapping.PRODUCT_COLUMNS, est.ESTIMATE_COLUMNS):
         assert set(names) <= table, set(names) - table

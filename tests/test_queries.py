@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from helpers import sample_bytes
 
+from dealsd import estimate as est
 from dealsd import mapping
 from dealsd.clock import FakeClock, iso_utc
 from dealsd.keepa.payloads import decode_products
@@ -268,7 +269,7 @@ def test_schema_has_every_mapping_column() -> None:
     cols = set(schema.table_columns("deals"))
     assert set(mapping.DEAL_COLUMNS) <= cols
     assert set(mapping.PRODUCT_COLUMNS) <= cols
-    assert set(mapping.ESTIMATE_COLUMNS) <= cols
+    assert set(est.ESTIMATE_COLUMNS) <= cols
 
 
 async def test_prune_stale_in_chunks_with_history_cascading(store: Store) -> None:
@@ -388,4 +389,35 @@ def test_no_query_scans_the_deals_table(tmp_path: Path) -> None:
                 # count(*) may walk an index; nothing may walk the table or sort it.
                 assert not (step.startswith("SCAN deals") and "INDEX" not in step), (sql, plan)
                 assert "TEMP B-TREE" not in step, (sql, plan)
+    conn.close()
+
+
+def test_the_per_product_statements_use_the_asin_index(tmp_path: Path) -> None:
+    # Schema v2 keys deals by (domain_id, asin) while the daemon names the asin
+    # alone: without deals_asin each of these would scan the table.
+    conn = sqlite3.connect(tmp_path / "big.db", isolation_level=None)
+    schema.apply_migrations(conn)
+    conn.execute("BEGIN")
+    queries.upsert_deals(
+        conn, [deal(f"B{i:09d}", updated=-i) for i in range(5_000)], checkpoints={}, now=ts()
+    )
+    conn.execute("COMMIT")
+    spy = _Spy(conn)
+    c: Any = spy
+    asin = "B000000042"
+    assert queries.deal_by_asin(c, asin) is not None
+    assert queries.store_product(
+        c, asin=asin, fetched_at=ts(), keepa_last_update=ts(), tokens_spent=1,
+        payload_zlib=b"x", columns={"backfilled_at": ts(), "roi_pct": 12.5},
+    )  # fmt: skip
+    queries.record_backfill_failure(c, asin=asin, reason="r", retry_at=None, now=ts())
+    queries.upsert_deals(c, [deal(asin, updated=5)], checkpoints={}, now=ts())
+    assert len(spy.seen) >= 5
+    for sql, params in spy.seen:
+        plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        for step in plan:
+            assert not (step.startswith("SCAN deals") and "INDEX" not in step), (sql, plan)
+    sql = "SELECT domain_id FROM product_history WHERE asin = ?"
+    (domain,) = conn.execute(sql, (asin,)).fetchone()
+    assert domain == 1  # the history took its deal's key
     conn.close()

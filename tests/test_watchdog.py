@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DaemonProc, NotifyListener, Running, counts, wait_for, write_config
+from helpers import (
+    DaemonProc,
+    NotifyListener,
+    Running,
+    StartSim,
+    counts,
+    wait_for,
+    write_config,
+)
 from structlog.testing import capture_logs
 
 from dealsd.cli import main
@@ -23,6 +34,7 @@ from dealsd.daemon import Daemon
 from dealsd.notify import Notifier
 from dealsd.simulator import Simulator
 from dealsd.status import gather
+from dealsd.store import queries
 from dealsd.workers.base import RoundResult
 
 # Stall windows of a few seconds (1 s rounds, margin 1.5 s) and one Keepa call
@@ -64,20 +76,34 @@ def doc(db: Path) -> dict[str, Any]:
 
 
 async def test_pings_go_on_through_a_keepa_outage_while_status_says_unhealthy(
-    sim: Simulator, tmp_path: Path
+    start_sim: StartSim, tmp_path: Path
 ) -> None:
+    sim = await start_sim(catalogue_size=40)  # two backfill batches: settled in seconds
     srv, db, d = watched(tmp_path, sim, **FAST)
     try:
-        await wait_for(lambda: doc(db)["healthy"] and srv.seen("WATCHDOG=1"), 15, "healthy")
+
+        def settled() -> bool:
+            stored, backfilled = counts(db)
+            return stored > 0 and backfilled == stored
+
+        # Every deal backfilled first: the backfiller then idles through the
+        # outage (no /product call to fail), and the upserter's stall is the
+        # one unhealthy spell. Else a backfiller that stalled on a batch and
+        # then idled (its deals parked for retry) made two, each said once.
+        await wait_for(
+            lambda: settled() and doc(db)["healthy"] and srv.seen("WATCHDOG=1"), 15, "healthy"
+        )
         with capture_logs() as logs:
             sim.control(outage=True)
-            await wait_for(lambda: "still trying" in srv.last_status(), 15, "a stalled STATUS=")
+            await wait_for(
+                lambda: "upserter stalled" in srv.last_status(), 15, "the upserter's stall"
+            )
             srv.drain()
             await asyncio.sleep(4.0)  # past the upserter's window + one call's bound
             during = srv.drain()
             # Before: none here; systemd then restarted dealsd every stall
-            # window + WatchdogSec for an outage a restart cannot cure. Each
-            # tick is 0.2 s plus the snapshot's write: at least one a second.
+            # window + WatchdogSec for an outage a restart cannot cure. A
+            # ping is due every 0.2 s: at least one a second even when loaded.
             assert during.count("WATCHDOG=1") >= 4, during
             status = srv.last_status()
             assert "UNHEALTHY" in status and "upserter stalled" in status, status
@@ -95,6 +121,13 @@ async def test_pings_go_on_through_a_keepa_outage_while_status_says_unhealthy(
             assert now["healthy"] is False and now["daemon"]["state"] == "running"
             sim.control(outage=False)
             await wait_for(lambda: doc(db)["healthy"], 15, "healthy again")
+
+            def recovered() -> bool:
+                return any(e["event"] == "watchdog_kept" and e.get("recovered") for e in logs)
+
+            # The row is committed before the loop, back from the write, says
+            # the recovery line: wait for the line rather than race it.
+            await wait_for(recovered, 5, "the watchdog_kept recovery line")
         kept = [e for e in logs if e["event"] == "watchdog_kept"]
         # Said once as a warning (a summary a minute later would carry repeated=),
         # then the recovery line when the outage ends.
@@ -198,3 +231,72 @@ async def test_status_after_a_restart_during_an_outage_is_unhealthy_and_names_th
     assert json.loads(capsys.readouterr().out)["daemon"]["previous_run"]["ended"] == "died"
     sim.control(outage=False)
     assert await second.finish() == 0
+
+
+class PingTimes:
+    """NOTIFY_SOCKET read by a thread of its own, each WATCHDOG=1 timed on arrival.
+
+    Its own thread, blocked in recv, so the times do not wait for this test's
+    event loop (which the daemon under test shares).
+    """
+
+    def __init__(self, srv: NotifyListener) -> None:
+        self._sock = srv.sock
+        self._sock.setblocking(True)
+        self._sock.settimeout(0.1)
+        self.at: list[float] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._done.is_set():
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            if "WATCHDOG=1" in data.decode().splitlines():
+                self.at.append(time.monotonic())
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(5)
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.at, self.at[1:], strict=False)]
+
+
+async def test_pings_stay_within_the_watchdog_interval_while_every_snapshot_write_is_slow(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pings every 1 s (WatchdogSec=2 s), snapshots every 5 s as in production,
+    # and every daemon-row write held 2.5 s in the writer (a slow disk): longer
+    # than a tick, so each pass of the watch loop times out waiting for it.
+    interval_s, slow_s = 1.0, 2.5
+    write_daemon = queries.write_daemon
+    slowed = 0
+
+    def slow_write_daemon(conn: sqlite3.Connection, row: Mapping[str, object]) -> None:
+        nonlocal slowed
+        slowed += 1
+        time.sleep(slow_s)  # in the writer's thread, as a slow fsync would be
+        write_daemon(conn, row)
+
+    monkeypatch.setattr(queries, "write_daemon", slow_write_daemon)
+    srv = NotifyListener(tmp_path)
+    pings = PingTimes(srv)
+    path = config(tmp_path, sim.base_url)
+    notifier = Notifier(srv.addr, watchdog_interval_s=interval_s)
+    d = Running(load_config(path), path, notifier=notifier, snapshot_every_s=5.0)
+    try:
+        await wait_for(lambda: len(pings.at) >= 8, 30, "eight pings")
+        assert slowed >= 3, "the slowed write must have been on the path of these pings"
+        gaps = pings.gaps()
+        # Before: a tick of sleep, then up to a tick waiting for the write,
+        # each tick the whole ping interval: gaps of 2 x 1 s = all of
+        # WatchdogSec, and systemd kills a daemon that is only slow to write.
+        assert max(gaps) < 2 * interval_s, gaps
+        assert await d.finish() == 0
+    finally:
+        pings.stop()
+        srv.close()

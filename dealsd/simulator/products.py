@@ -15,7 +15,7 @@ factor of +-12 % fixed per ASIN and window. The deal object thus predicts the
 product's stats, with noise, as on Keepa. A deal's averages are set when it
 appears and kept through its price changes, so the cached product stays right.
 
-Keepa sends only the data the parameters paid for (``strip``): without
+Keepa sends only the data the parameters paid for (``withheld``, ``strip_stats``): without
 ``buybox=1`` or ``offers`` no buy box (csv types 18 and 32, the ``buyBox*``
 stats), without ``rating=1`` or ``offers`` no rating history (types 16, 17).
 The offers themselves, and the offer-derived stats, are added by the server

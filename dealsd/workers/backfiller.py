@@ -44,7 +44,7 @@ from typing import Any
 
 import structlog
 
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import BackfillerConfig, FunnelConfig
 from dealsd.keepa import (
@@ -155,7 +155,7 @@ class Backfiller(KeepaWorker):
         clock: Clock,
         config: BackfillerConfig,
         price_type: int,
-        profit: mapping.ProfitSettings,
+        profit: estimate.ProfitSettings,
         health: Health,
         funnel: FunnelConfig | None = None,
         work_arrived: asyncio.Event | None = None,
@@ -186,7 +186,7 @@ class Backfiller(KeepaWorker):
         *,
         config: BackfillerConfig,
         price_type: int,
-        profit: mapping.ProfitSettings,
+        profit: estimate.ProfitSettings,
         funnel: FunnelConfig | None = None,
     ) -> None:
         """Live changes (SIGHUP): the next pick uses them; the queue is a query, so
@@ -393,8 +393,8 @@ class Backfiller(KeepaWorker):
             if row is None:
                 return False  # pruned while its product was being fetched
             merged = {**row, **columns}
-            buy = mapping.buy_cost_cents(merged, price_type)
-            estimate = mapping.estimate(
+            buy = estimate.buy_cost_cents(merged, price_type)
+            figures = estimate.estimate(
                 merged, buy_cost_cents=buy, price_type=price_type, profit=profit
             )
             return queries.store_product(
@@ -404,7 +404,7 @@ class Backfiller(KeepaWorker):
                 keepa_last_update=mapping.keepa_time_iso(product.last_update),
                 tokens_spent=tokens_spent,
                 payload_zlib=payload,
-                columns={**columns, **estimate},
+                columns={**columns, **figures},
             )
 
         return write

@@ -46,7 +46,7 @@ from typing import Any
 
 import structlog
 
-from dealsd import mapping
+from dealsd import estimate, mapping
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import UpserterConfig
 from dealsd.keepa import DEAL_COST, DEAL_PAGE_SIZE, KeepaClient
@@ -106,7 +106,7 @@ class Upserter(KeepaWorker):
         clock: Clock,
         config: UpserterConfig,
         domain: int,
-        profit: mapping.ProfitSettings,
+        profit: estimate.ProfitSettings,
         health: Health,
         stop: asyncio.Event | None = None,
         work_arrived: asyncio.Event | None = None,
@@ -129,7 +129,7 @@ class Upserter(KeepaWorker):
     def expected_round_s(self) -> float:
         return float(self._cfg.interval_s)
 
-    def reconfigure(self, *, config: UpserterConfig, profit: mapping.ProfitSettings) -> None:
+    def reconfigure(self, *, config: UpserterConfig, profit: estimate.ProfitSettings) -> None:
         """Live changes (SIGHUP): take effect from the next page."""
         self._cfg = config
         self._profit = profit
@@ -290,9 +290,9 @@ class Upserter(KeepaWorker):
                 k: existing[k] for k in existing.keys()
             }
             columns = {k: existing[k] for k in existing.keys()}
-            return mapping.estimate(
+            return estimate.estimate(
                 columns,
-                buy_cost_cents=mapping.buy_cost_cents(current, ptype),
+                buy_cost_cents=estimate.buy_cost_cents(current, ptype),
                 price_type=ptype,
                 profit=profit,
             )
