@@ -6,7 +6,9 @@ which prints one table of every figure against its goal.
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,3 +19,13 @@ class Row:
     goal: str
     measured: str
     ok: bool
+
+
+def stop_process(proc: subprocess.Popen[Any], *, within_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``within_s``; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=within_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from bench import Row
+from bench import Row, stop_process
 from bench.pipeline import ZLIB_LEVEL, sample_body
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig
@@ -61,12 +61,7 @@ def simulator_process(*args: str) -> Iterator[str]:
             raise RuntimeError(f"simulator did not start (said {url!r})")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, within_s=10)
 
 
 async def _probe(lags: list[float], stop: asyncio.Event) -> None:

@@ -205,6 +205,19 @@ def _rate(value: float, extra: str = "") -> str:
     return f"{value:,.0f} rows/s{extra}"
 
 
+def _writer_rows(
+    write: str, rate: float, commits: int, *, ceiling: float, without_asyncio: float
+) -> list[Row]:
+    """The writer's rate for one kind of write, held against the ceiling."""
+    figure = f"writer, {PRODUCERS} coroutines x {write}"
+    to_ceiling, to_sync = rate / ceiling, rate / without_asyncio
+    return [
+        Row(figure, "-", _rate(rate, f" ({commits} commits)"), True),
+        Row("  its ratio to the ceiling", ">= 0.5", f"{to_ceiling:.2f}", to_ceiling >= 0.5),
+        Row("  its ratio to the same loop without asyncio", "-", f"{to_sync:.2f}", True),
+    ]
+
+
 def run() -> list[Row]:
     out: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="dealsd-bench-") as tmp:
@@ -220,40 +233,14 @@ def run() -> list[Row]:
         out.append(Row("upsert_deals(1 row) per row, no asyncio", "-", _rate(sync_ups), True))
 
         rate, commits = asyncio.run(writer_rate(d / "w1.db", rows, one_statement))
-        out.append(
-            Row(
-                f"writer, {PRODUCERS} coroutines x 1 UPSERT",
-                "-",
-                _rate(rate, f" ({commits} commits)"),
-                True,
-            )
-        )
-        out.append(
-            Row("  its ratio to the ceiling", ">= 0.5", f"{rate / raw:.2f}", rate / raw >= 0.5)
-        )
-        out.append(
-            Row(
-                "  its ratio to the same loop without asyncio", "-", f"{rate / sync_stmt:.2f}", True
-            )
-        )
+        out += _writer_rows("1 UPSERT", rate, commits, ceiling=raw, without_asyncio=sync_stmt)
 
         failing, commits = asyncio.run(writer_rate(d / "w4.db", rows, one_in_100_fails))
         out.append(Row("  the same, 1 write in 100 raises (replays)", "-", _rate(failing), True))
 
         rate, commits = asyncio.run(writer_rate(d / "w2.db", rows))
-        out.append(
-            Row(
-                f"writer, {PRODUCERS} coroutines x upsert_deals(1 row)",
-                "-",
-                _rate(rate, f" ({commits} commits)"),
-                True,
-            )
-        )
-        out.append(
-            Row("  its ratio to the ceiling", ">= 0.5", f"{rate / raw:.2f}", rate / raw >= 0.5)
-        )
-        out.append(
-            Row("  its ratio to the same loop without asyncio", "-", f"{rate / sync_ups:.2f}", True)
+        out += _writer_rows(
+            "upsert_deals(1 row)", rate, commits, ceiling=raw, without_asyncio=sync_ups
         )
 
         few = rows[: ROWS // 5]

@@ -41,6 +41,9 @@ import msgspec
 import structlog
 
 from dealsd import funnel, snapshot
+from dealsd.alerts.channels import Sender, load_channels
+from dealsd.alerts.outbox import Evaluator
+from dealsd.alerts.sender import AlertSender, Channels
 from dealsd.clock import Clock, iso_utc, sleep_or_stop
 from dealsd.config import (
     Config,
@@ -58,6 +61,7 @@ from dealsd.notify import Notifier
 from dealsd.store import Store, StoreError, queries
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.backfiller import Backfiller
+from dealsd.workers.base import Worker
 from dealsd.workers.health import Health, HealthSnapshot, State, WorkerRow
 from dealsd.workers.janitor import Janitor
 from dealsd.workers.supervisor import Supervisor
@@ -131,6 +135,7 @@ class Daemon:
         backoff_cap_s: float,
         writer_bound_s: float = 60.0,
         key_loader: Callable[[Config], str] | None = None,
+        alert_channels: Channels | None = None,
     ) -> None:
         self.cfg = cfg
         self._client = client
@@ -158,22 +163,35 @@ class Daemon:
         sel = cfg.upserter.selection
         # Set by the upserter when it stores new deals: a waiting backfiller starts.
         work_arrived = asyncio.Event()
+        # Alerts are queued inside the writes that change a deal (the outbox).
+        self.alerts: AlertSender | None = None
+        self._evaluator: Evaluator | None = None
+        on_change = None
+        if alert_channels is not None and cfg.alerts.rule:
+            self._evaluator = evaluator = Evaluator(
+                rules=cfg.alerts.rule, channels=alert_channels.names,
+                price_type=price_type(sel), realert_drop_pct=cfg.alerts.realert_drop_pct,
+            )  # fmt: skip
+            on_change = evaluator.on_deals_changed
+            self.alerts = AlertSender(
+                store=store, clock=clock, config=cfg.alerts, channels=alert_channels
+            )
         self.upserter = Upserter(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.upserter,
             domain=cfg.keepa.domain, profit=cfg.profit, health=self.health, stop=stop,
-            work_arrived=work_arrived,
+            on_change=on_change, work_arrived=work_arrived,
         )  # fmt: skip
         self.backfiller = Backfiller(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.backfiller,
             price_type=price_type(sel), profit=cfg.profit, health=self.health,
-            funnel=cfg.funnel, work_arrived=work_arrived,
+            funnel=cfg.funnel, work_arrived=work_arrived, on_change=on_change,
         )  # fmt: skip
         self.funnel: snapshot.FunnelPart | None = None
         self.janitor = Janitor(
             store=store, clock=clock, config=cfg.janitor, health=self.health, stop=stop
         )
         self.supervisor = Supervisor(
-            workers=[self.upserter, self.backfiller, self.janitor],
+            workers=[self.upserter, self.backfiller, self.janitor, *self._extra_workers()],
             clock=clock,
             health=self.health,
             stop=stop,
@@ -184,6 +202,9 @@ class Daemon:
         self._last_status: str | None = None
         self._last_healthy: bool | None = None
         self.previous_run: snapshot.PreviousRun | None = None
+
+    def _extra_workers(self) -> list[Worker]:
+        return [self.alerts] if self.alerts is not None else []
 
     # -- signals --------------------------------------------------------------
 
@@ -466,6 +487,25 @@ class Daemon:
         # Workers refused with the old key sleep out a long pause: try now.
         self.supervisor.wake()
 
+    def _reconfigure_alerts(self, new: Config) -> None:
+        """Rules, limits and channels apply live; alerts where none ran need a restart."""
+        if self.alerts is None or self._evaluator is None:
+            if new.alerts.rule:
+                log.warning("config_change_needs_restart", key="alerts.rule")
+            return
+        try:
+            channels = Sender(load_channels(new.alerts)) if new.alerts.rule else None
+        except ConfigError as exc:
+            log.error("reload_rejected", error=str(exc), keeping="running alerts")
+            return
+        self._evaluator.reconfigure(
+            rules=new.alerts.rule,
+            channels=channels.names if channels else [],
+            realert_drop_pct=new.alerts.realert_drop_pct,
+        )
+        if channels is not None:
+            self.alerts.reconfigure(config=new.alerts, channels=channels)
+
     def apply(self, new: Config) -> None:
         self.cfg = new
         sel = new.upserter.selection
@@ -475,6 +515,7 @@ class Daemon:
             funnel=new.funnel,
         )  # fmt: skip
         self.janitor.reconfigure(config=new.janitor)
+        self._reconfigure_alerts(new)
         self._tokens.set_weights(dict(new.tokens.weights))
         self._tokens.set_batch_minutes(new.tokens.batch_minutes)
         set_level(new.log.level)
@@ -494,6 +535,7 @@ async def run_daemon(
     backoff_cap_s: float = 60.0,
     writer_bound_s: float = 60.0,
     key_loader: Callable[[Config], str] | None = None,
+    alert_channels: Channels | None = None,
 ) -> int:
     """Run dealsd until stopped; returns the process exit status.
 
@@ -537,6 +579,7 @@ async def run_daemon(
             backoff_cap_s=backoff_cap_s,
             writer_bound_s=writer_bound_s,
             key_loader=key_loader,
+            alert_channels=alert_channels,
         )
         if install_signals:
             resources.callback(_remove_signals, _install_signals(daemon))

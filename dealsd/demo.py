@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from dealsd.clock import SystemClock
 from dealsd.config import load_config
 from dealsd.daemon import run_daemon
+from dealsd.deals import Filters, run_deals
 from dealsd.notify import Notifier
 from dealsd.simulator import SimOptions, Simulator
 from dealsd.store import queries
@@ -32,6 +33,7 @@ DEMO_PERIOD_S = 1.0
 DEMO_REFILL = 20
 DEMO_INITIAL_TOKENS = 100
 DEMO_CATALOGUE = 3000
+TOP_DEALS = 10
 
 CONFIG_TEMPLATE = """\
 # Written by `dealsd demo`: the daemon against the local simulator.
@@ -49,6 +51,12 @@ idle_s = 0.5
 
 [janitor]
 interval_s = 60
+
+[profit]
+# The simulator's products are built from the real samples, which have no
+# used-price history (Keepa's -1 throughout): a used reference would price
+# nothing and the deals table would end the demo with blank profits.
+reference = "new"
 
 [log]
 level = "warning"
@@ -132,10 +140,16 @@ async def _demo(seconds: float, out: TextIO) -> int:
         file=out,
     )
     print(f"database: {db}", file=out)
-    first, *others = status_commands(db)
+    first, *others = dealsd_commands(f"status --database {db}")
     print(f"inspect it: {first}", file=out)
     for other in others:
         print(f"        or: {other}", file=out)
+    print(f"\nthe {TOP_DEALS} best deals it found, by profit:", file=out)
+    run_deals(db, Filters(sort="profit", limit=TOP_DEALS), out=out)
+    first, *others = dealsd_commands(f"deals --database {db} --limit 100")
+    print(f"see more: {first}", file=out)
+    for other in others:
+        print(f"      or: {other}", file=out)
     return 0 if code == 0 else code
 
 
@@ -148,15 +162,14 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def status_commands(db: Path) -> list[str]:
-    """Commands that run `dealsd status` on ``db`` from here, the first the plainest.
+def dealsd_commands(args: str) -> list[str]:
+    """Commands that run `dealsd ARGS` from here, the first the plainest.
 
     Someone who ran ``python3 dev.py demo`` has no ``dealsd`` on their PATH
     (it lives in the repo's .venv), so a bare ``dealsd status`` would fail:
     name the script that is running, or ``python -m dealsd``, and dev.py's
     form when this environment is the repo's .venv.
     """
-    args = f"status --database {db}"
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if script is not None and script.name == "dealsd" and script.is_file():
         found = shutil.which("dealsd")

@@ -18,3 +18,8 @@ EX_CONFIG = 78  # a bad config file or no usable API key: not restarted by syste
 EXIT_HEALTHY = 0
 EXIT_UNHEALTHY = 1  # unhealthy, or no daemon running
 EXIT_NO_DATABASE = 2  # no database, or an unreadable config naming it
+
+# `dealsd deals` and `dealsd web` end like status when they cannot look
+# (EXIT_NO_DATABASE); besides:
+EX_USAGE = 64  # deals: a filter this database cannot apply (--selection before selections)
+EX_UNAVAILABLE = 69  # web: Datasette (the dealsd[web] extra) is not installed

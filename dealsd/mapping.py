@@ -282,7 +282,7 @@ DEAL_COLUMNS: tuple[str, ...] = (
     "keepa_last_update",
     "deal_json",
     "last_seen_at",
-    # schema v3: the screen, made by the upserter from the deal (``screen``)
+    # schema v4: the screen, made by the upserter from the deal (``screen``)
     "screen_profit_cents",
     "screen_roi_pct",
 )
@@ -408,3 +408,34 @@ def screen(
 def product_columns(product: Product) -> dict[str, object]:
     """The stats and fee columns of one product (backfill and refresh alike)."""
     return {column.name: column.get(product) for column in PRODUCT_MAP}
+
+
+# Price types whose csv history is [time, price, shipping] triples (docs/keepa.md).
+SHIPPING_TRIPLE_TYPES = frozenset({7, *range(18, 30), 32})
+
+
+def history_points(
+    csv: Sequence[Sequence[int] | None] | None, price_type: int
+) -> list[tuple[float, int | None]]:
+    """One csv history as (epoch seconds, value) points; None where Keepa has no data.
+
+    Keepa's arrays are flat ``[keepaMinute, value, ...]`` pairs, or triples
+    ``[keepaMinute, price, shipping, ...]`` for the shipping types, whose value
+    is the price plus shipping. A negative value (-1 no data, -2 not
+    available) starts a gap; it is kept as None so a chart can end the line
+    there instead of drawing through it. Points with an unusable time are dropped.
+    """
+    values = csv[price_type] if csv is not None and price_type < len(csv) else None
+    if not values:
+        return []
+    stride = 3 if price_type in SHIPPING_TRIPLE_TYPES else 2
+    points: list[tuple[float, int | None]] = []
+    for i in range(0, len(values) - stride + 1, stride):
+        epoch = keepa_minutes_to_epoch(values[i])
+        if epoch is None:
+            continue
+        value = _non_negative(values[i + 1])
+        if value is not None and stride == 3:
+            value += _non_negative(values[i + 2]) or 0
+        points.append((epoch, value))
+    return points

@@ -231,6 +231,20 @@ class TokenStatus(msgspec.Struct, kw_only=True):
     consumed_by: dict[str, int] | None = None
 
 
+class AlertChannelStatus(msgspec.Struct, kw_only=True):
+    """One alert channel: its queue and delivery health (never its URL).
+
+    ``failing_since`` is set while sends fail; ``last_error`` is redacted."""
+
+    channel: str
+    queued: int = 0
+    sent_total: int = 0
+    last_success_at: str | None = None
+    failing_since: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+
+
 class Status(msgspec.Struct, kw_only=True):
     """`dealsd status --json`; its exit status is 0 exactly when ``healthy``.
 
@@ -247,4 +261,5 @@ class Status(msgspec.Struct, kw_only=True):
     writer: WriterPart
     backfill_eta_s: float | None
     database: str
+    alerts: list[AlertChannelStatus] = []
     funnel: FunnelPart | None = None  # null: no snapshot from a dealsd with the funnel

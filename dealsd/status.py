@@ -29,11 +29,13 @@ from typing import Any, TextIO
 import msgspec
 
 from dealsd import snapshot
+from dealsd.alerts import outbox
 from dealsd.clock import iso_utc, parse_iso_utc
 from dealsd.exits import EXIT_HEALTHY, EXIT_NO_DATABASE, EXIT_UNHEALTHY
+from dealsd.journal import early_line
 from dealsd.lock import holder_pid
-from dealsd.logs import early_line
 from dealsd.snapshot import (
+    AlertChannelStatus,
     DaemonStatus,
     DealCounts,
     FunnelPart,
@@ -100,6 +102,7 @@ def read_status(db_path: Path, *, now: float | None = None) -> Status:
     try:
         conn.row_factory = sqlite3.Row
         summary: Mapping[str, Any] = queries.status_summary(conn, now=now)
+        alerts = _alert_channels(conn)
     finally:
         conn.close()
     pid = holder_pid(db_path)
@@ -177,8 +180,17 @@ def read_status(db_path: Path, *, now: float | None = None) -> Status:
         writer=snap.writer,
         backfill_eta_s=eta,
         database=str(db_path),
+        alerts=alerts,
         funnel=snap.funnel,
     )
+
+
+def _alert_channels(conn: sqlite3.Connection) -> list[AlertChannelStatus]:
+    try:
+        rows = outbox.summary(conn)
+    except sqlite3.OperationalError:  # a database from before alerts: no such table
+        return []
+    return [msgspec.convert(r, AlertChannelStatus) for r in rows]
 
 
 def _age(now: float, stamp: str | None) -> str:
@@ -260,6 +272,11 @@ def render(doc: Status, *, now: float | None = None) -> str:
         )
         if row.last_error:
             lines.append(f"  last error: {row.last_error} at {row.last_error_at}")
+    for ch in doc.alerts:
+        state = f"last sent {_age(now, ch.last_success_at)}"
+        if ch.failing_since:
+            state = f"FAILING since {ch.failing_since}: {ch.last_error}"
+        lines.append(f"alerts {ch.channel}: {ch.queued} queued, {ch.sent_total} sent; {state}")
     return "\n".join(lines)
 
 

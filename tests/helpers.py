@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import sys
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,14 +25,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dealsd.clock import SystemClock
-from dealsd.config import Config
+import msgspec
+
+from dealsd import estimate, mapping
+from dealsd.clock import SystemClock, iso_utc
+from dealsd.config import Config, ProfitConfig
 from dealsd.daemon import run_daemon
-from dealsd.keepa import KeepaClient
+from dealsd.keepa import KeepaClient, payloads
 from dealsd.notify import Notifier
 from dealsd.simulator import SimOptions, Simulator
-from dealsd.store import Store
+from dealsd.store import Store, queries, schema
 from dealsd.tokens import TokenScheduler
+from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL
 from dealsd.workers.health import Health
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +49,52 @@ SAMPLE_ASINS = ("B0D8W1YVBX", "B0F7XPYCSJ")
 def sample_bytes(asin: str) -> bytes:
     """The raw body of a real /product sample shipped in ``dealsd/samples/``."""
     return (resources.files("dealsd") / "samples" / f"product_{asin}.json").read_bytes()
+
+
+def _current(values: list[int], index: int) -> int | None:
+    return values[index] if index < len(values) and values[index] >= 0 else None
+
+
+def sample_database(db: Path, *, now: float) -> None:
+    """A migrated database holding the real samples as backfilled deals with history.
+
+    Written through the daemon's own mapping and queries (as the upserter and
+    the backfiller write), the payload stored as the backfiller stores it.
+    """
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        schema.apply_migrations(conn)
+        stamp = iso_utc(now)
+        for asin in SAMPLE_ASINS:
+            raw = msgspec.json.encode(json.loads(sample_bytes(asin))["products"][0])
+            product = msgspec.json.decode(raw, type=payloads.Product)
+            current = product.stats.current if product.stats is not None else []
+            row = {"asin": asin, "domain_id": 1, "title": product.title,
+                   "root_category": mapping.root_category(product.root_category),
+                   "current_new_cents": _current(current, payloads.NEW),
+                   "current_used_cents": _current(current, payloads.USED),
+                   "current_sales_rank": _current(current, payloads.SALES),
+                   "keepa_last_update": mapping.keepa_time_iso(product.last_update),
+                   "last_seen_at": stamp}  # fmt: skip
+            columns = mapping.product_columns(product)
+            conn.execute("BEGIN")
+            queries.upsert_deals(conn, [row], checkpoints={}, now=stamp)
+            # As the backfiller does: the estimate from the stored row and the
+            # product's columns. Bought new, priced at the 90-day new average:
+            # the samples have no used history at all.
+            merged = {**(queries.deal_by_asin(conn, asin) or {}), **columns}
+            columns.update(estimate.estimate(
+                merged, buy_cost_cents=estimate.buy_cost_cents(merged, payloads.NEW),
+                price_type=payloads.NEW, profit=ProfitConfig(reference="new")))  # fmt: skip
+            queries.store_product(
+                conn, asin=asin, fetched_at=stamp, keepa_last_update=row["keepa_last_update"],
+                tokens_spent=1, payload_zlib=zlib.compress(raw, PAYLOAD_ZLIB_LEVEL),
+                columns={**columns, "backfilled_at": stamp},
+            )  # fmt: skip
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
 
 
 # -- settings: the simulator in accelerated time, the daemon's config file ----

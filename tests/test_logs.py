@@ -254,7 +254,7 @@ async def test_failure_log_summary_waits_for_the_interval() -> None:
 
 
 def test_early_line_carries_the_priority_only_on_the_journal(tmp_path: Path) -> None:
-    from dealsd.logs import early_line
+    from dealsd.journal import early_line
 
     with open(tmp_path / "err.log", "w") as f:
         st = os.fstat(f.fileno())

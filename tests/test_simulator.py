@@ -430,7 +430,11 @@ async def test_reset_truncated_and_non_json_faults(sim: Sim) -> None:
         with pytest.raises(json.JSONDecodeError):
             json.loads(await r.read())
     sim.sim.control(faults=Faults())
-    assert (await sim.token())["tokensLeft"] == sim.sim.stats()["balance"]
+    # /token is free: what it reports is the balance as it answered, which a
+    # refill between the reads (a loaded machine) can only raise.
+    before = sim.sim.stats()["balance"]
+    left = (await sim.token())["tokensLeft"]
+    assert before <= left <= sim.sim.stats()["balance"]
     st = sim.sim.stats()
     assert st["faults"]["reset"] >= 1 and st["faults"]["truncated"] == 1
     assert st["faults"]["non_json"] == 1 and st["responses"]["token"]["reset"] >= 1

@@ -28,7 +28,7 @@ from dealsd.config.errors import ConfigError as ConfigError
 from dealsd.config.errors import translate as translate
 from dealsd.exits import EX_CONFIG as EX_CONFIG
 from dealsd.exits import EX_OK
-from dealsd.logs import early_line
+from dealsd.journal import early_line
 
 DEFAULT_CONFIG_PATH = Path("/etc/dealsd/config.toml")
 CREDENTIAL_NAME = "keepa_api_key"  # LoadCredential=keepa_api_key:/path in the unit
@@ -166,6 +166,40 @@ class FunnelConfig(_Table, frozen=True):
     profitable_min_roi_pct: float = 30.0
 
 
+Percent = Annotated[float, Meta(ge=0, le=100)]
+ALERT_CHANNELS_CREDENTIAL = "alert_channels"  # LoadCredential=alert_channels:/path
+DEFAULT_SELECTION = "default"  # the one selection of [upserter] selection
+
+
+class AlertRuleConfig(_Table, frozen=True):
+    """One ``[[alerts.rule]]``: a deal matches when every threshold given passes."""
+
+    name: NonEmpty
+    # Channel names from the channels file; empty = every channel.
+    channels: list[NonEmpty] = msgspec.field(default_factory=list)
+    min_profit_cents: int | None = None
+    min_roi_pct: float | None = None
+    min_margin_pct: float | None = None
+    max_sales_rank: PositiveInt | None = None
+    min_monthly_sold: NonNegativeInt | None = None
+    min_rank_drops_30: NonNegativeInt | None = None
+    max_buy_cents: PositiveInt | None = None
+    categories: list[int] = msgspec.field(default_factory=list)
+    selections: list[NonEmpty] = msgspec.field(default_factory=list)
+
+
+class AlertsConfig(_Table, frozen=True):
+    # Apprise URLs carry secrets: they live in this file (one `name = url` a
+    # line) or the systemd credential alert_channels, never in config.toml.
+    channels_file: NonEmpty | None = None
+    max_per_minute: PositiveInt = 10
+    realert_drop_pct: Annotated[float, Meta(gt=0, le=100)] = 10.0
+    poll_s: PositiveFloat = 5.0
+    retry_base_s: PositiveFloat = 30.0
+    retry_max_s: PositiveFloat = 900.0
+    rule: list[AlertRuleConfig] = msgspec.field(default_factory=list)
+
+
 class LogConfig(_Table, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "journal", "console", "json"] = "auto"
@@ -180,6 +214,7 @@ class Config(_Table, frozen=True):
     tokens: TokensConfig = msgspec.field(default_factory=TokensConfig)
     profit: ProfitConfig = msgspec.field(default_factory=ProfitConfig)
     funnel: FunnelConfig = msgspec.field(default_factory=FunnelConfig)
+    alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
@@ -322,9 +357,35 @@ def _check(path: Path, cfg: Config) -> Config:
             raise ConfigError(
                 path, f"tokens.weights.{name}", "unknown consumer (expected upserter or backfiller)"
             )
+    _check_alerts(path, cfg.alerts)
     # A consumer left out keeps its default share rather than a share of zero.
     weights = {**default_weights(), **cfg.tokens.weights}
     return msgspec.structs.replace(cfg, tokens=msgspec.structs.replace(cfg.tokens, weights=weights))
+
+
+def _check_alerts(path: Path, alerts: AlertsConfig) -> None:
+    seen: set[str] = set()
+    for i, rule in enumerate(alerts.rule):
+        key = f"alerts.rule[{i}]"
+        if rule.name in seen:
+            raise ConfigError(path, f"{key}.name", f"another rule is named {rule.name!r}")
+        seen.add(rule.name)
+        for sel in rule.selections:
+            if sel != DEFAULT_SELECTION:
+                raise ConfigError(
+                    path,
+                    f"{key}.selections",
+                    f"unknown selection {sel!r} (the one selection is {DEFAULT_SELECTION!r})",
+                )
+    if alerts.rule:
+        try:
+            import apprise  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                path,
+                "alerts.rule",
+                "alert rules need the alerts extra: pip install 'dealsd[alerts]' (Apprise)",
+            ) from None
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -414,7 +475,7 @@ def _key_file(path: Path, key: str) -> str:
 # HTTP session and the open database; log.format the installed handler: they
 # wait for a restart.
 LIVE_KEYS: frozenset[str] = frozenset(
-    {"upserter", "backfiller", "janitor", "tokens", "profit", "funnel", "log.level"}
+    {"upserter", "backfiller", "janitor", "tokens", "profit", "funnel", "alerts", "log.level"}
 )
 
 
@@ -473,6 +534,29 @@ def config_warnings(cfg: Config) -> list[str]:
     return warnings
 
 
+def _check_channels(cfg: Config, err: IO[str], env: Mapping[str, str]) -> None:
+    """The alert channels, where this process can see them (as for the key)."""
+    if not cfg.alerts.rule:
+        return
+    # Imported here: the alerts read this module's types.
+    from dealsd.alerts.channels import NoChannels, load_channels
+
+    try:
+        channels = load_channels(cfg.alerts, env)
+    except NoChannels:
+        early_line(
+            "dealsd: warning: alert rules but no channels file visible here, so the "
+            "channels could not be checked; under systemd a drop-in hands them over with "
+            f"LoadCredential={ALERT_CHANNELS_CREDENTIAL}:/etc/dealsd/{ALERT_CHANNELS_CREDENTIAL}",
+            level="warning",
+            stream=err,
+            env=env,
+        )
+        return
+    names = ", ".join(c.name for c in channels)
+    early_line(f"dealsd: alert channels: {names}", level="info", stream=err, env=env)
+
+
 def check_config(
     path: str | os.PathLike[str],
     *,
@@ -493,6 +577,7 @@ def check_config(
     err = err or sys.stderr
     try:
         cfg = load_config(path)
+        _check_channels(cfg, err, env)
         _key, where = find_api_key(cfg, env)
     except NoApiKey:
         early_line(

@@ -78,15 +78,16 @@ def _describe(tp: Any) -> str | None:
         return "one of " + ", ".join(repr(a) for a in get_args(bare))
     if (isinstance(bare, type) and issubclass(bare, msgspec.Struct)) or get_origin(bare) is dict:
         return "a table"
+    if get_origin(bare) is list:
+        return "a list"
     word = _WORDS.get(getattr(bare, "__name__", ""))
     if word is None:
         return None
     for m in metas:
         if m.description:
             return m.description
-        lo = m.ge if m.ge is not None else m.gt
-        if lo is not None and m.le is not None:
-            return f"{word} from {lo:g} to {m.le:g}"
+        if m.ge is not None and m.le is not None:
+            return f"{word} from {m.ge:g} to {m.le:g}"
         bounds = [
             f"{op} {v:g}" for op, v in ((">=", m.ge), (">", m.gt), ("<=", m.le)) if v is not None
         ]

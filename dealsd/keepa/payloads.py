@@ -279,12 +279,17 @@ def _repaired(data: bytes, typ: type[T]) -> Item[T] | None:
     return Item(typing.cast(T, value), data, tuple(unreadable))
 
 
+def _decode_body(body: bytes, typ: type[T], what: str) -> T:
+    """A whole response body: one that does not decode is a PayloadError naming ``what``."""
+    try:
+        return msgspec.json.decode(body, type=typ)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise PayloadError(f"{what} response: {exc}") from None
+
+
 def decode_deals(body: bytes) -> Decoded[Deal]:
     """Decode a /deal response body; raise PayloadError if the body itself is bad."""
-    try:
-        resp = msgspec.json.decode(body, type=_DealResponse)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise PayloadError(f"deal response: {exc}") from None
+    resp = _decode_body(body, _DealResponse, "deal")
     if resp.deals is None:
         raise PayloadError("deal response: no `deals` object")
     return _decode_items(resp.deals.dr, Deal)
@@ -292,10 +297,29 @@ def decode_deals(body: bytes) -> Decoded[Deal]:
 
 def decode_products(body: bytes) -> Decoded[Product]:
     """Decode a /product response body; raise PayloadError if the body itself is bad."""
-    try:
-        resp = msgspec.json.decode(body, type=_ProductResponse)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise PayloadError(f"product response: {exc}") from None
+    resp = _decode_body(body, _ProductResponse, "product")
     if resp.products is None:
         raise PayloadError("product response: no `products` list")
     return _decode_items(resp.products, Product, repair=True)
+
+
+class History(msgspec.Struct, frozen=True, rename="camel"):
+    """A stored product's price histories, for charts (``product_history.payload``).
+
+    Separate from ``Product``: the backfiller never decodes the ``csv``
+    arrays (most of a 600 KB product), only a chart of one product does.
+    """
+
+    asin: str
+    domain_id: int = 1
+    title: str | None = None
+    last_update: int = -1
+    csv: list[list[int] | None] | None = None
+
+
+def decode_history(raw: bytes) -> History:
+    """One product object (as stored, decompressed); raise PayloadError if it is not one."""
+    try:
+        return msgspec.json.decode(raw, type=History)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise PayloadError(f"product history: {exc}") from None

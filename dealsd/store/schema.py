@@ -216,8 +216,52 @@ CREATE INDEX product_history_asin ON product_history (asin);
 CREATE INDEX deals_unreadable ON deals (unreadable_fields) WHERE unreadable_fields IS NOT NULL;
 """
 
-_V3 = """
--- v3 (issue 14): the funnel. The screen is the all-in estimate made from the
+
+# Alerts (dealsd/alerts/outbox.py): what each rule last said of each deal,
+# the outbox of messages to send, and each channel's delivery health.
+_ALERTS = """
+CREATE TABLE alert_state (
+    rule              TEXT NOT NULL,
+    domain_id         INTEGER NOT NULL,
+    asin              TEXT NOT NULL,
+    matching          INTEGER NOT NULL,
+    alerted_buy_cents INTEGER,
+    alerted_at        TEXT,
+    PRIMARY KEY (rule, domain_id, asin)
+);
+
+CREATE TABLE alert_outbox (
+    id          INTEGER PRIMARY KEY,
+    created_at  TEXT NOT NULL,
+    rule        TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    domain_id   INTEGER NOT NULL,
+    asin        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    facts       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_try_at TEXT NOT NULL,
+    sent_at     TEXT,
+    last_error  TEXT
+);
+-- The sender's "what is due" and `status`'s queued count.
+CREATE INDEX alert_outbox_unsent ON alert_outbox (next_try_at) WHERE sent_at IS NULL;
+-- Pruning what was sent long ago.
+CREATE INDEX alert_outbox_sent_at ON alert_outbox (sent_at) WHERE sent_at IS NOT NULL;
+
+CREATE TABLE alert_channels (
+    name            TEXT PRIMARY KEY,
+    last_success_at TEXT,
+    last_error      TEXT,
+    last_error_at   TEXT,
+    failing_since   TEXT,
+    sent_total      INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+_FUNNEL = """
+-- v4 (issue 14): the funnel. The screen is the all-in estimate made from the
 -- deal object alone (its current[] and 90-day avg[]), before any token is spent.
 ALTER TABLE deals ADD COLUMN screen_profit_cents INTEGER;
 ALTER TABLE deals ADD COLUMN screen_roi_pct REAL;
@@ -237,7 +281,8 @@ CREATE INDEX deals_detail_due ON deals (profit_cents DESC)
 CREATE INDEX deals_detailed ON deals (detailed_at) WHERE detailed_at IS NOT NULL;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+
+MIGRATIONS: list[str] = [_V1, _V2, _ALERTS, _FUNNEL]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

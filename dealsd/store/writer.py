@@ -38,7 +38,7 @@ from dealsd.clock import Clock
 from dealsd.store import groups, schema
 from dealsd.store.groups import Outcome
 from dealsd.store.readers import ReaderPool, on_thread
-from dealsd.store.schema import NotADatabase, SchemaTooNew
+from dealsd.store.schema import NotADatabase
 
 log = structlog.get_logger(__name__)
 
@@ -61,17 +61,6 @@ class StoreClosed(StoreError):
 
 class StoreFull(StoreError):
     """The disk (or ``max_page_count``) is full: this group was rolled back."""
-
-
-__all__ = [
-    "NotADatabase",
-    "SchemaTooNew",
-    "Store",
-    "StoreClosed",
-    "StoreError",
-    "StoreFull",
-    "WriterStats",
-]
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ from dealsd.keepa.payloads import PRODUCT_TYPE_INVALID, Item, PayloadError, Prod
 from dealsd.logs import FailureLog
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.base import KeepaWorker, RoundResult
+from dealsd.workers.base import DealsChanged, KeepaWorker, RoundResult
 from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
@@ -159,6 +159,7 @@ class Backfiller(KeepaWorker):
         health: Health,
         funnel: FunnelConfig | None = None,
         work_arrived: asyncio.Event | None = None,
+        on_change: DealsChanged | None = None,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
         self._funnel = funnel if funnel is not None else FunnelConfig()
@@ -169,6 +170,7 @@ class Backfiller(KeepaWorker):
         self._cfg = config
         self._price_type = price_type
         self._profit = profit
+        self._on_change = on_change
         self.failed_batches = 0
         self._faults = FailureLog(clock=clock)
         # Kept apart from _faults, which a good batch clears: an odd field is
@@ -383,6 +385,7 @@ class Backfiller(KeepaWorker):
         payload: bytes | None,
         columns: dict[str, object],
     ) -> Callable[[sqlite3.Connection], bool]:
+        on_change = self._on_change
         price_type, profit = self._price_type, self._profit
 
         def write(conn: sqlite3.Connection) -> bool:
@@ -397,7 +400,7 @@ class Backfiller(KeepaWorker):
             figures = estimate.estimate(
                 merged, buy_cost_cents=buy, price_type=price_type, profit=profit
             )
-            return queries.store_product(
+            stored = queries.store_product(
                 conn,
                 asin=product.asin,
                 fetched_at=fetched_at,
@@ -406,6 +409,9 @@ class Backfiller(KeepaWorker):
                 payload_zlib=payload,
                 columns={**columns, **figures},
             )
+            if stored and on_change is not None:
+                on_change(conn, [product.asin], fetched_at)
+            return stored
 
         return write
 

@@ -15,8 +15,9 @@ key (the daemon unhealthy with that cause, the round ended, a long pause).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -33,6 +34,10 @@ T = TypeVar("T")
 ACCESS_DENIED_BACKOFF_S = 600.0
 # A shorter expected wait is ordinary pacing, not a state worth showing.
 SHOW_TOKEN_WAIT_S = 1.0
+
+# Called INSIDE the write that changed these deals' numbers (connection, ASINs,
+# the write's time), so what it writes commits with them: the alert outbox.
+DealsChanged = Callable[[sqlite3.Connection, Sequence[str], str], object]
 
 
 @dataclass(frozen=True, slots=True)

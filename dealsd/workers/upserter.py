@@ -53,7 +53,7 @@ from dealsd.keepa import DEAL_COST, DEAL_PAGE_SIZE, KeepaClient
 from dealsd.keepa.payloads import Deal
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.base import KeepaWorker, RoundResult
+from dealsd.workers.base import DealsChanged, KeepaWorker, RoundResult
 from dealsd.workers.health import Health
 
 log = structlog.get_logger(__name__)
@@ -110,9 +110,11 @@ class Upserter(KeepaWorker):
         health: Health,
         stop: asyncio.Event | None = None,
         work_arrived: asyncio.Event | None = None,
+        on_change: DealsChanged | None = None,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
         self._client = client
+        self._on_change = on_change
         self._store = store
         self._clock = clock
         self._cfg = config
@@ -282,6 +284,7 @@ class Upserter(KeepaWorker):
     ) -> Any:
         by_asin = {str(r["asin"]): r for r in rows}
         profit = self._profit
+        on_change = self._on_change
 
         def recompute(existing: sqlite3.Row) -> Mapping[str, object]:
             # A deal already backfilled has its averages: the new current price
@@ -304,6 +307,8 @@ class Upserter(KeepaWorker):
             queries.record_tokens(
                 conn, at=now, consumer=self.name, endpoint="deal", items=1, tokens=tokens_spent
             )
+            if on_change is not None:
+                on_change(conn, list(by_asin), now)
             return counts
 
         return write
