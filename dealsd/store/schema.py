@@ -279,6 +279,8 @@ CREATE INDEX deals_profit ON deals (profit_cents, roi_pct) WHERE backfilled_at I
 CREATE INDEX deals_detail_due ON deals (profit_cents DESC)
     WHERE backfilled_at IS NOT NULL AND detailed_at IS NULL;
 CREATE INDEX deals_detailed ON deals (detailed_at) WHERE detailed_at IS NOT NULL;
+-- The funnel's tokens by stage, summed from the index alone (no table, no sort).
+CREATE INDEX token_ledger_stage ON token_ledger (endpoint, kind, tokens);
 """
 
 
