@@ -282,7 +282,7 @@ DEAL_COLUMNS: tuple[str, ...] = (
     "keepa_last_update",
     "deal_json",
     "last_seen_at",
-    # schema v4: the screen, made by the upserter from the deal (``screen``)
+    # schema v5: the screen, made by the upserter from the deal (``screen``)
     "screen_profit_cents",
     "screen_roi_pct",
 )

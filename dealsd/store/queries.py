@@ -464,7 +464,7 @@ def status_summary(conn: sqlite3.Connection, *, now: float) -> dict[str, Any]:
 STAGE_OF: Mapping[tuple[str, str | None], str] = {
     ("deal", None): "deals",
     ("product", "backfill"): "backfill",
-    ("product", None): "backfill",  # rows written before schema v4
+    ("product", None): "backfill",  # rows written before schema v5
     ("product", "refresh"): "refresh",
     ("product", "detail"): "detail",
 }

@@ -260,8 +260,15 @@ CREATE TABLE alert_channels (
 """
 
 
+# The deals view's orders (`dealsd deals`, the web view's canned queries):
+# best profit and best ROI first without sorting the whole table.
+_RANKING = """
+CREATE INDEX deals_profit ON deals (profit_cents DESC, asin, domain_id);
+CREATE INDEX deals_roi ON deals (roi_pct DESC, asin, domain_id);
+"""
+
 _FUNNEL = """
--- v4 (issue 14): the funnel. The screen is the all-in estimate made from the
+-- v5 (issue 14): the funnel. The screen is the all-in estimate made from the
 -- deal object alone (its current[] and 90-day avg[]), before any token is spent.
 ALTER TABLE deals ADD COLUMN screen_profit_cents INTEGER;
 ALTER TABLE deals ADD COLUMN screen_roi_pct REAL;
@@ -275,7 +282,7 @@ CREATE INDEX deals_backfill_by_screen
     WHERE backfilled_at IS NULL;
 -- The funnel's counts by the screen, and the second tier's candidates.
 CREATE INDEX deals_screen ON deals (screen_profit_cents, screen_roi_pct);
-CREATE INDEX deals_profit ON deals (profit_cents, roi_pct) WHERE backfilled_at IS NOT NULL;
+CREATE INDEX deals_profitable ON deals (profit_cents, roi_pct) WHERE backfilled_at IS NOT NULL;
 CREATE INDEX deals_detail_due ON deals (profit_cents DESC)
     WHERE backfilled_at IS NOT NULL AND detailed_at IS NULL;
 CREATE INDEX deals_detailed ON deals (detailed_at) WHERE detailed_at IS NOT NULL;
@@ -284,7 +291,7 @@ CREATE INDEX token_ledger_stage ON token_ledger (endpoint, kind, tokens);
 """
 
 
-MIGRATIONS: list[str] = [_V1, _V2, _ALERTS, _FUNNEL]
+MIGRATIONS: list[str] = [_V1, _V2, _ALERTS, _RANKING, _FUNNEL]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
