@@ -32,6 +32,7 @@ and the upserter's tokens per hour against what re-paging every pass costs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import tempfile
 import time
@@ -42,6 +43,7 @@ from typing import Any
 import msgspec
 
 from bench import Row
+from dealsd import selections
 from dealsd.clock import SystemClock
 from dealsd.config import Config
 from dealsd.daemon import run_daemon
@@ -144,10 +146,11 @@ async def prefill(cfg: Config, sim: Simulator) -> None:
         async with KeepaClient(
             base_url=cfg.keepa.base_url, api_key="bench-key", domain=1, tokens=tokens, clock=clock
         ) as client:
-            walk = msgspec.structs.replace(cfg.upserter, full_pass_h=0)
+            # The config's one selection, walking the whole result every round.
+            walk = dataclasses.replace(selections.resolve(cfg)[0], full_pass_h=0)
             up = Upserter(
-                client=client, tokens=tokens, store=store, clock=clock, config=walk, domain=1,
-                profit=cfg.profit, health=health,
+                client=client, tokens=tokens, store=store, clock=clock, selection=walk,
+                health=health,
             )  # fmt: skip
             while (await up.round()).sleep_s < INTERVAL_S:
                 pass

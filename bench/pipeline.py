@@ -40,7 +40,13 @@ from dealsd.keepa import KeepaClient, payloads
 from dealsd.logs import configure_logging
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.backfiller import KIND_BACKFILL, PAYLOAD_ZLIB_LEVEL, Backfiller, product_params
+from dealsd.workers.backfiller import (
+    KIND_BACKFILL,
+    PAYLOAD_ZLIB_LEVEL,
+    Backfiller,
+    Batch,
+    product_params,
+)
 from dealsd.workers.health import Health
 
 ZLIB_LEVEL = PAYLOAD_ZLIB_LEVEL
@@ -93,12 +99,12 @@ async def _pipeline(db: Path, bodies: list[bytes]) -> float:
         config=BackfillerConfig(), price_type=2, profit=ProfitConfig(), health=health,
     )  # fmt: skip
     params = product_params(BackfillerConfig())
+    batch = Batch(asins=[], params=params, kind=KIND_BACKFILL, picked_at="")
     started = time.perf_counter()
     for body in bodies:
         payloads.decode_envelope(body)
         page = payloads.decode_products(body)
-        stores = (bf._store_one(item, 1, params, KIND_BACKFILL) for item in page.items)
-        oks = await asyncio.gather(*stores)
+        oks = await asyncio.gather(*(bf._store_one(item, 1, batch) for item in page.items))
         assert all(oks), "a product was not stored"
     elapsed = time.perf_counter() - started
     await store.close()

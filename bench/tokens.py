@@ -2,8 +2,11 @@
 
 The real ``KeepaClient`` talks HTTP over loopback to ``dealsd.simulator`` in
 accelerated time (a refill "minute" of 0.1 s), through one ``TokenScheduler``
-with weights upserter 1, backfiller 3. Three runs: a steady plan, a plan
-change 5 -> 25 -> 5, and another user spending from the same key. Figures:
+with weights upserter 1, backfiller 3. Four runs: a steady plan, a plan
+change 5 -> 25 -> 5, another user spending from the same key, and three deal
+selections on two marketplaces (weights 1, 2, 1 sharing the upserter's 1 as
+``dealsd.selections.token_weights`` splits it) with the backfiller buying
+per-domain batches. Figures:
 tokens generated and consumed, utilization, 429s, each consumer's share
 against its weight, the longest wait for a grant (one still pending at the
 end included).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import subprocess
 import sys
 import time
@@ -24,8 +28,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from bench import Row
+from dealsd import selections
 from dealsd.clock import SystemClock
+from dealsd.config import Config
 from dealsd.keepa import KeepaClient, KeepaError, ProductParams
 from dealsd.logs import configure_logging
 from dealsd.simulator import SimOptions, Simulator
@@ -34,6 +42,29 @@ from dealsd.tokens import TokenScheduler
 PERIOD_S = 0.1  # one accelerated Keepa "minute"
 WEIGHTS = {"upserter": 1.0, "backfiller": 3.0}
 SELECTION: dict[str, object] = {"priceTypes": [2], "dateRange": 1, "sortType": 4}
+
+
+@dataclass(frozen=True)
+class Poller:
+    """One selection's upserter: its consumer name, marketplace and query."""
+
+    consumer: str
+    domain: int
+    query: Mapping[str, object]
+
+
+ONE = [Poller("upserter", 1, SELECTION)]
+# Three [[selection]] tables on two marketplaces, as an operator writes them.
+THREE = msgspec.convert(
+    {
+        "selection": [
+            {"name": "books", "domain": 1, "weight": 1, "query": SELECTION},
+            {"name": "toys", "domain": 1, "weight": 2, "query": {**SELECTION, "priceTypes": [1]}},
+            {"name": "de", "domain": 3, "weight": 1, "query": SELECTION},
+        ]
+    },
+    Config,
+)
 
 
 class TimedScheduler(TokenScheduler):
@@ -68,6 +99,8 @@ class Outcome:
     by: dict[str, int] = field(default_factory=dict)
     longest_wait_s: float = 0.0
     errors: int = 0
+    weights: Mapping[str, float] = field(default_factory=lambda: dict(WEIGHTS))
+    period_s: float = PERIOD_S
 
     @property
     def utilization(self) -> float:
@@ -80,22 +113,26 @@ class Outcome:
         return self.by.get(consumer, 0) / total if total else 0.0
 
 
-async def _upserter(client: KeepaClient, errors: list[BaseException]) -> None:
+async def _upserter(client: KeepaClient, poller: Poller, errors: list[BaseException]) -> None:
     page = 0
     while True:
         try:
-            await client.deals(SELECTION, page, consumer="upserter")
+            await client.deals(poller.query, page, consumer=poller.consumer, domain=poller.domain)
         except KeepaError as exc:
             errors.append(exc)
         page = (page + 1) % 5
 
 
 async def _backfiller(
-    client: KeepaClient, tokens: TokenScheduler, errors: list[BaseException]
+    client: KeepaClient,
+    tokens: TokenScheduler,
+    errors: list[BaseException],
+    domains: tuple[int, ...] = (1,),
 ) -> None:
     params = ProductParams()
     serial = 0
-    while True:
+    for batch in itertools.count():
+        domain = domains[batch % len(domains)]  # one request is one marketplace
         n = tokens.batch_size(
             "backfiller", lo=1, hi=100, default_cost=client.estimate_product_cost(params, 1)
         )
@@ -104,7 +141,7 @@ async def _backfiller(
         # The client records the observed cost itself (tokens.observe): counting
         # it here too would weigh every batch twice in the EWMA.
         try:
-            await client.products(asins, params, consumer="backfiller")
+            await client.products(asins, params, consumer="backfiller", domain=domain)
         except KeepaError as exc:
             errors.append(exc)
 
@@ -122,11 +159,14 @@ async def scenario(
     initial: int,
     plan_changes: list[tuple[float, int]] | None = None,
     other_per_period: int = 0,
+    pollers: list[Poller] = ONE,
+    weights: Mapping[str, float] = WEIGHTS,
+    period_s: float = PERIOD_S,
 ) -> Outcome:
     sim = Simulator(
         SimOptions(
             refill_rate=rate,
-            refill_period_s=PERIOD_S,
+            refill_period_s=period_s,
             initial_tokens=initial,
             plan_changes=plan_changes or [],
             other_consumer_per_period=other_per_period,
@@ -134,7 +174,8 @@ async def scenario(
     )
     base_url = await sim.start("127.0.0.1", 0)
     clock = SystemClock()
-    tokens = TimedScheduler(clock=clock, weights=WEIGHTS, batch_minutes=1.0)
+    tokens = TimedScheduler(clock=clock, weights=weights, batch_minutes=1.0)
+    domains = tuple(sorted({p.domain for p in pollers}))
     errors: list[BaseException] = []
     try:
         async with KeepaClient(
@@ -142,10 +183,10 @@ async def scenario(
             connect_timeout_s=5.0, read_timeout_s=10.0, max_attempts=5,
         ) as client:
             workers = [
-                asyncio.create_task(_upserter(client, errors)),
-                asyncio.create_task(_backfiller(client, tokens, errors)),
+                *(asyncio.create_task(_upserter(client, p, errors)) for p in pollers),
+                asyncio.create_task(_backfiller(client, tokens, errors, domains)),
             ]
-            await asyncio.sleep(periods * PERIOD_S)
+            await asyncio.sleep(periods * period_s)
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -164,9 +205,11 @@ async def scenario(
         other_spent=_stat(stats, "other_consumed"),
         rate_limited=_stat(stats, "rate_limited"),
         events=len(plan_changes or []) + (1 if other_per_period else 0),
-        by={k: v for k, v in snap.consumed_by.items() if k in WEIGHTS},
+        by={k: v for k, v in snap.consumed_by.items() if k in weights},
         longest_wait_s=tokens.longest_wait,
         errors=len(errors),
+        weights=weights,
+        period_s=period_s,
     )
 
 
@@ -181,12 +224,12 @@ def rows(out: Outcome) -> list[Row]:
     else:
         goal, ok = "0", out.rate_limited == 0
     result.append(Row(f"{p}: 429 responses", goal, str(out.rate_limited), ok))
-    total_weight = sum(WEIGHTS.values())
-    for consumer, weight in WEIGHTS.items():
+    total_weight = sum(out.weights.values())
+    for consumer, weight in out.weights.items():
         want, got = weight / total_weight, out.share(consumer)
         result.append(
             Row(
-                f"{p}: {consumer} share (weight {weight:g})",
+                f"{p}: {consumer} share (weight {weight:.3g})",
                 f"{want:.0%} +- 5 pts",
                 f"{got:.1%}",
                 abs(got - want) <= 0.05,
@@ -196,7 +239,7 @@ def rows(out: Outcome) -> list[Row]:
         Row(
             f"{p}: longest wait for a grant",
             "-",
-            f"{out.longest_wait_s:.3f} s ({out.longest_wait_s / PERIOD_S:.1f} periods)",
+            f"{out.longest_wait_s:.3f} s ({out.longest_wait_s / out.period_s:.1f} periods)",
             True,
         )
     )
@@ -220,7 +263,26 @@ async def _all() -> list[Row]:
     other = await scenario(
         "other key user", rate=25, periods=150, initial=25, other_per_period=5
     )
-    return [row for out in (steady, plans, other) for row in rows(out)]
+    three = await _three()
+    return [row for out in (steady, plans, other, three) for row in rows(out)]
+
+
+async def _three() -> Outcome:
+    """Three selections (two marketplaces) and the backfiller on one key.
+
+    Four consumers with one request at a time saturate the key only while a
+    round trip is short beside a period: at the 0.1 s period a loaded machine's
+    100-200 ms answers left the balance in the hundreds (demand below supply:
+    every consumer then gets one request per round trip, equal shares
+    whatever the weights). Keepa's period is 60 s; 0.5 s keeps this run
+    saturated and still short.
+    """
+    sels = selections.resolve(THREE)
+    return await scenario(
+        "3 selections + backfiller", rate=20, periods=100, initial=20, period_s=0.5,
+        pollers=[Poller(s.worker, s.domain, s.query) for s in sels],
+        weights=selections.token_weights(THREE, sels),
+    )  # fmt: skip
 
 
 def run() -> list[Row]:

@@ -1,7 +1,9 @@
 """Time, injected: every part that waits or stamps takes a ``Clock``.
 
 Tests drive a ``FakeClock`` by hand so the token scheduler, the stall detector
-and the watchdog are exercised without sleeping.
+and the watchdog are exercised without sleeping. The time formats (the
+database's ISO stamps, Keepa minutes) live in ``dealsd.timefmt`` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -10,8 +12,27 @@ import asyncio
 import heapq
 import itertools
 import time
-from datetime import UTC, datetime
 from typing import Protocol
+
+from dealsd.timefmt import (
+    KEEPA_EPOCH_MINUTES,
+    epoch_to_keepa_minutes,
+    iso_utc,
+    keepa_minutes_to_epoch,
+    parse_iso_utc,
+)
+
+__all__ = [
+    "KEEPA_EPOCH_MINUTES",
+    "Clock",
+    "FakeClock",
+    "SystemClock",
+    "epoch_to_keepa_minutes",
+    "iso_utc",
+    "keepa_minutes_to_epoch",
+    "parse_iso_utc",
+    "sleep_or_stop",
+]
 
 
 class Clock(Protocol):
@@ -102,26 +123,3 @@ async def sleep_or_stop(clock: Clock, stop: asyncio.Event, seconds: float) -> bo
         waiter.cancel()
         sleeper.cancel()
     return stop.is_set()
-
-
-def iso_utc(epoch_s: float) -> str:
-    """The one timestamp format of the database: ISO-8601 UTC with a ``Z``."""
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso_utc(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-
-
-KEEPA_EPOCH_MINUTES = 21_564_000
-
-
-def keepa_minutes_to_epoch(minutes: int) -> float | None:
-    """Keepa time (minutes since 2011-01-01) to epoch seconds; -1 and 0 mean never."""
-    if minutes <= 0:
-        return None
-    return (minutes + KEEPA_EPOCH_MINUTES) * 60.0
-
-
-def epoch_to_keepa_minutes(epoch_s: float) -> int:
-    return int(epoch_s // 60) - KEEPA_EPOCH_MINUTES

@@ -23,7 +23,8 @@ Signals: SIGTERM/SIGINT stop gracefully (rounds in flight finish, the writer
 drains, HTTP and the database close, ``stopped_at`` is written) and exit 0; a
 second one cancels what is still running at once. SIGHUP reloads the config
 file and applies what may change live, or keeps the running config if the new
-file is invalid.
+file is invalid; a deal selection added, removed or changed applies then too
+(one upserter per selection, ``dealsd.selections``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from dealsd import funnel, snapshot
+from dealsd import funnel, selections, snapshot
 from dealsd.alerts.channels import Sender, load_channels
 from dealsd.alerts.outbox import Evaluator
 from dealsd.alerts.sender import AlertSender, Channels
@@ -57,6 +58,7 @@ from dealsd.exits import EX_CANTCREAT, EX_DATAERR, EX_OK, EX_TEMPFAIL
 from dealsd.keepa import KeepaClient
 from dealsd.lock import AlreadyRunning, InstanceLock
 from dealsd.logs import FailureLog, set_level
+from dealsd.mapping import keepa_time_iso
 from dealsd.notify import Notifier
 from dealsd.store import Store, StoreError, queries
 from dealsd.tokens import TokenScheduler
@@ -65,7 +67,7 @@ from dealsd.workers.base import Worker
 from dealsd.workers.health import Health, HealthSnapshot, State, WorkerRow
 from dealsd.workers.janitor import Janitor
 from dealsd.workers.supervisor import Supervisor
-from dealsd.workers.upserter import Upserter, price_type
+from dealsd.workers.upserter import Upserter
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +103,18 @@ def worker_detail(row: WorkerRow) -> str | None:
     if row.idle:
         return "idle: no work"
     return None
+
+
+def selection_part(upserter: Upserter) -> snapshot.SelectionPart:
+    sel = upserter.selection
+    newest = upserter.newest_update
+    return snapshot.SelectionPart(
+        name=sel.name, worker=sel.worker, domain=sel.domain,
+        currency=selections.CURRENCIES.get(sel.domain), interval_s=sel.interval_s,
+        weight=sel.weight,
+        last_pass_at=iso_utc(upserter.last_pass_at) if upserter.last_pass_at else None,
+        newest_keepa_update=keepa_time_iso(newest) if newest is not None else None,
+    )  # fmt: skip
 
 
 def worker_row(row: WorkerRow, now: str) -> dict[str, object]:
@@ -160,38 +174,41 @@ class Daemon:
             call_bound_s=keepa_call_bound_s(cfg.keepa),
             token_queue=lambda: tokens.snapshot().waiting,
         )
-        sel = cfg.upserter.selection
-        # Set by the upserter when it stores new deals: a waiting backfiller starts.
-        work_arrived = asyncio.Event()
+        sels = selections.resolve(cfg)
+        first = sels[0]
+        # Set by an upserter when it stores new deals: a waiting backfiller starts.
+        self._work_arrived = asyncio.Event()
         # Alerts are queued inside the writes that change a deal (the outbox).
         self.alerts: AlertSender | None = None
         self._evaluator: Evaluator | None = None
-        on_change = None
+        self._on_change = None
         if alert_channels is not None and cfg.alerts.rule:
             self._evaluator = evaluator = Evaluator(
                 rules=cfg.alerts.rule, channels=alert_channels.names,
-                price_type=price_type(sel), realert_drop_pct=cfg.alerts.realert_drop_pct,
+                price_type=first.price_type, realert_drop_pct=cfg.alerts.realert_drop_pct,
             )  # fmt: skip
-            on_change = evaluator.on_deals_changed
+            self._on_change = evaluator.on_deals_changed
             self.alerts = AlertSender(
                 store=store, clock=clock, config=cfg.alerts, channels=alert_channels
             )
-        self.upserter = Upserter(
-            client=client, tokens=tokens, store=store, clock=clock, config=cfg.upserter,
-            domain=cfg.keepa.domain, profit=cfg.profit, health=self.health, stop=stop,
-            on_change=on_change, work_arrived=work_arrived,
-        )  # fmt: skip
+        self.pricing = selections.Pricing(sels)
+        self.upserters = {s.name: self._upserter(s) for s in sels}
+        tokens.set_weights(selections.token_weights(cfg, sels))
         self.backfiller = Backfiller(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.backfiller,
-            price_type=price_type(sel), profit=cfg.profit, health=self.health,
-            funnel=cfg.funnel, work_arrived=work_arrived, on_change=on_change,
+            price_type=first.price_type, profit=first.profit, health=self.health,
+            pricing=self.pricing, on_change=self._on_change, funnel=cfg.funnel,
+            work_arrived=self._work_arrived,
         )  # fmt: skip
         self.funnel: snapshot.FunnelPart | None = None
         self.janitor = Janitor(
-            store=store, clock=clock, config=cfg.janitor, health=self.health, stop=stop
-        )
+            store=store, clock=clock, config=cfg.janitor, health=self.health, stop=stop,
+            watch=[u.name for u in self.upserters.values()],
+        )  # fmt: skip
         self.supervisor = Supervisor(
-            workers=[self.upserter, self.backfiller, self.janitor, *self._extra_workers()],
+            workers=[
+                *self.upserters.values(), self.backfiller, self.janitor, *self._extra_workers()
+            ],
             clock=clock,
             health=self.health,
             stop=stop,
@@ -202,6 +219,18 @@ class Daemon:
         self._last_status: str | None = None
         self._last_healthy: bool | None = None
         self.previous_run: snapshot.PreviousRun | None = None
+
+    def _upserter(self, selection: selections.Selection) -> Upserter:
+        return Upserter(
+            client=self._client, tokens=self._tokens, store=self._store, clock=self._clock,
+            selection=selection, health=self.health, pricing=self.pricing, stop=self.stop,
+            on_change=self._on_change, work_arrived=self._work_arrived,
+        )  # fmt: skip
+
+    @property
+    def upserter(self) -> Upserter:
+        """The first selection's upserter (the only one of a one-selection config)."""
+        return next(iter(self.upserters.values()))
 
     def _extra_workers(self) -> list[Worker]:
         return [self.alerts] if self.alerts is not None else []
@@ -291,7 +320,7 @@ class Daemon:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
-                    self.reload()
+                    await self.reload()
                 if pending is None:
                     pending = asyncio.ensure_future(self.write_snapshot())
                 await asyncio.wait({pending}, timeout=tick)
@@ -389,6 +418,7 @@ class Daemon:
             ),
             previous_run=self.previous_run,
             funnel=self.funnel,
+            selections=[selection_part(u) for u in self.upserters.values()],
         )
         daemon_row: dict[str, object] = {
             "pid": os.getpid(),
@@ -401,6 +431,8 @@ class Daemon:
         rows = [worker_row(w, now) for w in snap.workers]
 
         def write(conn: sqlite3.Connection) -> None:
+            # A removed selection's worker row goes with it.
+            queries.forget_workers(conn, keep=[str(r["name"]) for r in rows])
             for row in rows:
                 queries.write_worker(conn, row)
             queries.write_daemon(conn, daemon_row)
@@ -439,7 +471,7 @@ class Daemon:
 
     # -- SIGHUP ---------------------------------------------------------------
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         """Apply what may change live from the config file; keep running on a bad file."""
         self._notifier.reloading()
         try:
@@ -458,7 +490,7 @@ class Daemon:
             new = msgspec.structs.replace(new, keepa=self.cfg.keepa, database=self.cfg.database)
             for change in changes:
                 log.info("config_changed", key=change.key, old=change.old, new=change.new)
-            self.apply(new)
+            await self.apply(new)
             self.reload_key(new)
             log.info("reloaded", changes=len(changes), need_restart=len(need_restart))
             self._warn_config()
@@ -506,19 +538,47 @@ class Daemon:
         if channels is not None:
             self.alerts.reconfigure(config=new.alerts, channels=channels)
 
-    def apply(self, new: Config) -> None:
+    async def apply(self, new: Config) -> None:
         self.cfg = new
-        sel = new.upserter.selection
-        self.upserter.reconfigure(config=new.upserter, profit=new.profit)
+        sels = selections.resolve(new)
+        await self._apply_selections(sels)
+        first = sels[0]
         self.backfiller.reconfigure(
-            config=new.backfiller, price_type=price_type(sel), profit=new.profit,
-            funnel=new.funnel,
+            config=new.backfiller, price_type=first.price_type, profit=first.profit,
+            pricing=self.pricing, funnel=new.funnel,
         )  # fmt: skip
         self.janitor.reconfigure(config=new.janitor)
         self._reconfigure_alerts(new)
-        self._tokens.set_weights(dict(new.tokens.weights))
+        self._tokens.set_weights(selections.token_weights(new, sels))
         self._tokens.set_batch_minutes(new.tokens.batch_minutes)
         set_level(new.log.level)
+
+    async def _apply_selections(self, sels: list[selections.Selection]) -> None:
+        """Selections added, removed or changed on SIGHUP, applied live.
+
+        A removed selection's upserter stops now; its checkpoints stay (a
+        re-add resumes them; the janitor drops them after a week unwritten)
+        and its deals age out by the normal grace unless another selection
+        still sees them.
+        """
+        wanted = {s.name: s for s in sels}
+        for name in [n for n in self.upserters if n not in wanted]:
+            gone = self.upserters.pop(name)
+            await self.supervisor.remove(gone.name)
+            log.info("selection_removed", selection=name, worker=gone.name)
+        self.pricing.set(sels)
+        for name, sel in wanted.items():
+            running = self.upserters.get(name)
+            if running is None:
+                self.upserters[name] = added = self._upserter(sel)
+                self.supervisor.add(added)
+                log.info("selection_added", selection=name, domain=sel.domain, worker=added.name)
+            elif running.selection != sel:
+                running.reconfigure(selection=sel)
+                log.info("selection_changed", selection=name, domain=sel.domain)
+        # Config order is the pricing order and the status order.
+        self.upserters = {n: self.upserters[n] for n in wanted}
+        self.janitor.set_watch([u.name for u in self.upserters.values()])
 
 
 async def run_daemon(

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import msgspec
 
 from dealsd import estimate as profit_estimate
-from dealsd.clock import iso_utc, keepa_minutes_to_epoch
 from dealsd.keepa.payloads import (
     AMAZON,
     BUY_BOX_SHIPPING,
@@ -43,6 +42,7 @@ from dealsd.keepa.payloads import (
     Product,
     Stats,
 )
+from dealsd.timefmt import iso_utc, keepa_minutes_to_epoch
 
 Value = int | float | str | None
 
@@ -269,9 +269,37 @@ def unfetched_columns(*, offers: bool, buybox: bool) -> frozenset[str]:
             out.update(BUY_BOX_COLUMNS)
     return frozenset(out)
 
+# Money is stored in each marketplace's own currency, as Keepa sends it: an
+# integer in the currency's smallest unit (ISO 4217 minor unit). `*_cents`
+# columns hold cents of USD, GBP, EUR, CAD, MXN, BRL, paise of INR, and whole
+# yen for JPY, whose smallest unit is the yen itself (no cents); `currency`
+# names it and MINOR_UNIT_DIGITS says how many decimals to show.
+# Keepa's domain ids (7 was amazon.cn, closed) and each marketplace's currency.
+CURRENCIES: dict[int, str] = {
+    1: "USD",  # amazon.com
+    2: "GBP",  # amazon.co.uk
+    3: "EUR",  # amazon.de
+    4: "EUR",  # amazon.fr
+    5: "JPY",  # amazon.co.jp
+    6: "CAD",  # amazon.ca
+    8: "EUR",  # amazon.it
+    9: "EUR",  # amazon.es
+    10: "INR",  # amazon.in
+    11: "MXN",  # amazon.com.mx
+    12: "BRL",  # amazon.com.br
+}
+# Decimals of each currency's smallest unit: what a `*_cents` integer is divided by.
+MINOR_UNIT_DIGITS: dict[str, int] = {c: 0 if c == "JPY" else 2 for c in CURRENCIES.values()}
+
+
+def currency(domain: int) -> str | None:
+    return CURRENCIES.get(domain)
+
+
 DEAL_COLUMNS: tuple[str, ...] = (
     "asin",
     "domain_id",
+    "currency",
     "title",
     "image_url",
     "root_category",
@@ -282,7 +310,7 @@ DEAL_COLUMNS: tuple[str, ...] = (
     "keepa_last_update",
     "deal_json",
     "last_seen_at",
-    # schema v5: the screen, made by the upserter from the deal (``screen``)
+    # schema v6: the screen, made by the upserter from the deal (``screen``)
     "screen_profit_cents",
     "screen_roi_pct",
 )
@@ -343,6 +371,7 @@ def deal_row(
     row: dict[str, object] = {
         "asin": deal.asin,
         "domain_id": domain_id,
+        "currency": currency(domain_id),
         # Kept as sent (HTML entities included): unescaping is the display's job.
         "title": title or None,
         "image_url": image_url(deal.image),

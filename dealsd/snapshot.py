@@ -45,6 +45,19 @@ class WriterPart(msgspec.Struct, kw_only=True):
     last_error: str | None = None
 
 
+class SelectionPart(msgspec.Struct, kw_only=True):
+    """One deal selection as its upserter last saw it (the daemon's side)."""
+
+    name: str
+    worker: str  # its worker and token consumer: upserter, upserter:<name>
+    domain: int | None = None  # Keepa's domain id
+    currency: str | None = None  # the currency its deals' money is in
+    interval_s: int | None = None
+    weight: float | None = None  # its share of the upserter's tokens
+    last_pass_at: str | None = None  # when its last whole pass finished
+    newest_keepa_update: str | None = None  # the newest deal its passes saw
+
+
 class PreviousRun(msgspec.Struct, kw_only=True):
     """How the run before this one ended, read from its row at start-up.
 
@@ -110,6 +123,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     tokens: TokensPart = msgspec.field(default_factory=TokensPart)
     writer: WriterPart = msgspec.field(default_factory=WriterPart)
     previous_run: PreviousRun | None = None
+    selections: list[SelectionPart] = []
     funnel: FunnelPart | None = None
 
 
@@ -220,6 +234,28 @@ class WorkerStatus(msgspec.Struct, kw_only=True):
     last_error_at: str | None = None
 
 
+class SelectionStatus(msgspec.Struct, kw_only=True):
+    """One deal selection: the daemon's view (``SelectionPart``) and the database's.
+
+    ``pages_last_hour`` and ``tokens_last_hour`` come from the token ledger
+    (its /deal requests), ``deals`` counts the deals it has matched and not
+    yet aged out (``deal_selections``), ``freshness_s`` is the age of the
+    newest Keepa update its passes saw.
+    """
+
+    worker: str | None = None
+    domain: int | None = None
+    currency: str | None = None
+    interval_s: int | None = None
+    weight: float | None = None
+    last_pass_at: str | None = None
+    pages_last_hour: int = 0
+    tokens_last_hour: int = 0
+    deals: int = 0
+    newest_keepa_update: str | None = None
+    freshness_s: int | None = None
+
+
 class TokenStatus(msgspec.Struct, kw_only=True):
     """The scheduler's figures (from the snapshot) and the ledger's (last hour/day)."""
 
@@ -261,5 +297,6 @@ class Status(msgspec.Struct, kw_only=True):
     writer: WriterPart
     backfill_eta_s: float | None
     database: str
+    selections: dict[str, SelectionStatus] = {}
     alerts: list[AlertChannelStatus] = []
     funnel: FunnelPart | None = None  # null: no snapshot from a dealsd with the funnel

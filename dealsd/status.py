@@ -30,7 +30,6 @@ import msgspec
 
 from dealsd import snapshot
 from dealsd.alerts import outbox
-from dealsd.clock import iso_utc, parse_iso_utc
 from dealsd.exits import EXIT_HEALTHY, EXIT_NO_DATABASE, EXIT_UNHEALTHY
 from dealsd.journal import early_line
 from dealsd.lock import holder_pid
@@ -40,12 +39,14 @@ from dealsd.snapshot import (
     DealCounts,
     FunnelPart,
     PreviousRun,
+    SelectionStatus,
     Status,
     TokenStatus,
     WorkerStatus,
     nonempty_str,
 )
 from dealsd.store import queries
+from dealsd.timefmt import iso_utc, parse_iso_utc
 
 # A heartbeat older than this many snapshot intervals (plus slack) means the
 # process holding the lock no longer runs its watch loop: hung, not healthy.
@@ -102,12 +103,15 @@ def read_status(db_path: Path, *, now: float | None = None) -> Status:
     try:
         conn.row_factory = sqlite3.Row
         summary: Mapping[str, Any] = queries.status_summary(conn, now=now)
+        row: Mapping[str, Any] = summary.get("daemon") or {}
+        snap = snapshot.decode(row.get("snapshot"))
+        counts = queries.selection_counts(
+            conn, now=now, workers={s.name: s.worker for s in snap.selections}
+        )
         alerts = _alert_channels(conn)
     finally:
         conn.close()
     pid = holder_pid(db_path)
-    row: Mapping[str, Any] = summary.get("daemon") or {}
-    snap = snapshot.decode(row.get("snapshot"))
     heartbeat = _ts(row.get("heartbeat_at"))
     stopped_at = nonempty_str(row.get("stopped_at"))
     beat_s = snap.heartbeat_s if snap.heartbeat_s > 0 else 5.0
@@ -152,6 +156,7 @@ def read_status(db_path: Path, *, now: float | None = None) -> Status:
         cost = tokens.per_product or 1.0
         eta = round(deals.pending_backfill * cost / tokens.refill_rate * tokens.period_s, 1)
     workers: dict[str, WorkerStatus] = {}
+    selections = _selections(snap, counts, now)
     for w in summary.get("workers") or []:
         ws = msgspec.convert(dict(w), WorkerStatus, strict=False)
         ws.last_state = ws.state
@@ -180,9 +185,30 @@ def read_status(db_path: Path, *, now: float | None = None) -> Status:
         writer=snap.writer,
         backfill_eta_s=eta,
         database=str(db_path),
+        selections=selections,
         alerts=alerts,
         funnel=snap.funnel,
     )
+
+
+def _selections(
+    snap: snapshot.Snapshot, counts: Mapping[str, Mapping[str, int]], now: float
+) -> dict[str, SelectionStatus]:
+    """Each selection the daemon runs, with the database's figures for it."""
+    out: dict[str, SelectionStatus] = {}
+    for part in snap.selections:
+        ledger = counts.get(part.name) or {}
+        newest = _ts(part.newest_keepa_update)
+        out[part.name] = SelectionStatus(
+            worker=part.worker, domain=part.domain, currency=part.currency,
+            interval_s=part.interval_s, weight=part.weight, last_pass_at=part.last_pass_at,
+            pages_last_hour=int(ledger.get("pages", 0)),
+            tokens_last_hour=int(ledger.get("tokens", 0)),
+            deals=int(ledger.get("deals", 0)),
+            newest_keepa_update=part.newest_keepa_update,
+            freshness_s=None if newest is None else round(now - newest),
+        )  # fmt: skip
+    return out
 
 
 def _alert_channels(conn: sqlite3.Connection) -> list[AlertChannelStatus]:
@@ -264,6 +290,13 @@ def render(doc: Status, *, now: float | None = None) -> str:
     w = doc.writer
     if w.queue is not None:
         lines.append(f"writer: queue {w.queue}, last commit {_age(now, w.last_commit_at)}")
+    for name, sel in doc.selections.items():
+        lines.append(
+            f"selection {name} (domain {sel.domain}, {sel.currency}, weight {sel.weight}): "
+            f"last pass {_age(now, sel.last_pass_at)}; {sel.pages_last_hour} pages and "
+            f"{sel.tokens_last_hour} tokens last hour; {sel.deals} deals; "
+            f"newest {_age(now, sel.newest_keepa_update)}"
+        )
     for name, row in sorted(doc.workers.items()):
         extra = f" ({row.detail})" if row.detail else ""
         lines.append(

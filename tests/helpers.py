@@ -29,10 +29,11 @@ import msgspec
 
 from dealsd import estimate, mapping
 from dealsd.clock import SystemClock, iso_utc
-from dealsd.config import Config, ProfitConfig
+from dealsd.config import Config, ProfitConfig, UpserterConfig
 from dealsd.daemon import run_daemon
 from dealsd.keepa import KeepaClient, payloads
 from dealsd.notify import Notifier
+from dealsd.selections import Selection
 from dealsd.simulator import SimOptions, Simulator
 from dealsd.store import Store, queries, schema
 from dealsd.tokens import TokenScheduler
@@ -102,6 +103,21 @@ def sample_database(db: Path, *, now: float) -> None:
 PERIOD_S = 0.1  # a Keepa minute lasts 0.1 s in the simulator
 
 
+def one_selection(
+    cfg: UpserterConfig,
+    *,
+    domain: int = 1,
+    name: str = "default",
+    profit: ProfitConfig | None = None,
+) -> Selection:
+    """The selection an ``[upserter]`` table of the one-selection era makes."""
+    return Selection(
+        name=name, domain=domain, query=dict(cfg.selection), interval_s=cfg.interval_s,
+        max_pages_per_run=cfg.max_pages_per_run, weight=1.0,
+        profit=profit if profit is not None else ProfitConfig(), full_pass_h=cfg.full_pass_h,
+    )  # fmt: skip
+
+
 def sim_options(**kw: Any) -> SimOptions:
     """A fast, quiet simulator: no new or changed deals, nothing missing or invalid."""
     base: dict[str, Any] = dict(
@@ -128,14 +144,19 @@ def write_config(
     max_batch: int = 20,
     extra: str = "",
     backfiller: str = "",
+    janitor: str = "interval_s = 1\ngrace_h = 1",
+    selections: str | None = None,
     **keepa: object,
 ) -> Path:
     """``tmp_path/config.toml`` for a daemon on ``base_url``, intervals of a second.
 
     ``keepa`` replaces or adds ``[keepa]`` settings (timeouts, attempts, the
     key file); ``backfiller`` is added as it is to ``[backfiller]`` (lines of
-    TOML); ``extra`` is appended as it is (more tables).
+    TOML), ``janitor`` is the ``[janitor]`` table's lines; ``extra`` is
+    appended as it is (more tables). ``selections`` (``[[selection]]`` tables)
+    replaces the one ``[upserter.selection]``.
     """
+    one = "[upserter.selection]\npriceTypes = [2]\nsortType = 1"
     settings: dict[str, object] = {
         "base_url": base_url, "max_attempts": 2, "read_timeout_s": 5, "connect_timeout_s": 2,
         **keepa,
@@ -154,9 +175,7 @@ path = "{tmp_path / "deals.db"}"
 interval_s = 1
 max_pages_per_run = 67
 
-[upserter.selection]
-priceTypes = [2]
-sortType = 1
+{one if selections is None else ""}
 
 [backfiller]
 idle_s = 0.2
@@ -166,12 +185,12 @@ max_attempts = 2
 {backfiller}
 
 [janitor]
-interval_s = 1
-grace_h = 1
+{janitor}
 
 [tokens]
 batch_minutes = 1.0
 {extra}
+{selections or ""}
 """
     )
     return path

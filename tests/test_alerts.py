@@ -125,6 +125,14 @@ def test_every_threshold_must_pass_and_an_unknown_value_never_does() -> None:
     assert not matches(rule(selections=["other"]), deal(), selections=sel)
 
 
+def test_a_rule_names_the_selections_it_watches_and_none_means_every_one() -> None:
+    # ``selections``: those that matched the deal (deal_selections).
+    both = ["books", "cheap"]
+    assert matches(rule(), deal(), selections=both)
+    assert matches(rule(selections=["cheap"]), deal(), selections=both)
+    assert not matches(rule(selections=["de"]), deal(), selections=both)
+
+
 def test_facts_take_the_estimates_buy_price_and_fall_back_to_the_deals() -> None:
     row = {
         "asin": "B1", "domain_id": 1, "title": None, "root_category": None,

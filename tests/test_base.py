@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from helpers import one_selection
 
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig, UpserterConfig
@@ -64,7 +65,7 @@ async def test_a_refused_key_ends_the_round_in_the_one_long_pause(
             if name == "upserter":
                 worker = Upserter(
                     client=client, tokens=tokens, store=store, clock=clock,
-                    config=UpserterConfig(), domain=1, profit=ProfitConfig(), health=health,
+                    selection=one_selection(UpserterConfig()), health=health,
                 )  # fmt: skip
             else:
                 worker = Backfiller(

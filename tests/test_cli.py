@@ -314,8 +314,10 @@ def test_a_refused_start_reaches_the_journal_as_an_error(tmp_path: Path) -> None
     code, lines = _on_a_stream_socket("check-config", "--config", str(bad))
     assert code == 78 and lines[0].startswith("<3>dealsd: config error: "), lines
     code, lines = _on_a_stream_socket("check-config", "--config", str(ok))
-    assert code == 0 and len(lines) == 1, lines
+    # ... and the note on moving [upserter.selection] to [[selection]], at info.
+    assert code == 0 and [line[:3] for line in lines] == ["<4>", "<6>"], lines
     assert lines[0].startswith("<4>dealsd: warning: no API key visible here")
+    assert "upserter.selection: read as one [[selection]]" in lines[1]
 
 
 def test_status_says_why_it_cannot_read_as_an_error_on_the_journal(tmp_path: Path) -> None:

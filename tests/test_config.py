@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
+import typing
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from dealsd import selections
 from dealsd.config import (
     DEFAULT_CONFIG_PATH,
     EX_CONFIG,
@@ -29,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "config.toml"
 
 # (id, file content, expected key (None = the file itself), message fragment)
+# One [[selection]] table; keys appended after it land in it (its sub-tables last).
+SEL = "[[selection]]\nname = 'books'\nquery = { priceTypes = [2] }\n"
 BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
     (
         "wrong type",
@@ -82,8 +87,8 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
     ("zero poll", "[alerts]\npoll_s = 0\n", "alerts.poll_s", "> 0"),
     ("negative retry", "[alerts]\nretry_base_s = -1\n", "alerts.retry_base_s", "> 0"),
     ("zero retry cap", "[alerts]\nretry_max_s = 0\n", "alerts.retry_max_s", "> 0"),
-    ("rule as value", "[alerts]\nrule = 3\n", "alerts.rule", "expected a list, got 3"),
-    ("rule without name", "[[alerts.rule]]\nmin_roi_pct = 5\n", "alerts.rule[0]", "name"),
+    ("rule as value", "[alerts]\nrule = 3\n", "alerts.rule", "expected an array of tables, got 3"),
+    ("rule without name", "[[alerts.rule]]\nmin_roi_pct = 5\n", "alerts.rule[0].name", "missing"),
     (
         "rule key typo",
         "[[alerts.rule]]\nname = 'x'\nmin_profitt = 1\n",
@@ -92,6 +97,50 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
     ),
     ("selection as value", "[upserter]\nselection = 3\n", "upserter.selection", "a table"),
     ("weights as value", "[tokens]\nweights = 3\n", "tokens.weights", "expected a table"),
+    ("selections as value", "selection = 3\n", "selection", "expected an array of tables"),
+    ("selection domain 7", SEL + "domain = 7\n", "selection[0].domain", "7"),
+    ("selection name", SEL.replace("'books'", "'Books!'"), "selection[0].name", "a-z, 0-9"),
+    ("selection no query", "[[selection]]\nname = 'a'\n", "selection[0].query", "missing"),
+    ("selection interval", SEL + "interval_s = 0\n", "selection[0].interval_s", ">= 1"),
+    ("selection pages", SEL + "max_pages_per_run = 68\n", "selection[0].max_pages_per_run", "67"),
+    ("selection weight", SEL + "weight = 0\n", "selection[0].weight", "> 0"),
+    (
+        "selection profit typo",
+        SEL + "[selection.profit]\nreferal_fee_pct = 3\n",
+        "selection[0].profit.referal_fee_pct",
+        "unknown [profit] key",
+    ),
+    (
+        "selection profit value",
+        SEL + "[selection.profit]\nreferral_fee_pct = 300\n",
+        "selection[0].profit",
+        "<= 100",
+    ),
+    (
+        "selection query without price type",
+        "[[selection]]\nname = 'a'\n[selection.query]\nsortType = 1\n",
+        "selection[0].query.priceTypes",
+        "exactly one price type",
+    ),
+    ("two selections one name", SEL + SEL, "selection[1].name", "two [[selection]] tables"),
+    (
+        "alert rule names no such selection",
+        "[[alerts.rule]]\nname = 'r'\nselections = ['toys']\n" + SEL,
+        "alerts.rule[0].selections",
+        "unknown selection 'toys' (the selections are books)",
+    ),
+    (
+        "the same query twice",
+        SEL + SEL.replace("'books'", "'again'"),
+        "selection[1].query",
+        "the same query on the same domain as selection 'books'",
+    ),
+    (
+        "both selection forms",
+        "[upserter.selection]\npriceTypes = [2]\n" + SEL,
+        "upserter.selection",
+        "move it into a [[selection]]",
+    ),
     (
         "pages over 67",
         "[upserter]\nmax_pages_per_run = 68\n",
@@ -294,12 +343,16 @@ def test_broken_table_has_a_case_for_every_table_and_key() -> None:
     # From the schema itself: a table or key added to Config without a case
     # here fails this test. A case for a key inside a free-form table
     # (upserter.selection.page, tokens.weights.upserter) counts for the table.
-    keys = {c[2] for c in BROKEN if c[2] is not None}
+    # selection[0].domain counts for the array of tables' field selection.domain.
+    keys = {re.sub(r"\[\d+\]", "", c[2]) for c in BROKEN if c[2] is not None}
     missing = []
     for table in msgspec.structs.fields(Config):
         if table.name not in keys:
             missing.append(table.name)
-        for field in msgspec.structs.fields(table.type):
+        kind = table.type
+        if typing.get_origin(kind) is list:  # an array of tables: [[selection]]
+            kind = typing.get_args(kind)[0]
+        for field in msgspec.structs.fields(kind):
             dotted = f"{table.name}.{field.name}"
             if not any(k == dotted or k.startswith(dotted + ".") for k in keys):
                 missing.append(dotted)
@@ -364,6 +417,9 @@ def test_sample_is_the_defaults_and_documents_every_key(
     raw = tomllib.loads(SAMPLE.read_text())
     text = SAMPLE.read_text()
     for table, struct in msgspec.structs.asdict(Config()).items():
+        if table == "selection":  # [[selection]]: none by default, an example commented out
+            assert "# [[selection]]" in text
+            continue
         for field in msgspec.structs.asdict(struct):
             if getattr(struct, field) is None:  # no default value: shown commented out
                 assert f"# {field} = " in text
@@ -602,3 +658,25 @@ def test_a_credential_directory_this_user_may_not_enter_is_named_not_a_traceback
         assert "permission denied" in str(info.value).lower() and "read as " in str(info.value)
     finally:
         creds.chmod(0o700)
+
+
+def test_check_config_says_how_to_move_to_selection_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = write(tmp_path, "[upserter.selection]\npriceTypes = [1]\n")
+    assert check_config(old, env={"KEEPA_API_KEY": "k"}) == 0
+    err = capsys.readouterr().err
+    assert f"dealsd: note: {old}: upserter.selection: read as one [[selection]]" in err
+    assert 'name = "default"' in err and "[selection.query]" in err
+    # The new form (and a file with no selection at all) is not told anything.
+    new = write(tmp_path, "[[selection]]\nname = 'default'\n[selection.query]\npriceTypes = [1]\n")
+    assert check_config(new, env={"KEEPA_API_KEY": "k"}) == 0
+    assert "note" not in capsys.readouterr().err
+    cfg = load_config(new)
+    [sel] = selections.resolve(cfg)
+    assert (sel.name, sel.worker, sel.domain, dict(sel.query)) == (
+        "default", "upserter", 1, {"priceTypes": [1]}
+    )
+    # Moved as told, the checkpoints are the same: they are named by query and domain.
+    [legacy] = selections.resolve(load_config(old))
+    assert legacy.key == sel.key and legacy.worker == sel.worker

@@ -214,22 +214,30 @@ def test_limit(capsys: pytest.CaptureFixture[str], db: Path) -> None:
 def test_selection_is_refused_until_the_database_records_selections(
     capsys: pytest.CaptureFixture[str], db: Path, tmp_path: Path
 ) -> None:
-    code, out, err = deals(capsys, "--database", str(db), "--selection", "books")
+    # A database from before the multi-selection schema (v5) has no table.
+    old = tmp_path / "old.db"
+    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    dst = sqlite3.connect(old)
+    src.backup(dst)
+    dst.execute("DROP TABLE deal_selections")
+    dst.commit()
+    dst.close()
+    code, out, err = deals(capsys, "--database", str(old), "--selection", "books")
     assert code == 64 and out == ""
     assert "no deal_selections table" in err and "--selection books" in err
     # With the table of the multi-selection schema, it filters.
     copy = tmp_path / "copy.db"
-    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     dst = sqlite3.connect(copy)
     src.backup(dst)
     src.close()
     rows = _rows(db)
     picked = [r["asin"] for r in rows[:5]]
-    dst.execute("CREATE TABLE deal_selections (domain_id INTEGER, asin TEXT, selection TEXT)")
-    dst.executemany("INSERT INTO deal_selections VALUES (?, ?, ?)",
-                    [(r["domain_id"], r["asin"], "books") for r in rows[:5]]
-                    + [(rows[9]["domain_id"], rows[9]["asin"], "toys"),
-                       (rows[5]["domain_id"] + 1, rows[5]["asin"], "books")])  # fmt: skip
+    dst.execute("DELETE FROM deal_selections")
+    t = "2026-11-28T12:00:00Z"
+    dst.executemany("INSERT INTO deal_selections VALUES (?, ?, ?, ?, ?)",
+                    [(r["domain_id"], r["asin"], "books", t, t) for r in rows[:5]]
+                    + [(rows[9]["domain_id"], rows[9]["asin"], "toys", t, t),
+                       (rows[5]["domain_id"] + 1, rows[5]["asin"], "books", t, t)])  # fmt: skip
     dst.commit()
     dst.close()
     assert {d["asin"] for d in as_json(capsys, copy, "--selection", "books")} == set(picked)

@@ -22,6 +22,7 @@ from helpers import (
     StartSim,
     WorkerParts,
     db_query,
+    one_selection,
     status,
     status_doc,
     wait_for,
@@ -48,7 +49,7 @@ def upserter(parts: WorkerParts, *, work: asyncio.Event | None = None, **cfg: An
     config: dict[str, Any] = {"interval_s": 1, "selection": BIGGEST_DROP, **cfg}
     return Upserter(
         client=parts.client, tokens=parts.tokens, store=parts.store, clock=parts.clock,
-        config=UpserterConfig(**config), domain=1, profit=PROFIT, health=parts.health,
+        selection=one_selection(UpserterConfig(**config), profit=PROFIT), health=parts.health,
         work_arrived=work,
     )  # fmt: skip
 

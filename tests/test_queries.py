@@ -395,6 +395,7 @@ def test_no_query_scans_the_deals_table(tmp_path: Path) -> None:
         )  # fmt: skip
         queries.due_refresh(c, older_than=ts(), limit=100)
         queries.status_summary(c, now=NOW)
+        queries.selection_counts(c, now=NOW, workers={"default": "upserter"})
         queries.prune_stale(c, older_than=ts(-50_000), limit=100)
         queries.get_checkpoints(c)
         assert len(spy.seen) >= 22

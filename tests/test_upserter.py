@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import StartSim, WorkerParts, db_query, worker_parts
+from helpers import StartSim, WorkerParts, db_query, one_selection, worker_parts
 
-from dealsd.config import ProfitConfig, UpserterConfig
+from dealsd.config import UpserterConfig
 from dealsd.simulator import Simulator
 from dealsd.store import queries
 from dealsd.workers.base import RoundResult
@@ -42,10 +42,10 @@ def upserter(parts: WorkerParts, **config: Any) -> Upserter:
     selection's order (the tests of the pass itself; tests/test_funnel.py has the
     fresh and full passes together)."""
     config.setdefault("full_pass_h", 0)
+    cfg = UpserterConfig(interval_s=INTERVAL_S, **config)
     return Upserter(
         client=parts.client, tokens=parts.tokens, store=parts.store, clock=parts.clock,
-        config=UpserterConfig(interval_s=INTERVAL_S, **config), domain=1,
-        profit=ProfitConfig(), health=parts.health,
+        selection=one_selection(cfg), health=parts.health,
     )  # fmt: skip
 
 

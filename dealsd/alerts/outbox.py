@@ -23,6 +23,7 @@ from typing import Any
 
 from dealsd.alerts.rules import FACT_COLUMNS, DealFacts, facts, matches
 from dealsd.config import DEFAULT_SELECTION, AlertRuleConfig
+from dealsd.store import queries
 
 REASON_NEW = "new"
 REASON_PRICE_DROP = "price_drop"
@@ -104,7 +105,10 @@ class Evaluator:
             "WHERE rule = ? AND domain_id = ? AND asin = ?",
             key,
         ).fetchone()
-        if not matches(rule, deal, selections=[DEFAULT_SELECTION]):
+        # The selections that matched it (deal_selections); a database row of
+        # the one-selection era with none is the default selection's.
+        seen_by = queries.selections_of(conn, deal.domain_id, deal.asin) or [DEFAULT_SELECTION]
+        if not matches(rule, deal, selections=seen_by):
             if state is not None and state[0]:
                 conn.execute(
                     "UPDATE alert_state SET matching = 0 "

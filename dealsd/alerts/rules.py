@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dealsd import estimate
-from dealsd.config import DEFAULT_SELECTION, AlertRuleConfig
+from dealsd.config import AlertRuleConfig
 
 # The columns a rule and a message read, in one place (the deals view and the
 # message use the same names).
@@ -113,8 +113,9 @@ def matches(rule: AlertRuleConfig, deal: DealFacts, *, selections: Sequence[str]
     """True when ``deal`` passes every threshold ``rule`` sets."""
     if not deal.backfilled or deal.profit_cents is None:
         return False
-    wanted = rule.selections or [DEFAULT_SELECTION]
-    if not any(s in selections for s in wanted):
+    # A rule naming no selection watches them all (with one selection, the
+    # same as naming "default"); ``selections`` are those that matched the deal.
+    if rule.selections and not any(s in selections for s in rule.selections):
         return False
     if rule.categories and deal.category not in rule.categories:
         return False

@@ -9,6 +9,7 @@ that line is all the operator gets. The API key never lives in this file.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -93,6 +94,28 @@ class UpserterConfig(_Table, frozen=True):
     # walks the whole result (dealsd before the funnel).
     full_pass_h: Annotated[float, Meta(ge=0)] = 6.0
     selection: dict[str, Any] = msgspec.field(default_factory=default_selection)
+
+
+SelectionName = Annotated[
+    str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="a name of a-z, 0-9, _ and -")
+]
+
+
+class SelectionConfig(_Table, frozen=True):
+    """One ``[[selection]]``: a Keepa deal query on one marketplace (dealsd.selections)."""
+
+    name: SelectionName
+    query: dict[str, Any]
+    domain: Domain | None = None  # None: [keepa] domain
+    interval_s: PositiveInt | None = None  # None: [upserter] interval_s
+    max_pages_per_run: Annotated[int, Meta(ge=1, le=67)] | None = None
+    weight: PositiveFloat = 1.0
+    # Overrides of [profit] for this selection's deals (another marketplace has
+    # other fees, in its own currency); checked against ProfitConfig.
+    profit: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def resolved_profit(self, base: ProfitConfig) -> ProfitConfig:
+        return msgspec.convert({**msgspec.to_builtins(base), **self.profit}, ProfitConfig)
 
 
 class BackfillerConfig(_Table, frozen=True):
@@ -216,6 +239,8 @@ class Config(_Table, frozen=True):
     funnel: FunnelConfig = msgspec.field(default_factory=FunnelConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    # [[selection]] tables; none: [upserter.selection] is the one selection "default".
+    selection: list[SelectionConfig] = msgspec.field(default_factory=list)
 
 
 # -- loading ------------------------------------------------------------------
@@ -282,9 +307,11 @@ def _reject_api_key(path: Path, raw: Mapping[str, Any]) -> None:
                 )
 
 
-def _check_selection(path: Path, sel: Mapping[str, Any]) -> None:
+def _check_selection(
+    path: Path, sel: Mapping[str, Any], prefix: str = "upserter.selection"
+) -> None:
     for name, value in sel.items():
-        key = f"upserter.selection.{name}"
+        key = f"{prefix}.{name}"
         if name in ("page", "domainId"):
             hint = "[keepa] domain" if name == "domainId" else "the upserter while paging"
             raise ConfigError(path, key, f"dealsd sets {name} itself (from {hint}); remove it")
@@ -299,7 +326,7 @@ def _check_selection(path: Path, sel: Mapping[str, Any]) -> None:
     types = sel.get("priceTypes")
     if types is None:
         raise ConfigError(
-            path, "upserter.selection.priceTypes", "missing: Keepa needs exactly one price type"
+            path, f"{prefix}.priceTypes", "missing: Keepa needs exactly one price type"
         )
     if (
         not isinstance(types, list)
@@ -310,7 +337,7 @@ def _check_selection(path: Path, sel: Mapping[str, Any]) -> None:
     ):
         raise ConfigError(
             path,
-            "upserter.selection.priceTypes",
+            f"{prefix}.priceTypes",
             f"expected a list of exactly one price type (0..35, e.g. [2] for used), got {types!r}",
         )
 
@@ -352,18 +379,49 @@ def _check(path: Path, cfg: Config) -> Config:
             f"must not exceed backfiller.max_batch ({b.max_batch}), got {b.min_batch}",
         )
     _check_selection(path, cfg.upserter.selection)
+    _check_selections(path, cfg)
     for name in cfg.tokens.weights:
         if name not in CONSUMERS:
             raise ConfigError(
                 path, f"tokens.weights.{name}", "unknown consumer (expected upserter or backfiller)"
             )
-    _check_alerts(path, cfg.alerts)
+    _check_alerts(path, cfg.alerts, [s.name for s in cfg.selection] or [DEFAULT_SELECTION])
     # A consumer left out keeps its default share rather than a share of zero.
     weights = {**default_weights(), **cfg.tokens.weights}
     return msgspec.structs.replace(cfg, tokens=msgspec.structs.replace(cfg.tokens, weights=weights))
 
 
-def _check_alerts(path: Path, alerts: AlertsConfig) -> None:
+def _check_selections(path: Path, cfg: Config) -> None:
+    seen: dict[str, str] = {}
+    for i, sel in enumerate(cfg.selection):
+        prefix = f"selection[{i}]"
+        if sel.name in seen:
+            raise ConfigError(path, f"{prefix}.name", "two [[selection]] tables have this name")
+        _check_selection(path, sel.query, f"{prefix}.query")
+        # The same query on the same marketplace twice would page Keepa twice
+        # for the same deals and share one cursor.
+        same = canonical_query(sel.query, sel.domain or cfg.keepa.domain)
+        twin = next((n for n, q in seen.items() if q == same), None)
+        if twin is not None:
+            raise ConfigError(
+                path, f"{prefix}.query", f"the same query on the same domain as selection {twin!r}"
+            )
+        seen[sel.name] = same
+        unknown = sorted(set(sel.profit) - set(ProfitConfig.__struct_fields__))
+        if unknown:
+            raise ConfigError(path, f"{prefix}.profit.{unknown[0]}", "unknown [profit] key")
+        try:
+            sel.resolved_profit(cfg.profit)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(path, f"{prefix}.profit", str(exc)) from None
+
+
+def canonical_query(query: Mapping[str, Any], domain: int) -> str:
+    """A selection's query and domain as one comparable text (sorted keys)."""
+    return json.dumps({"domain": domain, "selection": query}, sort_keys=True)
+
+
+def _check_alerts(path: Path, alerts: AlertsConfig, selections: list[str]) -> None:
     seen: set[str] = set()
     for i, rule in enumerate(alerts.rule):
         key = f"alerts.rule[{i}]"
@@ -371,11 +429,11 @@ def _check_alerts(path: Path, alerts: AlertsConfig) -> None:
             raise ConfigError(path, f"{key}.name", f"another rule is named {rule.name!r}")
         seen.add(rule.name)
         for sel in rule.selections:
-            if sel != DEFAULT_SELECTION:
+            if sel not in selections:
                 raise ConfigError(
                     path,
                     f"{key}.selections",
-                    f"unknown selection {sel!r} (the one selection is {DEFAULT_SELECTION!r})",
+                    f"unknown selection {sel!r} (the selections are {', '.join(selections)})",
                 )
     if alerts.rule:
         try:
@@ -393,6 +451,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     p = Path(path)
     raw = _parse(p, _read_bytes(p))
     _reject_api_key(p, raw)
+    upserter = raw.get("upserter")
+    if raw.get("selection") and isinstance(upserter, Mapping) and "selection" in upserter:
+        raise ConfigError(
+            p,
+            "upserter.selection",
+            "both [upserter.selection] and [[selection]] tables: move it into a "
+            '[[selection]] (name = "default", its keys under [selection.query])',
+        )
     try:
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
@@ -475,8 +541,11 @@ def _key_file(path: Path, key: str) -> str:
 # HTTP session and the open database; log.format the installed handler: they
 # wait for a restart.
 LIVE_KEYS: frozenset[str] = frozenset(
-    {"upserter", "backfiller", "janitor", "tokens", "profit", "funnel", "alerts", "log.level"}
-)
+    {
+        "upserter", "selection", "backfiller", "janitor", "tokens", "profit", "funnel",
+        "alerts", "log.level",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,6 +601,21 @@ def config_warnings(cfg: Config) -> list[str]:
             "+2 tokens a product)"
         )
     return warnings
+
+
+def migration_note(cfg: Config, raw: Mapping[str, Any]) -> str | None:
+    """How a file written with [upserter.selection] moves to [[selection]] tables."""
+    upserter = raw.get("upserter")
+    if cfg.selection or not (isinstance(upserter, Mapping) and "selection" in upserter):
+        return None
+    return (
+        'upserter.selection: read as one [[selection]] named "default" on [keepa] domain '
+        f"{cfg.keepa.domain}; to watch several queries or marketplaces with this key, "
+        'replace [upserter.selection] by [[selection]] tables: name = "default" and its keys '
+        "under [selection.query] keep this one's checkpoints, and each further [[selection]] "
+        "has its own name, domain, query, interval_s, weight and [selection.profit] "
+        "(config.toml shows one)"
+    )
 
 
 def _check_channels(cfg: Config, err: IO[str], env: Mapping[str, str]) -> None:
@@ -596,5 +680,9 @@ def check_config(
         early_line(f"dealsd: API key: {where}", level="info", stream=err, env=env)
     for warning in config_warnings(cfg):
         early_line(f"dealsd: warning: {path}: {warning}", level="warning", stream=err, env=env)
+    p = Path(path)
+    note = migration_note(cfg, _parse(p, _read_bytes(p)))
+    if note is not None:
+        early_line(f"dealsd: note: {path}: {note}", level="info", stream=err, env=env)
     print(f"config OK: {path}", file=out or sys.stdout)
     return EX_OK

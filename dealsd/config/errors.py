@@ -58,10 +58,18 @@ def _unwrap(tp: Any) -> tuple[Any, list[Meta]]:
     return tp, metas
 
 
+_INDEX = re.compile(r"^(.*)\[(\d+)\]$")  # selection[0]: an array of tables' entry
+
+
 def _field_type(root: type, parts: list[str]) -> Any:
     """The declared type at a dotted path, or None when the path leaves the schema."""
     tp: Any = root
     for part in parts:
+        indexed = _INDEX.match(part)
+        if indexed:
+            tp = _field_type(tp, [indexed.group(1)])
+            tp = get_args(_unwrap(tp)[0])[0] if get_origin(_unwrap(tp)[0]) is list else None
+            continue
         tp, _ = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
             tp = typing.get_type_hints(tp, include_extras=True).get(part)
@@ -76,6 +84,10 @@ def _describe(tp: Any) -> str | None:
     bare, metas = _unwrap(tp)
     if get_origin(bare) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(bare))
+    if get_origin(bare) is list:
+        item = _unwrap(get_args(bare)[0])[0]
+        if isinstance(item, type) and issubclass(item, msgspec.Struct):
+            return "an array of tables"
     if (isinstance(bare, type) and issubclass(bare, msgspec.Struct)) or get_origin(bare) is dict:
         return "a table"
     if get_origin(bare) is list:
@@ -108,7 +120,11 @@ def _show(value: Any) -> str:
 
 def _lookup(raw: Any, parts: list[str]) -> Any:
     for part in parts:
-        raw = raw.get(part) if isinstance(raw, dict) else None
+        indexed = _INDEX.match(part)
+        name, index = (indexed.group(1), int(indexed.group(2))) if indexed else (part, None)
+        raw = raw.get(name) if isinstance(raw, dict) else None
+        if index is not None:
+            raw = raw[index] if isinstance(raw, list) and index < len(raw) else None
     return raw
 
 
@@ -137,6 +153,9 @@ def translate(
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         return ConfigError(path, ".".join([*parts, name]), f"unknown key (typo?){hint}")
+    required = re.match(r"Object missing required field `(.+)`", what)
+    if required:
+        return ConfigError(path, ".".join([*parts, required.group(1)]), "missing (required)")
     expected = _describe(_field_type(root, parts))
     key = ".".join(parts) or None
     if expected is None:

@@ -211,12 +211,20 @@ class KeepaClient:
         return max(0, math.ceil(per_item * n - 1e-9))
 
     async def deals(
-        self, selection: Mapping[str, Any], page: int, *, consumer: str = "upserter"
+        self,
+        selection: Mapping[str, Any],
+        page: int,
+        *,
+        consumer: str = "upserter",
+        domain: int | None = None,
     ) -> DealPage:
-        """One page of /deal for ``selection`` (``page`` and ``domainId`` set here)."""
+        """One page of /deal for ``selection`` (``page`` and ``domainId`` set here).
+
+        ``domain``: the selection's marketplace (default: the client's).
+        """
         body = dict(selection)
         body["page"] = page
-        body["domainId"] = self._domain
+        body["domainId"] = self._domain if domain is None else domain
         cost = self._expected_cost(consumer, 1, DEAL_COST)
         reply = await self._call(
             "deal", consumer=consumer, cost=cost, query={},
@@ -234,8 +242,11 @@ class KeepaClient:
         *,
         consumer: str = "backfiller",
         kind: str = "",
+        domain: int | None = None,
     ) -> ProductPage:
         """/product for up to 100 ASINs; ``missing`` lists those Keepa did not answer for.
+
+        One request is one marketplace: ``domain`` (default: the client's).
 
         ``kind`` names the kind of work (e.g. "refresh") whose observed cost per
         product is estimated and learned separately within ``consumer``.
@@ -245,7 +256,8 @@ class KeepaClient:
             raise ValueError("products() needs at least one ASIN")
         if len(wanted) > MAX_ASINS:
             raise ValueError(f"at most {MAX_ASINS} ASINs per call, got {len(wanted)}")
-        query = {"domain": str(self._domain), "asin": ",".join(wanted), **params.to_query()}
+        domain = self._domain if domain is None else domain
+        query = {"domain": str(domain), "asin": ",".join(wanted), **params.to_query()}
         cost = self.expected_product_cost(params, len(wanted), consumer=consumer, kind=kind)
         reply = await self._call(
             "product", consumer=consumer, cost=cost, query=query, json_body=None,

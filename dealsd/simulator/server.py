@@ -51,6 +51,8 @@ class Simulator:
         self.base_url = ""
         self.outage = False
         self.products_bought: Counter[str] = Counter()
+        # The same, per marketplace: one ASIN on two domains is two products.
+        self.products_bought_in: Counter[tuple[int, str]] = Counter()
         self.requests: Counter[str] = Counter()
         self.responses: dict[str, Counter[str]] = {}
         self.faults_injected: Counter[str] = Counter()
@@ -69,10 +71,15 @@ class Simulator:
             )
             for p in self.products.real_deal_fields()
         ]
+        self._reals = reals
         self.catalogue = Catalogue(
             size=options.catalogue_size, seed=options.seed, start_minute=self.start_minute,
             real=reals, newest_by=options.newest_by, profitable_share=options.profitable_share,
         )  # fmt: skip
+        # One catalogue per marketplace, made when a domain is first asked for:
+        # amazon.com's is the one above; another domain has other deals (its
+        # own seed) and the real samples too (one ASIN on two domains).
+        self.catalogues: dict[int, Catalogue] = {1: self.catalogue}
         self.bucket = TokenBucket(
             clock=self.clock,
             refill_rate=options.refill_rate,
@@ -118,12 +125,23 @@ class Simulator:
         log.info("simulator_stopped", requests=sum(self.requests.values()))
 
     # time -----------------------------------------------------------------------
+    def catalogue_for(self, domain: int) -> Catalogue:
+        """The marketplace's catalogue (``domainId`` / ``domain`` of a request)."""
+        found = self.catalogues.get(domain)
+        if found is None:
+            found = self.catalogues[domain] = Catalogue(
+                size=self.options.catalogue_size, seed=self.options.seed * 100 + domain,
+                start_minute=self.catalogue.minute, real=self._reals,
+            )  # fmt: skip
+        return found
+
     def _on_step(self, step: int) -> None:
-        self.catalogue.step(
-            self.start_minute + step,
-            changed=self.options.changed_deals_per_period,
-            new=self.options.new_deals_per_period,
-        )
+        for catalogue in self.catalogues.values():
+            catalogue.step(
+                self.start_minute + step,
+                changed=self.options.changed_deals_per_period,
+                new=self.options.new_deals_per_period,
+            )
 
     @property
     def keepa_minute(self) -> int:
@@ -317,8 +335,9 @@ class Simulator:
         # Keepa caches a query for 120 s (two Keepa minutes): paging with the
         # same selection sees one consistent result list.
         if cached is None or now - cached[0] > 2 * self.bucket.period_s:
-            deals = self.catalogue.query(selection)
-            result = api.DealResult.of(deals, self.catalogue.deal_bytes)
+            catalogue = self.catalogue_for(int(selection["domainId"]))
+            deals = catalogue.query(selection)
+            result = api.DealResult.of(deals, catalogue.deal_bytes)
             self._queries = {k: v for k, v in self._queries.items() if now - v[0] <= 240}
             self._queries[key] = (now, result)
         else:
@@ -337,6 +356,7 @@ class Simulator:
         opts = self.options
         out: list[Piece] = []
         cost = 0
+        catalogue = self.catalogue_for(q.domain)
         for asin in q.asins:
             if self.products.is_missing(asin, opts.missing_rate):
                 if q.update != -1:  # Keepa looked it up for us, and bills the look
@@ -347,7 +367,7 @@ class Simulator:
                 made = piece(self.products.invalid_bytes(asin))
                 item_cost = 1
             else:
-                deal = self.catalogue.by_asin.get(asin)
+                deal = catalogue.by_asin.get(asin)
                 # Keepa answers what was paid for: buy box data with buybox=1
                 # or offers, rating history with rating=1 or offers.
                 withhold = withheld(
@@ -371,6 +391,7 @@ class Simulator:
             out.append(made)
             cost += item_cost
             self.products_bought[asin] += 1
+            self.products_bought_in[q.domain, asin] += 1
         self.bucket.charge(cost)
         return {"products": out}, cost
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dealsd import mapping
-from dealsd.clock import iso_utc
 from dealsd.store import schema
+from dealsd.timefmt import iso_utc
 
 # What a /deal page updates: the mapping's deal row, less the key and the
 # seen-stamp, which the upsert handles itself. One list, in the mapping.
@@ -76,6 +76,18 @@ class PendingRow:
     current_amazon_cents: int | None
     current_new_cents: int | None
     current_used_cents: int | None
+    domain_id: int = 1
+
+
+def _key(domain_id: int | None, asin: str) -> tuple[str, list[object]]:
+    """WHERE text and parameters for one deal: (domain_id, asin), or the ASIN alone.
+
+    ``domain_id`` None is the one-marketplace form (a database of one domain,
+    as tests and the tools of v1 write it); the daemon always names the domain.
+    """
+    if domain_id is None:
+        return "asin = ?", [asin]
+    return "domain_id = ? AND asin = ?", [domain_id, asin]
 
 
 def _writable_deal_columns() -> frozenset[str]:
@@ -121,23 +133,62 @@ def upsert_deals(
     checkpoints: Mapping[str, str],
     now: str,
     recompute: Callable[[sqlite3.Row], Mapping[str, object]] | None = None,
+    selection: str | None = None,
 ) -> UpsertCounts:
     """Insert or update deals from the feed, and save ``checkpoints`` with them.
 
     ``rows`` carry the feed columns (``DEAL_FEED_COLUMNS`` plus ``asin`` and
-    ``last_seen_at``, which defaults to ``now``). ``first_seen_at`` is set on
-    insert only; backfill, stats and estimate columns are left alone, except
-    that for an updated row already backfilled ``recompute(row)`` (the row as
-    it now is) may return columns to write, e.g. the profit estimate.
+    ``last_seen_at``, which defaults to ``now``), all of one marketplace (one
+    /deal page is one domain). ``first_seen_at`` is set on insert only;
+    backfill, stats and estimate columns are left alone, except that for an
+    updated row already backfilled ``recompute(row)`` (the row as it now is)
+    may return columns to write, e.g. the profit estimate. ``selection``
+    records which selection saw them (``deal_selections``).
     """
+    domains = {int(str(r.get("domain_id") or 1)) for r in rows}
+    if len(domains) > 1:
+        raise ValueError(f"upsert_deals takes one marketplace at a time, got {sorted(domains)}")
+    domain = domains.pop() if domains else 1
     if len(rows) == 1:
-        return _upsert_one(conn, rows[0], checkpoints=checkpoints, now=now, recompute=recompute)
+        counts = _upsert_one(conn, rows[0], domain, now=now, recompute=recompute)
+    else:
+        counts = _upsert_many(conn, rows, domain, now=now, recompute=recompute)
+    if selection is not None and rows:
+        conn.executemany(
+            _SEEN_BY_SQL,
+            [
+                (domain, str(r["asin"]), selection, now, r.get("last_seen_at") or now)
+                for r in rows
+            ],
+        )
+    if checkpoints:
+        set_checkpoints(conn, checkpoints, now)
+    return counts
+
+
+_SEEN_BY_SQL = (
+    "INSERT INTO deal_selections (domain_id, asin, selection, first_seen_at, last_seen_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (domain_id, asin, selection) DO UPDATE SET "
+    "last_seen_at = max(deal_selections.last_seen_at, excluded.last_seen_at)"
+)
+
+
+def _upsert_many(
+    conn: sqlite3.Connection,
+    rows: Sequence[Mapping[str, object]],
+    domain: int,
+    *,
+    now: str,
+    recompute: Callable[[sqlite3.Row], Mapping[str, object]] | None,
+) -> UpsertCounts:
     merged = _merge(rows)
     existing: dict[str, bool] = {}
     for chunk in _chunks(list(merged)):
         marks = ",".join("?" * len(chunk))
         for asin, backfilled in conn.execute(
-            f"SELECT asin, backfilled_at IS NOT NULL FROM deals WHERE asin IN ({marks})", chunk
+            "SELECT asin, backfilled_at IS NOT NULL FROM deals "
+            f"WHERE domain_id = ? AND asin IN ({marks})",
+            [domain, *chunk],
         ):
             existing[asin] = bool(backfilled)
     params = [upsert_params(asin, row, now) for asin, row in merged.items()]
@@ -146,21 +197,19 @@ def upsert_deals(
     else:
         conn.executemany(UPSERT_DEAL_SQL, params)
     if recompute is not None:
-        _recompute(conn, [a for a, b in existing.items() if b], recompute)
-    if checkpoints:
-        set_checkpoints(conn, checkpoints, now)
+        _recompute(conn, domain, [a for a, b in existing.items() if b], recompute)
     return UpsertCounts(new=len(merged) - len(existing), updated=len(existing))
 
 
 _ONE_NEW, _ONE_UPDATED = UpsertCounts(1, 0), UpsertCounts(0, 1)  # frozen: shared
-_EXISTS_SQL = "SELECT backfilled_at IS NOT NULL FROM deals WHERE asin = ?"
+_EXISTS_SQL = "SELECT backfilled_at IS NOT NULL FROM deals WHERE domain_id = ? AND asin = ?"
 
 
 def _upsert_one(
     conn: sqlite3.Connection,
     row: Mapping[str, object],
+    domain: int,
     *,
-    checkpoints: Mapping[str, str],
     now: str,
     recompute: Callable[[sqlite3.Row], Mapping[str, object]] | None,
 ) -> UpsertCounts:
@@ -170,17 +219,16 @@ def _upsert_one(
     row as it ends up, which cannot tell an insert from an update exactly.
     """
     asin = str(row["asin"])
-    found = conn.execute(_EXISTS_SQL, (asin,)).fetchone()
+    found = conn.execute(_EXISTS_SQL, (domain, asin)).fetchone()
     conn.execute(UPSERT_DEAL_SQL, upsert_params(asin, row, now))
     if recompute is not None and found is not None and found[0]:
-        _recompute(conn, [asin], recompute)
-    if checkpoints:
-        set_checkpoints(conn, checkpoints, now)
+        _recompute(conn, domain, [asin], recompute)
     return _ONE_NEW if found is None else _ONE_UPDATED
 
 
 def _recompute(
     conn: sqlite3.Connection,
+    domain: int,
     asins: Sequence[str],
     recompute: Callable[[sqlite3.Row], Mapping[str, object]],
 ) -> None:
@@ -189,13 +237,19 @@ def _recompute(
         cur = conn.cursor()
         cur.row_factory = sqlite3.Row
         marks = ",".join("?" * len(chunk))
-        for row in cur.execute(f"SELECT * FROM deals WHERE asin IN ({marks})", chunk).fetchall():
+        found = cur.execute(
+            f"SELECT * FROM deals WHERE domain_id = ? AND asin IN ({marks})", [domain, *chunk]
+        ).fetchall()
+        for row in found:
             cols = dict(recompute(row))
             if not cols:
                 continue
             names = _check(cols, allowed, "deals")
             sets = ", ".join(f"{n} = ?" for n in names)
-            conn.execute(f"UPDATE deals SET {sets} WHERE asin = ?", [*cols.values(), row["asin"]])
+            conn.execute(
+                f"UPDATE deals SET {sets} WHERE domain_id = ? AND asin = ?",
+                [*cols.values(), domain, row["asin"]],
+            )
 
 
 def set_checkpoints(conn: sqlite3.Connection, items: Mapping[str, str], now: str) -> None:
@@ -211,7 +265,11 @@ def get_checkpoints(conn: sqlite3.Connection) -> dict[str, str]:
     return {str(n): str(v) for n, v in conn.execute("SELECT name, value FROM checkpoints")}
 
 
-_PENDING_COLS = "asin, current_amazon_cents, current_new_cents, current_used_cents"
+_PENDING_COLS = "asin, current_amazon_cents, current_new_cents, current_used_cents, domain_id"
+
+
+def _one_domain(domain_id: int | None) -> tuple[str, tuple[object, ...]]:
+    return ("", ()) if domain_id is None else ("AND domain_id = ? ", (domain_id,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,42 +303,52 @@ def pending_backfill(
     screen: Screen = NO_SCREEN,
     below: bool = False,
     order: str = BY_SCREEN,
+    domain_id: int | None = None,
 ) -> list[PendingRow]:
-    """Never-backfilled deals due now: those whose screen passes ``screen`` (``below``:
-    those below it), best screen profit first (unknown last), or ``order`` newest."""
+    """Never-backfilled deals due now (of one domain if named): those whose screen passes
+    ``screen`` (``below``: those below it), best screen profit first (unknown last), or
+    ``order`` newest."""
     passes, params = screen.passes_sql()
+    where, args = _one_domain(domain_id)
     cur = conn.execute(
         f"SELECT {_PENDING_COLS} FROM deals "
         "WHERE backfilled_at IS NULL "
         "AND (backfill_retry_at IS NULL OR backfill_retry_at <= ?) AND backfill_attempts < ? "
-        f"AND {'NOT' if below else ''} ({passes}) "
+        f"AND {'NOT' if below else ''} ({passes}) {where}"
         f"ORDER BY {_QUEUE_ORDER[order]} LIMIT ?",
-        (now, max_attempts, *params, limit),
+        (now, max_attempts, *params, *args, limit),
     )
     return [PendingRow(*tuple(r)) for r in cur.fetchall()]
 
 
-def detail_due(conn: sqlite3.Connection, *, min_profit_cents: int, limit: int) -> list[PendingRow]:
+def detail_due(
+    conn: sqlite3.Connection, *, min_profit_cents: int, limit: int, domain_id: int | None = None
+) -> list[PendingRow]:
     """Backfilled deals never detailed whose full estimate reaches ``min_profit_cents``,
-    best first: the second tier's candidates."""
+    best first (of one domain if named): the second tier's candidates."""
+    where, args = _one_domain(domain_id)
     cur = conn.execute(
         f"SELECT {_PENDING_COLS} FROM deals WHERE backfilled_at IS NOT NULL "
-        "AND detailed_at IS NULL AND profit_cents >= ? ORDER BY profit_cents DESC LIMIT ?",
-        (min_profit_cents, limit),
+        f"AND detailed_at IS NULL AND profit_cents >= ? {where}"
+        "ORDER BY profit_cents DESC LIMIT ?",
+        (min_profit_cents, *args, limit),
     )
     return [PendingRow(*tuple(r)) for r in cur.fetchall()]
 
 
-def due_refresh(conn: sqlite3.Connection, *, older_than: str, limit: int) -> list[PendingRow]:
+def due_refresh(
+    conn: sqlite3.Connection, *, older_than: str, limit: int, domain_id: int | None = None
+) -> list[PendingRow]:
     """Backfilled deals whose data (refresh, else backfill) is older than ``older_than``.
 
-    Oldest first.
+    Oldest first (of one domain if named).
     """
+    where, args = _one_domain(domain_id)
     cur = conn.execute(
         f"SELECT {_PENDING_COLS} FROM deals WHERE backfilled_at IS NOT NULL "
-        "AND COALESCE(refreshed_at, backfilled_at) < ? "
+        f"AND COALESCE(refreshed_at, backfilled_at) < ? {where}"
         "ORDER BY COALESCE(refreshed_at, backfilled_at) LIMIT ?",
-        (older_than, limit),
+        (older_than, *args, limit),
     )
     return [PendingRow(*tuple(r)) for r in cur.fetchall()]
 
@@ -294,6 +362,7 @@ def store_product(
     tokens_spent: int,
     payload_zlib: bytes | None,
     columns: Mapping[str, object],
+    domain_id: int | None = None,
 ) -> bool:
     """Write a product's derived columns (and its history when ``payload_zlib``).
 
@@ -303,33 +372,46 @@ def store_product(
     """
     names = _check(columns, _writable_deal_columns(), "deals")
     sets = [f"{n} = ?" for n in names] + ["backfill_error = NULL", "backfill_retry_at = NULL"]
-    cur = conn.execute(
-        f"UPDATE deals SET {', '.join(sets)} WHERE asin = ?", [*columns.values(), asin]
-    )
+    where, key = _key(domain_id, asin)
+    sql = f"UPDATE deals SET {', '.join(sets)} WHERE {where}"
+    cur = conn.execute(sql, [*columns.values(), *key])
     if cur.rowcount == 0:
         return False
     if payload_zlib is not None:
         # The history takes its deal's key (domain_id from the deal row).
         conn.execute(
             "INSERT INTO product_history (domain_id, asin, fetched_at, keepa_last_update, "
-            "tokens_spent, payload) SELECT domain_id, asin, ?, ?, ?, ? FROM deals WHERE asin = ? "
+            f"tokens_spent, payload) SELECT domain_id, asin, ?, ?, ?, ? FROM deals WHERE {where} "
             "ON CONFLICT (domain_id, asin) DO UPDATE SET "
             "fetched_at = excluded.fetched_at, keepa_last_update = excluded.keepa_last_update, "
             "tokens_spent = excluded.tokens_spent, payload = excluded.payload",
-            (fetched_at, keepa_last_update, tokens_spent, payload_zlib, asin),
+            (fetched_at, keepa_last_update, tokens_spent, payload_zlib, *key),
         )
     return True
 
 
-def deal_by_asin(conn: sqlite3.Connection, asin: str) -> dict[str, Any] | None:
+def deal_by_asin(
+    conn: sqlite3.Connection, asin: str, domain_id: int | None = None
+) -> dict[str, Any] | None:
     """The whole `deals` row of ``asin`` as a dict, None if there is none."""
-    rows = _dicts(conn.execute("SELECT * FROM deals WHERE asin = ?", (asin,)))
+    where, key = _key(domain_id, asin)
+    rows = _dicts(conn.execute(f"SELECT * FROM deals WHERE {where}", key))
     return rows[0] if rows else None
 
 
+def selections_of(conn: sqlite3.Connection, domain_id: int, asin: str) -> list[str]:
+    """The selections that have matched this deal (``deal_selections``)."""
+    cur = conn.execute(
+        "SELECT selection FROM deal_selections WHERE domain_id = ? AND asin = ?",
+        (domain_id, asin),
+    )
+    return [str(r[0]) for r in cur.fetchall()]
+
+
 def record_backfill_failure(
-    conn: sqlite3.Connection, *, asin: str, reason: str, retry_at: str | None, now: str
-) -> int:
+    conn: sqlite3.Connection, *, asin: str, reason: str, retry_at: str | None, now: str,
+    domain_id: int | None = None,
+) -> int:  # fmt: skip
     """Count a failed backfill; ``retry_at`` None means given up. Returns attempts (0: no deal).
 
     ``now`` is not stored by the schema (the failure time is the writer's
@@ -337,10 +419,11 @@ def record_backfill_failure(
     change at the callers.
     """
     del now
+    where, key = _key(domain_id, asin)
     row = conn.execute(
         "UPDATE deals SET backfill_attempts = backfill_attempts + 1, backfill_error = ?, "
-        "backfill_retry_at = ? WHERE asin = ? RETURNING backfill_attempts",
-        (reason, retry_at, asin),
+        f"backfill_retry_at = ? WHERE {where} RETURNING backfill_attempts",
+        (reason, retry_at, *key),
     ).fetchone()
     return 0 if row is None else int(row[0])
 
@@ -352,6 +435,35 @@ def prune_stale(conn: sqlite3.Connection, *, older_than: str, limit: int) -> int
         "DELETE FROM deals WHERE rowid IN (SELECT rowid FROM deals WHERE last_seen_at < ? "
         "ORDER BY last_seen_at LIMIT ?)",
         (older_than, limit),
+    )
+    return cur.rowcount
+
+
+def prune_unseen_by(conn: sqlite3.Connection, *, older_than: str, limit: int) -> int:
+    """Forget up to ``limit`` selection matches not seen since ``older_than``.
+
+    The deal itself goes with ``prune_stale`` once no selection saw it (its
+    ``last_seen_at`` is the latest of theirs); a match alone ages out here,
+    so a removed selection stops being named on deals others still see.
+    """
+    cur = conn.execute(
+        "DELETE FROM deal_selections WHERE (domain_id, asin, selection) IN "
+        "(SELECT domain_id, asin, selection FROM deal_selections "
+        "WHERE last_seen_at < ? ORDER BY last_seen_at LIMIT ?)",
+        (older_than, limit),
+    )
+    return cur.rowcount
+
+
+def prune_checkpoints(conn: sqlite3.Connection, *, prefix: str, older_than: str) -> int:
+    """Delete checkpoints named ``prefix``... not written since ``older_than``.
+
+    A live selection writes its cursor every page, so what is this old
+    belongs to a selection removed (or whose query changed) long ago.
+    """
+    cur = conn.execute(
+        "DELETE FROM checkpoints WHERE substr(name, 1, ?) = ? AND updated_at < ?",
+        (len(prefix), prefix, older_than),
     )
     return cur.rowcount
 
@@ -389,6 +501,14 @@ def write_worker(conn: sqlite3.Connection, row: Mapping[str, object]) -> None:
     )
 
 
+def forget_workers(conn: sqlite3.Connection, *, keep: Sequence[str]) -> int:
+    """Delete the rows of workers not in ``keep`` (a selection removed on SIGHUP)."""
+    if not keep:
+        return 0
+    marks = ",".join("?" * len(keep))
+    return conn.execute(f"DELETE FROM workers WHERE name NOT IN ({marks})", list(keep)).rowcount
+
+
 def bump_restarts(conn: sqlite3.Connection, name: str, now: str) -> None:
     conn.execute(
         "INSERT INTO workers (name, state, restarts, updated_at) VALUES (?, 'starting', 1, ?) "
@@ -411,6 +531,27 @@ def write_daemon(conn: sqlite3.Connection, row: Mapping[str, object]) -> None:
 
 def _one(conn: sqlite3.Connection, sql: str, *params: object) -> Any:
     return conn.execute(sql, params).fetchone()[0]
+
+
+def selection_counts(
+    conn: sqlite3.Connection, *, now: float, workers: Mapping[str, str]
+) -> dict[str, dict[str, int]]:
+    """Per selection (name -> its worker): deals matched, /deal pages and tokens last hour.
+
+    One indexed query each rather than a GROUP BY over the ledger, which
+    would sort an hour of it every time status runs.
+    """
+    hour_ago = iso_utc(now - 3600)
+    out: dict[str, dict[str, int]] = {}
+    for name, worker in workers.items():
+        pages, tokens = conn.execute(
+            "SELECT coalesce(sum(items), 0), coalesce(sum(tokens), 0) FROM token_ledger "
+            "WHERE at >= ? AND consumer = ? AND endpoint = 'deal'",
+            (hour_ago, worker),
+        ).fetchone()
+        deals = _one(conn, "SELECT count(*) FROM deal_selections WHERE selection = ?", name)
+        out[name] = {"deals": int(deals), "pages": int(pages), "tokens": int(tokens)}
+    return out
 
 
 def status_summary(conn: sqlite3.Connection, *, now: float) -> dict[str, Any]:
@@ -464,7 +605,7 @@ def status_summary(conn: sqlite3.Connection, *, now: float) -> dict[str, Any]:
 STAGE_OF: Mapping[tuple[str, str | None], str] = {
     ("deal", None): "deals",
     ("product", "backfill"): "backfill",
-    ("product", None): "backfill",  # rows written before schema v5
+    ("product", None): "backfill",  # rows written before schema v6
     ("product", "refresh"): "refresh",
     ("product", "detail"): "detail",
 }

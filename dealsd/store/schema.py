@@ -259,6 +259,36 @@ CREATE TABLE alert_channels (
 );
 """
 
+_SELECTIONS = """
+-- v5: several selections and marketplaces on one key (issue 16).
+-- Money stays an integer in the marketplace's smallest currency unit, as
+-- Keepa sends it (cents; whole yen for JPY, which has no minor unit); the
+-- currency code names it. The CASE is Keepa's domain ids as of this version.
+ALTER TABLE deals ADD COLUMN currency TEXT;
+UPDATE deals SET currency = CASE domain_id
+    WHEN 1 THEN 'USD' WHEN 2 THEN 'GBP' WHEN 3 THEN 'EUR' WHEN 4 THEN 'EUR'
+    WHEN 5 THEN 'JPY' WHEN 6 THEN 'CAD' WHEN 8 THEN 'EUR' WHEN 9 THEN 'EUR'
+    WHEN 10 THEN 'INR' WHEN 11 THEN 'MXN' WHEN 12 THEN 'BRL' END;
+-- Which selections matched a deal, and when each last saw it: a deal matched
+-- by several selections of its marketplace is one deals row. deals.last_seen_at
+-- stays the latest of them, so the janitor's grace on deals prunes exactly
+-- what no selection has seen; its rows here age out on the same grace.
+CREATE TABLE deal_selections (
+    domain_id     INTEGER NOT NULL,
+    asin          TEXT NOT NULL,
+    selection     TEXT NOT NULL,
+    first_seen_at TEXT NOT NULL,
+    last_seen_at  TEXT NOT NULL,
+    PRIMARY KEY (domain_id, asin, selection),
+    FOREIGN KEY (domain_id, asin) REFERENCES deals (domain_id, asin) ON DELETE CASCADE
+) WITHOUT ROWID;
+-- Per-selection counts and the janitor's grace.
+CREATE INDEX deal_selections_selection ON deal_selections (selection, last_seen_at);
+CREATE INDEX deal_selections_last_seen_at ON deal_selections (last_seen_at);
+-- A database of the one-selection era: every deal is the "default" selection's.
+INSERT INTO deal_selections (domain_id, asin, selection, first_seen_at, last_seen_at)
+    SELECT domain_id, asin, 'default', first_seen_at, last_seen_at FROM deals;
+"""
 
 # The deals view's orders (`dealsd deals`, the web view's canned queries):
 # best profit and best ROI first without sorting the whole table.
@@ -268,7 +298,7 @@ CREATE INDEX deals_roi ON deals (roi_pct DESC, asin, domain_id);
 """
 
 _FUNNEL = """
--- v5 (issue 14): the funnel. The screen is the all-in estimate made from the
+-- v6 (issue 14): the funnel. The screen is the all-in estimate made from the
 -- deal object alone (its current[] and 90-day avg[]), before any token is spent.
 ALTER TABLE deals ADD COLUMN screen_profit_cents INTEGER;
 ALTER TABLE deals ADD COLUMN screen_roi_pct REAL;
@@ -291,7 +321,7 @@ CREATE INDEX token_ledger_stage ON token_ledger (endpoint, kind, tokens);
 """
 
 
-MIGRATIONS: list[str] = [_V1, _V2, _ALERTS, _RANKING, _FUNNEL]
+MIGRATIONS: list[str] = [_V1, _V2, _ALERTS, _RANKING, _SELECTIONS, _FUNNEL]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

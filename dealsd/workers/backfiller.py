@@ -30,6 +30,10 @@ again. Products Keepa does not return, or returns as invalid (productType 4),
 are retried later with a growing delay and given up after ``max_attempts``. A
 failing batch costs that batch only; an AccessDenied stops spending for a
 long while and makes the daemon unhealthy.
+
+It serves every marketplace: one /product request is for one domain, so a
+batch is the queue's head deal's domain and the next deals of that domain.
+A deal's estimate follows the selection that settles it (``Pricing``).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from dealsd.keepa import (
 )
 from dealsd.keepa.payloads import PRODUCT_TYPE_INVALID, Item, PayloadError, Product
 from dealsd.logs import FailureLog
+from dealsd.selections import Pricing
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.base import DealsChanged, KeepaWorker, RoundResult
@@ -113,6 +118,7 @@ class Batch:
     params: ProductParams
     kind: str  # KIND_BACKFILL, KIND_REFRESH or KIND_DETAIL
     picked_at: str  # the round's time, stamped on its ledger row
+    domain: int = 1  # one /product request is one marketplace
 
     @property
     def refresh(self) -> bool:
@@ -159,6 +165,7 @@ class Backfiller(KeepaWorker):
         health: Health,
         funnel: FunnelConfig | None = None,
         work_arrived: asyncio.Event | None = None,
+        pricing: Pricing | None = None,
         on_change: DealsChanged | None = None,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
@@ -168,8 +175,10 @@ class Backfiller(KeepaWorker):
         self._store = store
         self._clock = clock
         self._cfg = config
+        # The one selection's settings; with several, ``pricing`` chooses per deal.
         self._price_type = price_type
         self._profit = profit
+        self._pricing = pricing
         self._on_change = on_change
         self.failed_batches = 0
         self._faults = FailureLog(clock=clock)
@@ -190,6 +199,7 @@ class Backfiller(KeepaWorker):
         price_type: int,
         profit: estimate.ProfitSettings,
         funnel: FunnelConfig | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
         """Live changes (SIGHUP): the next pick uses them; the queue is a query, so
         new thresholds reorder it without losing a deal."""
@@ -198,6 +208,7 @@ class Backfiller(KeepaWorker):
         self._profit = profit
         if funnel is not None:
             self._funnel = funnel
+        self._pricing = pricing
 
     async def _round(self) -> RoundResult:
         """One batch: pick it, buy it from Keepa, store what came back."""
@@ -230,32 +241,49 @@ class Backfiller(KeepaWorker):
         if min_detail is not None:
             steps.append((
                 detail_params(cfg, funnel), KIND_DETAIL,
-                lambda c, limit: queries.detail_due(c, min_profit_cents=min_detail, limit=limit),
+                lambda c, d, limit: queries.detail_due(
+                    c, min_profit_cents=min_detail, limit=limit, domain_id=d
+                ),
             ))  # fmt: skip
         steps.append((
             full, KIND_BACKFILL,
-            lambda c, limit: queries.pending_backfill(
-                c, now=now, max_attempts=attempts, limit=limit, screen=screen, order=order
+            lambda c, d, limit: queries.pending_backfill(
+                c, now=now, max_attempts=attempts, limit=limit, screen=screen, order=order,
+                domain_id=d,
             ),
         ))  # fmt: skip
         steps.append((
             full.stats_only(), KIND_REFRESH,
-            lambda c, limit: queries.due_refresh(c, older_than=older, limit=limit),
+            lambda c, d, limit: queries.due_refresh(
+                c, older_than=older, limit=limit, domain_id=d
+            ),
         ))  # fmt: skip
         if funnel.below_threshold == "idle":
             steps.append((
                 full, KIND_BACKFILL,
-                lambda c, limit: queries.pending_backfill(
-                    c, now=now, max_attempts=attempts, limit=limit, screen=screen, below=True
+                lambda c, d, limit: queries.pending_backfill(
+                    c, now=now, max_attempts=attempts, limit=limit, screen=screen, below=True,
+                    domain_id=d,
                 ),
             ))  # fmt: skip
         for params, kind, query in steps:
             size = self._batch_size(params, kind)
-            rows: Sequence[Any] = await self._store.read(functools.partial(query, limit=size))
+            rows = await self._one_domain(functools.partial(query, limit=size))
             if rows:
-                asins = [r.asin for r in rows]
-                return Batch(asins=asins, params=params, kind=kind, picked_at=now)
+                return Batch(
+                    asins=[r.asin for r in rows], params=params, kind=kind, picked_at=now,
+                    domain=rows[0].domain_id,
+                )  # fmt: skip
         return None
+    async def _one_domain(
+        self, query: Callable[[sqlite3.Connection, int | None], list[queries.PendingRow]]
+    ) -> list[queries.PendingRow]:
+        """The queue's head and what follows it of the head's marketplace only."""
+        rows = await self._store.read(lambda c: query(c, None))
+        if rows and any(r.domain_id != rows[0].domain_id for r in rows):
+            domain = rows[0].domain_id
+            rows = await self._store.read(lambda c: query(c, domain))
+        return rows
 
     async def _fetch(self, batch: Batch) -> ProductPage | None:
         """Buy the batch from Keepa; None when it failed (already counted and logged)."""
@@ -264,14 +292,17 @@ class Backfiller(KeepaWorker):
         cost = self._client.expected_product_cost(params, len(asins), consumer=self.name, kind=kind)
         try:
             page = await self._paid(
-                cost, self._client.products(asins, params, consumer=self.name, kind=kind)
+                cost,
+                self._client.products(
+                    asins, params, consumer=self.name, kind=kind, domain=batch.domain
+                ),
             )
         except RequestRejected as exc:
             # Keepa refused this batch itself: an ASIN it will never accept
             # must not block the queue, so each one is retried later on its own clock.
             self._batch_failed(exc, len(asins))
             for asin in asins:
-                await self._failure(asin, f"rejected: {exc}", kind=batch.kind)
+                await self._failure(asin, f"rejected: {exc}", batch)
             return None
         except (KeepaError, PayloadError) as exc:
             self._batch_failed(exc, len(asins))
@@ -282,28 +313,27 @@ class Backfiller(KeepaWorker):
 
     async def _store_page(self, batch: Batch, page: ProductPage) -> None:
         """Store each product bought; reschedule what came back invalid, malformed or not at all."""
-        kind = batch.kind
         returned = max(1, len(page.items))
         per_product = round(page.tokens_consumed / returned)
         valid = []
         for item in page.items:
             if item.value.product_type == PRODUCT_TYPE_INVALID:
                 reason = "invalid product (productType 4)"
-                await self._failure(item.value.asin, reason, kind=kind)
+                await self._failure(item.value.asin, reason, batch)
             else:
                 valid.append(item)
         # Each product is still its own write (the store isolates a failing
         # one: it fails alone), but they are handed over together so the writer can
         # commit them in one group instead of one fsync per product.
         results = await asyncio.gather(
-            *(self._store_one(item, per_product, batch.params, kind) for item in valid)
+            *(self._store_one(item, per_product, batch) for item in valid)
         )  # fmt: skip
         stored = sum(1 for ok in results if ok)
         for skipped in page.skipped:
             if skipped.asin is not None:
-                await self._failure(skipped.asin, f"malformed: {skipped.reason}", kind=kind)
+                await self._failure(skipped.asin, f"malformed: {skipped.reason}", batch)
         for asin in page.missing:
-            await self._failure(asin, "not returned by keepa", kind=kind)
+            await self._failure(asin, "not returned by keepa", batch)
         await self._store.write(
             lambda c: queries.record_tokens(
                 c,
@@ -318,6 +348,7 @@ class Backfiller(KeepaWorker):
         log.info(
             "backfill_batch",
             mode=batch.stage,
+            domain=batch.domain,
             asked=len(batch.asins),
             stored=stored,
             missing=len(page.missing),
@@ -339,11 +370,8 @@ class Backfiller(KeepaWorker):
             kind=kind,
         )
 
-    async def _store_one(
-        self, item: Item[Product], tokens_spent: int, params: ProductParams, kind: str
-    ) -> bool:
-        refresh = kind != KIND_BACKFILL
-        product = item.value
+    async def _store_one(self, item: Item[Product], tokens_spent: int, batch: Batch) -> bool:
+        product, params, refresh = item.value, batch.params, batch.refresh
         # zlib releases the GIL: compressing a 200 KB product in a thread keeps
         # the event loop (and the other worker) responsive (bench/looplag.py).
         level = PAYLOAD_ZLIB_LEVEL
@@ -358,9 +386,9 @@ class Backfiller(KeepaWorker):
         if item.unreadable:
             self._unreadable(product.asin, item.unreadable)
         stamp = iso_utc(self._clock.now())
-        columns[STAMP_COLUMN[kind]] = stamp
+        columns[STAMP_COLUMN[batch.kind]] = stamp
         ok = await self._store.write(
-            self._product_writer(product, stamp, tokens_spent, payload, columns)
+            self._product_writer(product, batch.domain, stamp, tokens_spent, payload, columns)
         )
         self._health.progress(self.name, 1, "products")
         return ok
@@ -380,21 +408,26 @@ class Backfiller(KeepaWorker):
     def _product_writer(
         self,
         product: Product,
+        domain: int,
         fetched_at: str,
         tokens_spent: int,
         payload: bytes | None,
         columns: dict[str, object],
     ) -> Callable[[sqlite3.Connection], bool]:
+        one_type, one_profit, pricing = self._price_type, self._profit, self._pricing
         on_change = self._on_change
-        price_type, profit = self._price_type, self._profit
 
         def write(conn: sqlite3.Connection) -> bool:
             # The estimate is made from the row as it is at commit time: its
             # current price (the upserter may have moved it since the batch
             # was chosen) and the columns this fetch did not renew.
-            row = queries.deal_by_asin(conn, product.asin)
+            row = queries.deal_by_asin(conn, product.asin, domain)
             if row is None:
                 return False  # pruned while its product was being fetched
+            price_type, profit = one_type, one_profit
+            if pricing is not None:
+                settle = pricing.choose(domain, queries.selections_of(conn, domain, product.asin))
+                price_type, profit = settle.price_type, settle.profit
             merged = {**row, **columns}
             buy = estimate.buy_cost_cents(merged, price_type)
             figures = estimate.estimate(
@@ -408,6 +441,7 @@ class Backfiller(KeepaWorker):
                 tokens_spent=tokens_spent,
                 payload_zlib=payload,
                 columns={**columns, **figures},
+                domain_id=domain,
             )
             if stored and on_change is not None:
                 on_change(conn, [product.asin], fetched_at)
@@ -433,10 +467,11 @@ class Backfiller(KeepaWorker):
             failed_batches=self.failed_batches,
         )
 
-    async def _failure(self, asin: str, reason: str, *, kind: str) -> None:
+    async def _failure(self, asin: str, reason: str, batch: Batch) -> None:
         now_s = self._clock.now()
         now = iso_utc(now_s)
-        if kind != KIND_BACKFILL:
+        domain = batch.domain
+        if batch.refresh:
             # A refresh that fails keeps the columns it has; it is simply
             # not due again until refresh_after_h has passed once more. A
             # detail that fails is not asked again: the backfill's estimate stands.
@@ -448,7 +483,8 @@ class Backfiller(KeepaWorker):
                     keepa_last_update=None,
                     tokens_spent=0,
                     payload_zlib=None,
-                    columns={STAMP_COLUMN[kind]: now},
+                    columns={STAMP_COLUMN[batch.kind]: now},
+                    domain_id=domain,
                 )
             )
             return
@@ -456,19 +492,24 @@ class Backfiller(KeepaWorker):
 
         def write(conn: sqlite3.Connection) -> int:
             found = conn.execute(
-                "SELECT backfill_attempts FROM deals WHERE asin = ?", (asin,)
+                "SELECT backfill_attempts FROM deals WHERE domain_id = ? AND asin = ?",
+                (domain, asin),
             ).fetchone()
             attempts = int(found[0]) if found else 0
             retry_at: str | None = None
             if attempts + 1 < cfg.max_attempts:
                 retry_at = iso_utc(now_s + cfg.retry_base_s * 2**attempts)
             return queries.record_backfill_failure(
-                conn, asin=asin, reason=reason, retry_at=retry_at, now=now
+                conn, asin=asin, reason=reason, retry_at=retry_at, now=now, domain_id=domain
             )
 
         attempts = await self._store.write(write)
         if attempts >= cfg.max_attempts:
             self.given_up += 1
-            log.warning("backfill_gave_up", asin=asin, reason=reason, attempts=attempts)
+            log.warning(
+                "backfill_gave_up", asin=asin, domain=domain, reason=reason, attempts=attempts
+            )
         else:
-            log.debug("backfill_retry_later", asin=asin, reason=reason, attempts=attempts)
+            log.debug(
+                "backfill_retry_later", asin=asin, domain=domain, reason=reason, attempts=attempts
+            )

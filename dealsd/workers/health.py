@@ -202,6 +202,10 @@ class Health:
         else:
             self._workers[name].expected_round_s = expected_round_s
 
+    def unregister(self, name: str) -> None:
+        """A worker removed for good (a selection taken out on SIGHUP): no longer watched."""
+        self._workers.pop(name, None)
+
     def set_expected_round(self, name: str, expected_round_s: float) -> None:
         self._w(name).expected_round_s = expected_round_s
 

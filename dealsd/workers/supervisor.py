@@ -79,6 +79,28 @@ class Supervisor:
             if w.name not in self._tasks:
                 self._tasks[w.name] = asyncio.create_task(self._loop(w), name=f"worker:{w.name}")
 
+    def add(self, worker: Worker) -> None:
+        """Run one more worker (a selection added on SIGHUP); started at once if running."""
+        self._workers.append(worker)
+        self.restarts.setdefault(worker.name, 0)
+        self._health.register(worker.name, expected_round_s=worker.expected_round_s)
+        if self._tasks and not self.stop_event.is_set():
+            self.start()
+
+    async def remove(self, name: str) -> None:
+        """Stop and forget one worker (a selection removed on SIGHUP).
+
+        Cancelled, not drained: each of its writes is one transaction, so a
+        round cut anywhere leaves what it stored whole and nothing half-done.
+        """
+        self._workers = [w for w in self._workers if w.name != name]
+        task = self._tasks.pop(name, None)
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.restarts.pop(name, None)
+        self._health.unregister(name)
+
     def backoff_s(self, failures: int) -> float:
         """Delay before the next try after ``failures`` consecutive failures (>= 1)."""
         return float(min(self._cap, self._base * 2 ** max(0, failures - 1)))

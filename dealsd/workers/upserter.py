@@ -1,4 +1,8 @@
-"""The upserter: pages Keepa's /deal for the configured selection into `deals`.
+"""The upserter: pages Keepa's /deal for one selection into `deals`.
+
+One Upserter runs per selection (``dealsd.selections``), with its own name
+(worker, token consumer, ledger), marketplace, checkpoints and schedule; every
+log line names the selection and its domain.
 
 Freshness must not grow with the result: a selection in another order
 (``sortType`` 4, biggest drop first) puts a new deal on any page, and walking
@@ -29,14 +33,15 @@ the watermark) advanced in the same transaction. A restart in the middle of a
 pass therefore resumes at the next page instead of paying again for the
 pages already stored (docs/field-notes.md #10). Checkpoint names carry a
 hash of the selection, so a changed selection starts afresh instead of
-trusting a watermark that belongs to another query. When a page brings new
+trusting a watermark that belongs to another query; a selection removed and
+added again finds its checkpoints (the janitor drops them only after a week
+unwritten). When a page brings new
 deals, ``work_arrived`` is set: a backfiller waiting for work starts at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import sqlite3
@@ -48,9 +53,11 @@ import structlog
 
 from dealsd import estimate, mapping
 from dealsd.clock import Clock, iso_utc
-from dealsd.config import UpserterConfig
 from dealsd.keepa import DEAL_COST, DEAL_PAGE_SIZE, KeepaClient
 from dealsd.keepa.payloads import Deal
+from dealsd.selections import Pricing, Selection
+from dealsd.selections import price_type as price_type
+from dealsd.selections import selection_key as selection_key
 from dealsd.store import Store, queries
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.base import DealsChanged, KeepaWorker, RoundResult
@@ -62,18 +69,6 @@ log = structlog.get_logger(__name__)
 # interval later: a first fill should not take hours longer than its tokens.
 CONTINUE_PASS_S = 1.0
 NEWEST_FIRST = 1  # Keepa's sortType "deal age, newest deals first"
-
-
-def selection_key(selection: Mapping[str, Any], domain: int) -> str:
-    """A short stable hash of what is asked of Keepa: the checkpoints' namespace."""
-    canonical = json.dumps({"domain": domain, "selection": selection}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-def price_type(selection: Mapping[str, Any]) -> int:
-    """The selection's one price type (Keepa insists on exactly one)."""
-    types = selection.get("priceTypes") or [2]
-    return int(types[0])
 
 
 def deal_age(deal: Deal) -> int:
@@ -95,8 +90,6 @@ class _Pass:
 
 
 class Upserter(KeepaWorker):
-    name = "upserter"
-
     def __init__(
         self,
         *,
@@ -104,23 +97,25 @@ class Upserter(KeepaWorker):
         tokens: TokenScheduler,
         store: Store,
         clock: Clock,
-        config: UpserterConfig,
-        domain: int,
-        profit: estimate.ProfitSettings,
+        selection: Selection,
         health: Health,
+        pricing: Pricing | None = None,
         stop: asyncio.Event | None = None,
-        work_arrived: asyncio.Event | None = None,
         on_change: DealsChanged | None = None,
+        work_arrived: asyncio.Event | None = None,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
         self._client = client
         self._on_change = on_change
         self._store = store
         self._clock = clock
-        self._cfg = config
-        self._domain = domain
-        self._profit = profit
+        self._pricing = pricing
         self._stop = stop
+        self.reconfigure(selection=selection)
+        # For `dealsd status`: when the last pass finished, and the newest
+        # Keepa update (Keepa minutes) it saw: the selection's freshness.
+        self.last_pass_at: float | None = None
+        self.newest_update: int | None = None
         self._work_arrived = work_arrived
         self._fresh_due_at = -math.inf  # monotonic: the first round polls at once
         self.fresh_pages = 0
@@ -129,25 +124,33 @@ class Upserter(KeepaWorker):
 
     @property
     def expected_round_s(self) -> float:
-        return float(self._cfg.interval_s)
+        return float(self._sel.interval_s)
 
-    def reconfigure(self, *, config: UpserterConfig, profit: estimate.ProfitSettings) -> None:
-        """Live changes (SIGHUP): take effect from the next page."""
-        self._cfg = config
-        self._profit = profit
+    @property
+    def selection(self) -> Selection:
+        return self._sel
+
+    def reconfigure(self, *, selection: Selection) -> None:
+        """Live changes (SIGHUP): take effect from the next page.
+
+        The name stays (it is the worker's); a changed query or domain moves
+        to other checkpoint names by itself.
+        """
+        self._sel = selection
+        self.name = selection.worker
+        self._log = log.bind(selection=selection.name, domain=selection.domain)
 
     def _names(self) -> tuple[str, str, str]:
-        key = selection_key(self._cfg.selection, self._domain)
-        base = f"upserter.{key}"
+        base = f"upserter.{self._sel.key}"
         return f"{base}.cursor", f"{base}.watermark", f"{base}.full_pass_at"
 
     async def _round(self) -> RoundResult:
-        cfg = self._cfg
+        cfg = self._sel
         cursor_name, watermark_name, full_name = self._names()
         saved = await self._store.read(queries.get_checkpoints)
         watermark = int(saved[watermark_name]) if watermark_name in saved else None
         cursor = json.loads(saved[cursor_name]) if cursor_name in saved else {}
-        user = dict(cfg.selection)
+        user = dict(cfg.query)
         if cfg.full_pass_h <= 0:
             # Every round is a pass in the user's order (before the funnel).
             walk = self._walk_of(user, cursor, cursor_name)
@@ -194,7 +197,8 @@ class Upserter(KeepaWorker):
     ) -> int:
         """Page ``walk`` until it ends, ``budget`` pages, a stop, or (``pausable``) a fresh
         pass falls due; returns the pages bought."""
-        ptype = price_type(walk.selection)
+        ptype = self._sel.price_type  # the sortType of a fresh pass changes no price type
+        domain = self._sel.domain
         pages = 0
         while pages < budget and not walk.finished:
             if self._stop is not None and self._stop.is_set():
@@ -202,13 +206,16 @@ class Upserter(KeepaWorker):
             if pausable and pages and self._clock.monotonic() >= self._fresh_due_at:
                 break  # freshness first: the walk resumes at its cursor
             result = await self._paid(
-                DEAL_COST, self._client.deals(walk.selection, walk.page, consumer=self.name)
+                DEAL_COST,
+                self._client.deals(walk.selection, walk.page, consumer=self.name, domain=domain),
             )
             seen_at = iso_utc(self._clock.now())
             deals = [item.value for item in result.items]
             rows = [self._row(item.value, item.raw, seen_at, ptype) for item in result.items]
             if deals:
                 walk.newest = max(walk.newest, max(deal_age(d) for d in deals))
+                newest = max(d.last_update for d in deals)
+                self.newest_update = max(self.newest_update or -1, newest)
             stop = walk.stop_before
             reached = stop is not None and any(
                 max(deal_age(d), d.last_update) < stop for d in deals
@@ -220,7 +227,7 @@ class Upserter(KeepaWorker):
             checkpoints = self._checkpoints(walk, watermark_name, full_name)
             tokens_spent = result.envelope.tokens_consumed if result.envelope else 0
             counts = await self._store.write(
-                self._page_writer(rows, checkpoints, seen_at, ptype, tokens_spent)
+                self._page_writer(rows, checkpoints, seen_at, tokens_spent)
             )
             pages += 1
             if walk.fresh:
@@ -230,7 +237,7 @@ class Upserter(KeepaWorker):
             if counts.new and self._work_arrived is not None:
                 self._work_arrived.set()
             self._health.progress(self.name, 1, "pages")
-            log.debug(
+            self._log.debug(
                 "deal_page_stored",
                 page=walk.page,
                 pass_="fresh" if walk.fresh else "full",
@@ -239,11 +246,13 @@ class Upserter(KeepaWorker):
                 skipped=len(result.skipped),
                 tokens=tokens_spent,
             )
-            if walk.finished and not walk.fresh:
-                self.full_pass_tokens = (walk.page + 1) * DEAL_COST
+            if walk.finished:
+                self.last_pass_at = self._clock.now()
+                if not walk.fresh:
+                    self.full_pass_tokens = (walk.page + 1) * DEAL_COST
             walk.page += 1
         if pages:
-            log.info(
+            self._log.info(
                 "upserter_round",
                 pages=pages,
                 pass_="fresh" if walk.fresh else "full",
@@ -268,10 +277,10 @@ class Upserter(KeepaWorker):
         return mapping.deal_row(
             deal,
             raw,
-            domain_id=self._domain,
+            domain_id=self._sel.domain,
             seen_at=seen_at,
             price_type=ptype,
-            profit=self._profit,
+            profit=self._sel.profit,
         )
 
     def _page_writer(
@@ -279,31 +288,36 @@ class Upserter(KeepaWorker):
         rows: list[dict[str, object]],
         checkpoints: dict[str, str],
         now: str,
-        ptype: int,
         tokens_spent: int,
     ) -> Any:
         by_asin = {str(r["asin"]): r for r in rows}
-        profit = self._profit
+        sel, pricing = self._sel, self._pricing
         on_change = self._on_change
 
-        def recompute(existing: sqlite3.Row) -> Mapping[str, object]:
-            # A deal already backfilled has its averages: the new current price
-            # changes what buying it costs, so profit and margin follow now.
-            current: Mapping[str, object] = by_asin.get(existing["asin"]) or {
-                k: existing[k] for k in existing.keys()
-            }
-            columns = {k: existing[k] for k in existing.keys()}
-            return estimate.estimate(
-                columns,
-                buy_cost_cents=estimate.buy_cost_cents(current, ptype),
-                price_type=ptype,
-                profit=profit,
-            )
-
         def write(conn: sqlite3.Connection) -> object:
+            def recompute(existing: sqlite3.Row) -> Mapping[str, object]:
+                # A deal already backfilled has its averages: the new current price
+                # changes what buying it costs, so profit and margin follow now,
+                # by the settings of the selection that settles its estimate.
+                settle = sel
+                if pricing is not None and len(pricing.names()) > 1:
+                    matched = queries.selections_of(conn, sel.domain, existing["asin"])
+                    settle = pricing.choose(sel.domain, [*matched, sel.name])
+                current: Mapping[str, object] = by_asin.get(existing["asin"]) or {
+                    k: existing[k] for k in existing.keys()
+                }
+                columns = {k: existing[k] for k in existing.keys()}
+                return estimate.estimate(
+                    columns,
+                    buy_cost_cents=estimate.buy_cost_cents(current, settle.price_type),
+                    price_type=settle.price_type,
+                    profit=settle.profit,
+                )
+
             counts = queries.upsert_deals(
-                conn, rows, checkpoints=checkpoints, now=now, recompute=recompute
-            )
+                conn, rows, checkpoints=checkpoints, now=now, recompute=recompute,
+                selection=sel.name,
+            )  # fmt: skip
             queries.record_tokens(
                 conn, at=now, consumer=self.name, endpoint="deal", items=1, tokens=tokens_spent
             )
