@@ -448,12 +448,14 @@ class Daemon:
         except (sqlite3.Error, OSError) as exc:
             log.warning("funnel_counts_failed", error=str(exc))
             return
+        # Every selection's last walk of its whole result.
+        walks = sum(u.full_pass_tokens or 0 for u in self.upserters.values())
         self.funnel = funnel.figures(
             counts,
             refill_rate=refill_rate,
             period_s=period_s,
             cost_per_product=self._tokens.cost_per_item("backfiller"),
-            full_pass_tokens=self.upserter.full_pass_tokens,
+            full_pass_tokens=walks or None,
         )
 
     def _publish(self, snap: HealthSnapshot) -> str:

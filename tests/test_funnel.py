@@ -386,6 +386,22 @@ async def test_a_reload_with_a_lower_threshold_reorders_the_queue_losing_nothing
     assert "screened_in" in text
 
 
+def test_check_config_warns_when_a_full_pass_is_not_shorter_than_the_grace() -> None:
+    from dealsd.config import Config, config_warnings
+
+    cfg = Config()
+    assert config_warnings(cfg) == []  # 6 h between full passes, 72 h grace
+    late = msgspec.structs.replace(
+        cfg, upserter=msgspec.structs.replace(cfg.upserter, full_pass_h=72.0)
+    )
+    [warning] = config_warnings(late)
+    assert warning.startswith("upserter.full_pass_h: 72 h is not shorter than janitor.grace_h")
+    every_round = msgspec.structs.replace(
+        cfg, upserter=msgspec.structs.replace(cfg.upserter, full_pass_h=0.0)
+    )
+    assert config_warnings(every_round) == []
+
+
 def test_the_journal_line_and_the_figures_of_the_funnel() -> None:
     counts = {
         "seen": 1000, "screened_in": 300, "backfilled": 120, "detailed": 9, "profitable": 6,

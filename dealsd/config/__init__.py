@@ -592,6 +592,14 @@ BUY_BOX_REFERENCES = frozenset({"buy_box", "used_buy_box"})
 def config_warnings(cfg: Config) -> list[str]:
     """What a valid config asks for that its own parameters will never fetch."""
     warnings = []
+    full, grace = cfg.upserter.full_pass_h, cfg.janitor.grace_h
+    if 0 < full and grace <= full:
+        # Between full passes a listed deal is seen again only by a full pass.
+        warnings.append(
+            f"upserter.full_pass_h: {full:g} h is not shorter than janitor.grace_h "
+            f"({grace:g} h): deals still listed are pruned between two full passes "
+            "(set full_pass_h below grace_h, e.g. 6 for the 72 h default)"
+        )
     b = cfg.backfiller
     if cfg.profit.reference in BUY_BOX_REFERENCES and not (b.buybox or b.offers):
         warnings.append(
