@@ -41,7 +41,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from dealsd import selections, snapshot
+from dealsd import funnel, selections, snapshot
 from dealsd.alerts.channels import Sender, load_channels
 from dealsd.alerts.outbox import Evaluator
 from dealsd.alerts.sender import AlertSender, Channels
@@ -176,6 +176,8 @@ class Daemon:
         )
         sels = selections.resolve(cfg)
         first = sels[0]
+        # Set by an upserter when it stores new deals: a waiting backfiller starts.
+        self._work_arrived = asyncio.Event()
         # Alerts are queued inside the writes that change a deal (the outbox).
         self.alerts: AlertSender | None = None
         self._evaluator: Evaluator | None = None
@@ -195,8 +197,10 @@ class Daemon:
         self.backfiller = Backfiller(
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.backfiller,
             price_type=first.price_type, profit=first.profit, health=self.health,
-            pricing=self.pricing, on_change=self._on_change,
+            pricing=self.pricing, on_change=self._on_change, funnel=cfg.funnel,
+            work_arrived=self._work_arrived,
         )  # fmt: skip
+        self.funnel: snapshot.FunnelPart | None = None
         self.janitor = Janitor(
             store=store, clock=clock, config=cfg.janitor, health=self.health, stop=stop,
             watch=[u.name for u in self.upserters.values()],
@@ -220,7 +224,7 @@ class Daemon:
         return Upserter(
             client=self._client, tokens=self._tokens, store=self._store, clock=self._clock,
             selection=selection, health=self.health, pricing=self.pricing, stop=self.stop,
-            on_change=self._on_change,
+            on_change=self._on_change, work_arrived=self._work_arrived,
         )  # fmt: skip
 
     @property
@@ -338,7 +342,8 @@ class Daemon:
                 self._after_snapshot(snap)
                 if self._clock.monotonic() - last_log >= SUMMARY_LOG_EVERY_S:
                     last_log = self._clock.monotonic()
-                    log.info("summary", status=self.health.summary_line(snap))
+                    extra = funnel.line(self.funnel) if self.funnel is not None else {}
+                    log.info("summary", status=self.health.summary_line(snap), **extra)
         finally:
             if pending is not None and not pending.done():
                 # The stopped snapshot written next supersedes it.
@@ -383,6 +388,7 @@ class Daemon:
         except (sqlite3.Error, OSError) as exc:
             log.warning("status_counts_failed", error=str(exc))
         tok = self._tokens.snapshot()
+        await self._read_funnel(now_s, tok.refill_rate, tok.period_s)
         self.health.note_counts(tokens=tok.balance)
         snap = self.health.snapshot()
         line = self._publish(snap)
@@ -411,6 +417,7 @@ class Daemon:
                 last_error=stats.last_error,
             ),
             previous_run=self.previous_run,
+            funnel=self.funnel,
             selections=[selection_part(u) for u in self.upserters.values()],
         )
         daemon_row: dict[str, object] = {
@@ -432,6 +439,24 @@ class Daemon:
 
         await self._store.write(write)
         return snap
+
+    async def _read_funnel(self, now_s: float, refill_rate: float, period_s: float) -> None:
+        """The funnel's figures under the running config (kept from last time on a failure)."""
+        cfg, now = self.cfg, iso_utc(now_s)
+        try:
+            counts = await self._store.read(lambda c: funnel.read_counts(c, cfg, now=now))
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("funnel_counts_failed", error=str(exc))
+            return
+        # Every selection's last walk of its whole result.
+        walks = sum(u.full_pass_tokens or 0 for u in self.upserters.values())
+        self.funnel = funnel.figures(
+            counts,
+            refill_rate=refill_rate,
+            period_s=period_s,
+            cost_per_product=self._tokens.cost_per_item("backfiller"),
+            full_pass_tokens=walks or None,
+        )
 
     def _publish(self, snap: HealthSnapshot) -> str:
         """STATUS= and the health_changed log line, each only when it changed."""
@@ -522,7 +547,7 @@ class Daemon:
         first = sels[0]
         self.backfiller.reconfigure(
             config=new.backfiller, price_type=first.price_type, profit=first.profit,
-            pricing=self.pricing,
+            pricing=self.pricing, funnel=new.funnel,
         )  # fmt: skip
         self.janitor.reconfigure(config=new.janitor)
         self._reconfigure_alerts(new)

@@ -13,9 +13,12 @@ never reach a column as if it were a price.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
+from dealsd import estimate as profit_estimate
 from dealsd.keepa.payloads import (
     AMAZON,
     BUY_BOX_SHIPPING,
@@ -307,7 +310,23 @@ DEAL_COLUMNS: tuple[str, ...] = (
     "keepa_last_update",
     "deal_json",
     "last_seen_at",
+    # schema v6: the screen, made by the upserter from the deal (``screen``)
+    "screen_profit_cents",
+    "screen_roi_pct",
 )
+
+# `[profit] reference` -> the price type whose 90-day average the deal object
+# carries in avg[3][type] (the screen's resale price, like REFERENCE_COLUMN's).
+REFERENCE_PRICE_TYPE: Mapping[str, int] = {
+    "used": USED,
+    "new": NEW,
+    "buy_box": BUY_BOX_SHIPPING,
+    "used_buy_box": BUY_BOX_USED_SHIPPING,
+    "amazon": AMAZON,
+}
+DEAL_AVG_90_DAYS = 3  # the deal's dateRange index of its 90-day averages
+SCREEN_COLUMNS: tuple[str, ...] = ("screen_profit_cents", "screen_roi_pct")
+
 
 def image_url(image: Sequence[int] | None) -> str | None:
     """The image URL from Keepa's array of ASCII codes; None if absent or not a file name."""
@@ -334,8 +353,20 @@ def keepa_time_iso(minutes: int | None) -> str | None:
     return None if epoch is None else iso_utc(epoch)
 
 
-def deal_row(deal: Deal, raw: bytes, *, domain_id: int, seen_at: str) -> dict[str, object]:
-    """The `deals` row for one decoded deal; ``raw`` is the object exactly as sent."""
+def deal_row(
+    deal: Deal,
+    raw: bytes,
+    *,
+    domain_id: int,
+    seen_at: str,
+    price_type: int | None = None,
+    profit: profit_estimate.ProfitSettings | None = None,
+) -> dict[str, object]:
+    """The `deals` row for one decoded deal; ``raw`` is the object exactly as sent.
+
+    With the selection's ``price_type`` and the ``profit`` settings the row
+    carries the deal's screen (``screen``); without, the screen is None.
+    """
     title = deal.title.strip() if deal.title is not None else None
     row: dict[str, object] = {
         "asin": deal.asin,
@@ -352,8 +383,55 @@ def deal_row(deal: Deal, raw: bytes, *, domain_id: int, seen_at: str) -> dict[st
         "keepa_last_update": keepa_time_iso(deal.last_update),
         "deal_json": raw.decode("utf-8", errors="replace"),
         "last_seen_at": seen_at,
+        **dict.fromkeys(SCREEN_COLUMNS),
     }
+    if price_type is not None and profit is not None:
+        row.update(screen(deal, price_type=price_type, profit=profit))
     return row
+
+
+def _deal_avg90(raw: msgspec.Raw, price_type: int) -> int | None:
+    """avg[3][price_type] of a deal as sent, or None when absent or not a number."""
+    try:
+        avg = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(avg, list) or len(avg) <= DEAL_AVG_90_DAYS:
+        return None
+    row = avg[DEAL_AVG_90_DAYS]
+    if not isinstance(row, list) or price_type >= len(row):
+        return None
+    value = row[price_type]
+    # bool is an int subclass, and JSON true is no price.
+    return _non_negative(value) if type(value) is int else None
+
+
+def screen(
+    deal: Deal, *, price_type: int, profit: profit_estimate.ProfitSettings
+) -> dict[str, object]:
+    """The screen: ``estimate`` run on what the deal object alone says, before paying.
+
+    The resale price is the deal's 90-day average (``avg[3]``) of the
+    reference's price type, the buy price its ``current``; fees the product
+    would give (referral percentage, FBA fee, weight) are unknown, so the
+    config's defaults stand in, exactly as in the full estimate of a product
+    without them. The same function makes both, so they cannot disagree about
+    a fee. None where the estimate is None.
+    """
+    reference_type = REFERENCE_PRICE_TYPE.get(profit.reference)
+    if reference_type is None:
+        raise ValueError(f"unknown profit reference {profit.reference!r}")
+    columns: dict[str, object] = {
+        profit_estimate.REFERENCE_COLUMN[profit.reference]: _deal_avg90(deal.avg, reference_type),
+        "root_category": root_category(deal.root_cat),
+    }
+    result = profit_estimate.estimate(
+        columns,
+        buy_cost_cents=profit_estimate.buy_cost_cents(deal.current, price_type),
+        price_type=price_type,
+        profit=profit,
+    )
+    return {"screen_profit_cents": result["profit_cents"], "screen_roi_pct": result["roi_pct"]}
 
 
 def product_columns(product: Product) -> dict[str, object]:

@@ -41,6 +41,9 @@ class Selection:
     max_pages_per_run: int
     weight: float
     profit: ProfitConfig
+    # Hours between walks of the whole result ([upserter] full_pass_h; 0: every
+    # round walks it). Between them the upserter polls newest first (issue 14).
+    full_pass_h: float = 6.0
 
     @property
     def worker(self) -> str:
@@ -82,7 +85,7 @@ def resolve(cfg: Config) -> list[Selection]:
         default = Selection(
             name=DEFAULT_NAME, domain=cfg.keepa.domain, query=dict(up.selection),
             interval_s=up.interval_s, max_pages_per_run=up.max_pages_per_run,
-            weight=1.0, profit=cfg.profit,
+            weight=1.0, profit=cfg.profit, full_pass_h=up.full_pass_h,
         )  # fmt: skip
         return [default]
     return [
@@ -96,6 +99,7 @@ def resolve(cfg: Config) -> list[Selection]:
             ),
             weight=s.weight,
             profit=s.resolved_profit(cfg.profit),
+            full_pass_h=up.full_pass_h,
         )
         for s in cfg.selection
     ]

@@ -77,6 +77,33 @@ class PreviousRun(msgspec.Struct, kw_only=True):
     watchdog: bool | None = None
 
 
+class FunnelPart(msgspec.Struct, kw_only=True):
+    """Where the tokens went and what they found (``[funnel]``; dealsd/funnel.py).
+
+    Counts are of the deals table now: ``seen`` every deal, ``screened_in``
+    those whose screen passes the thresholds (or have none), ``backfilled``,
+    ``detailed`` (the second tier), ``profitable`` (the full estimate reaches
+    ``profitable_min_profit_cents`` and ``profitable_min_roi_pct``).
+    ``tokens_by_stage`` is the ledger's last 7 days by stage (``deals``,
+    ``backfill``, ``refresh``, ``detail``); ``tokens_per_profitable`` their sum
+    over ``profitable``. ``queue_eta_s``: seconds the screened-in backfill
+    queue takes at the current refill rate and observed cost per product.
+    ``full_pass_tokens``: what the upserter's last walk of the whole result
+    cost (every ``full_pass_h``).
+    """
+
+    seen: int = 0
+    screened_in: int = 0
+    backfilled: int = 0
+    detailed: int = 0
+    profitable: int = 0
+    pending_screened_in: int = 0
+    tokens_by_stage: dict[str, int] = {}
+    tokens_per_profitable: float | None = None
+    queue_eta_s: float | None = None
+    full_pass_tokens: int | None = None
+
+
 class Snapshot(msgspec.Struct, kw_only=True):
     """What the daemon writes into ``daemon.snapshot`` at each heartbeat.
 
@@ -97,6 +124,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     writer: WriterPart = msgspec.field(default_factory=WriterPart)
     previous_run: PreviousRun | None = None
     selections: list[SelectionPart] = []
+    funnel: FunnelPart | None = None
 
 
 def previous_run(row: Mapping[str, Any] | None) -> PreviousRun | None:
@@ -271,3 +299,4 @@ class Status(msgspec.Struct, kw_only=True):
     database: str
     selections: dict[str, SelectionStatus] = {}
     alerts: list[AlertChannelStatus] = []
+    funnel: FunnelPart | None = None  # null: no snapshot from a dealsd with the funnel

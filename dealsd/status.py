@@ -37,6 +37,7 @@ from dealsd.snapshot import (
     AlertChannelStatus,
     DaemonStatus,
     DealCounts,
+    FunnelPart,
     PreviousRun,
     SelectionStatus,
     Status,
@@ -186,6 +187,7 @@ def read_status(db_path: Path, *, now: float | None = None) -> Status:
         database=str(db_path),
         selections=selections,
         alerts=alerts,
+        funnel=snap.funnel,
     )
 
 
@@ -279,6 +281,8 @@ def render(doc: Status, *, now: float | None = None) -> str:
     if deals.unreadable_fields:
         lines.append(f"products with unreadable Keepa fields: {deals.unreadable_fields}")
     lines.append(f"backfill ETA: {_duration(doc.backfill_eta_s)}")
+    if doc.funnel is not None:
+        lines.extend(_funnel_lines(doc.funnel))
     lines.append(
         f"tokens: balance {tok.balance}, refill {tok.refill_rate} per {tok.period_s:g}s, "
         f"spent last hour {tok.spent_last_hour}, per product {tok.per_product}"
@@ -307,6 +311,24 @@ def render(doc: Status, *, now: float | None = None) -> str:
             state = f"FAILING since {ch.failing_since}: {ch.last_error}"
         lines.append(f"alerts {ch.channel}: {ch.queued} queued, {ch.sent_total} sent; {state}")
     return "\n".join(lines)
+
+
+def _funnel_lines(f: FunnelPart) -> list[str]:
+    """Where the tokens went: the stages, their tokens, and what they found."""
+    stages = ", ".join(f"{k} {v}" for k, v in sorted(f.tokens_by_stage.items())) or "none yet"
+    per = (
+        "n/a (none profitable yet)"
+        if f.tokens_per_profitable is None
+        else (f"{f.tokens_per_profitable:g}")
+    )
+    full = "not yet" if f.full_pass_tokens is None else f"{f.full_pass_tokens} tokens"
+    return [
+        f"funnel: {f.seen} seen, {f.screened_in} screened in, {f.backfilled} backfilled, "
+        f"{f.detailed} detailed, {f.profitable} profitable",
+        f"funnel tokens (7 days): {stages}; per profitable deal {per}",
+        f"screened-in queue: {f.pending_screened_in} pending, ETA {_duration(f.queue_eta_s)}; "
+        f"last full pass {full}",
+    ]
 
 
 def _previous_run_line(prev: PreviousRun, now: float) -> str:

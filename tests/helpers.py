@@ -103,11 +103,18 @@ def sample_database(db: Path, *, now: float) -> None:
 PERIOD_S = 0.1  # a Keepa minute lasts 0.1 s in the simulator
 
 
-def one_selection(cfg: UpserterConfig, *, domain: int = 1, name: str = "default") -> Selection:
+def one_selection(
+    cfg: UpserterConfig,
+    *,
+    domain: int = 1,
+    name: str = "default",
+    profit: ProfitConfig | None = None,
+) -> Selection:
     """The selection an ``[upserter]`` table of the one-selection era makes."""
     return Selection(
         name=name, domain=domain, query=dict(cfg.selection), interval_s=cfg.interval_s,
-        max_pages_per_run=cfg.max_pages_per_run, weight=1.0, profit=ProfitConfig(),
+        max_pages_per_run=cfg.max_pages_per_run, weight=1.0,
+        profit=profit if profit is not None else ProfitConfig(), full_pass_h=cfg.full_pass_h,
     )  # fmt: skip
 
 
@@ -167,6 +174,9 @@ path = "{tmp_path / "deals.db"}"
 [upserter]
 interval_s = 1
 max_pages_per_run = 67
+# Below the janitor's 1 h grace (check-config warns otherwise): one full pass
+# at the start of a test, then the newest-first polls.
+full_pass_h = 0.5
 
 {one if selections is None else ""}
 

@@ -59,6 +59,26 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
     ("tokens as value", "tokens = 1.0\n", "tokens", "expected a table, got 1.0"),
     ("profit as value", "profit = 15\n", "profit", "expected a table, got 15"),
     ("log as value", "log = 'debug'\n", "log", "expected a table, got 'debug'"),
+    ("funnel as value", "funnel = 1\n", "funnel", "expected a table, got 1"),
+    ("negative full pass", "[upserter]\nfull_pass_h = -1\n", "upserter.full_pass_h", ">= 0"),
+    ("screen profit text", "[funnel]\nmin_screen_profit_cents = 'x'\n",
+     "funnel.min_screen_profit_cents", "expected an integer, got 'x'"),
+    ("screen roi text", "[funnel]\nmin_screen_roi_pct = 'x'\n", "funnel.min_screen_roi_pct",
+     "expected a number, got 'x'"),
+    ("below threshold", "[funnel]\nbelow_threshold = 'later'\n", "funnel.below_threshold",
+     "one of 'skip', 'idle'"),
+    ("queue order", "[funnel]\norder = 'oldest'\n", "funnel.order", "one of 'screen', 'newest'"),
+    ("detail asks nothing",
+     "[funnel]\ndetail_min_profit_cents = 500\ndetail_offers = 0\ndetail_buybox = false\n",
+     "funnel.detail_min_profit_cents", "the second tier asks for nothing"),
+    ("detail offers 10", "[funnel]\ndetail_offers = 10\n", "funnel.detail_offers",
+     "0 (no offers) or 20..100, got 10"),
+    ("detail buybox text", "[funnel]\ndetail_buybox = 'yes'\n", "funnel.detail_buybox",
+     "expected true or false"),
+    ("profitable float", "[funnel]\nprofitable_min_profit_cents = 1.5\n",
+     "funnel.profitable_min_profit_cents", "expected an integer, got 1.5"),
+    ("profitable roi text", "[funnel]\nprofitable_min_roi_pct = 'x'\n",
+     "funnel.profitable_min_roi_pct", "expected a number"),
     ("alerts as value", "alerts = 1\n", "alerts", "expected a table, got 1"),
     ("empty channels file", "[alerts]\nchannels_file = ''\n", "alerts.channels_file", "non-empty"),
     ("zero alerts a minute", "[alerts]\nmax_per_minute = 0\n", "alerts.max_per_minute", ">= 1"),
@@ -401,7 +421,7 @@ def test_sample_is_the_defaults_and_documents_every_key(
             assert "# [[selection]]" in text
             continue
         for field in msgspec.structs.asdict(struct):
-            if field in ("api_key_file", "channels_file"):  # no default: shown commented out
+            if getattr(struct, field) is None:  # no default value: shown commented out
                 assert f"# {field} = " in text
                 continue
             if field == "rule":  # a list of tables, empty by default: an example, commented

@@ -341,6 +341,9 @@ def test_deal_row_full() -> None:
         "current_sales_rank": 123456,
         "keepa_last_update": "2026-05-10T04:02:00Z",  # date -u -d @1778385720
         "last_seen_at": "2026-05-10T05:00:00Z",
+        # No price type and profit settings given: no screen.
+        "screen_profit_cents": None,
+        "screen_roi_pct": None,
     }
     assert isinstance(deal_json, str)
     assert json.loads(deal_json) == _deal()  # every field kept, even ones not mapped

@@ -63,7 +63,7 @@ async def test_a_v1_file_with_deals_and_histories_migrates_in_place(tmp_path: Pa
     store = await Store.open(db, clock=FakeClock())
     await store.close()
     conn = _ro(db)
-    assert schema.user_version(conn) == schema.SCHEMA_VERSION  # v2, and the alerts after it
+    assert schema.user_version(conn) == schema.SCHEMA_VERSION  # v2, the alerts, the funnel
     # The key is (domain_id, asin), for both tables.
     pk = {r["name"]: r["pk"] for r in conn.execute("PRAGMA table_info(deals)") if r["pk"]}
     assert pk == {"domain_id": 1, "asin": 2}

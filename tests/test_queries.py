@@ -193,11 +193,17 @@ async def test_pending_backfill_newest_first_due_and_under_attempts(store: Store
         ),
     )  # fmt: skip
     got = await store.read(
-        lambda c: queries.pending_backfill(c, now=ts(), max_attempts=2, limit=10)
+        lambda c: queries.pending_backfill(
+            c, now=ts(), max_attempts=2, limit=10, order=queries.BY_NEWEST
+        )
     )
     assert [r.asin for r in got] == ["P4", "P1", "P0"]
     assert got[0].current_new_cents == 1000 and got[0].current_amazon_cents is None
-    got = await store.read(lambda c: queries.pending_backfill(c, now=ts(), max_attempts=5, limit=2))
+    got = await store.read(
+        lambda c: queries.pending_backfill(
+            c, now=ts(), max_attempts=5, limit=2, order=queries.BY_NEWEST
+        )
+    )
     assert [r.asin for r in got] == ["P4", "P3"]
 
 
@@ -372,12 +378,27 @@ def test_no_query_scans_the_deals_table(tmp_path: Path) -> None:
         spy = _Spy(conn)
         c: Any = spy
         queries.pending_backfill(c, now=ts(), max_attempts=5, limit=100)
+        # The funnel's (issue 14): the queue by the screen above and below the
+        # thresholds, in today's order, the second tier, the status figures.
+        screen = queries.Screen(min_profit_cents=300, min_roi_pct=20.0)
+        for below in (False, True):
+            queries.pending_backfill(
+                c, now=ts(), max_attempts=5, limit=100, screen=screen, below=below
+            )
+        queries.pending_backfill(
+            c, now=ts(), max_attempts=5, limit=100, order=queries.BY_NEWEST
+        )
+        queries.detail_due(c, min_profit_cents=500, limit=20)
+        queries.funnel_summary(
+            c, screen=screen, profitable_profit_cents=300, profitable_roi_pct=30.0,
+            now=ts(), max_attempts=5,
+        )  # fmt: skip
         queries.due_refresh(c, older_than=ts(), limit=100)
         queries.status_summary(c, now=NOW)
         queries.selection_counts(c, now=NOW, workers={"default": "upserter"})
         queries.prune_stale(c, older_than=ts(-50_000), limit=100)
         queries.get_checkpoints(c)
-        assert len(spy.seen) >= 12
+        assert len(spy.seen) >= 22
         for sql, params in spy.seen:
             plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
             for step in plan:

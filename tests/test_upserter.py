@@ -38,6 +38,10 @@ async def sim(start_sim: StartSim) -> Simulator:
 
 
 def upserter(parts: WorkerParts, **config: Any) -> Upserter:
+    """An Upserter; ``full_pass_h`` 0 unless given: every round one pass in the
+    selection's order (the tests of the pass itself; tests/test_funnel.py has the
+    fresh and full passes together)."""
+    config.setdefault("full_pass_h", 0)
     cfg = UpserterConfig(interval_s=INTERVAL_S, **config)
     return Upserter(
         client=parts.client, tokens=parts.tokens, store=parts.store, clock=parts.clock,
@@ -85,8 +89,9 @@ def watermark(tmp_path: Path) -> int | None:
     return found[0] if found else None
 
 
-def newest_update(sim: Simulator) -> int:
-    return max(int(d["lastUpdate"]) for d in sim.catalogue.deals if d["current"][2] > 0)
+def newest_found(sim: Simulator) -> int:
+    """The newest creationDate listed: what newest first is ordered by, and the watermark."""
+    return max(int(d["creationDate"]) for d in sim.catalogue.deals if d["current"][2] > 0)
 
 
 async def test_a_pass_pages_until_the_short_page_then_sets_the_watermark(
@@ -99,7 +104,7 @@ async def test_a_pass_pages_until_the_short_page_then_sets_the_watermark(
     assert stored(tmp_path) == CATALOGUE
     assert result == RoundResult(sleep_s=INTERVAL_S)  # a finished pass waits an interval
     assert cursor(tmp_path) == {"page": None}
-    assert watermark(tmp_path) == newest_update(sim)
+    assert watermark(tmp_path) == newest_found(sim)
     # The ledger has one paid row per page, written with the page's deals.
     ledger = db_query(tmp_path / "deals.db", "SELECT endpoint, items FROM token_ledger")
     assert [(r["endpoint"], r["items"]) for r in ledger] == [("deal", 1)] * 3
@@ -149,7 +154,7 @@ async def test_a_restart_mid_pass_resumes_at_the_next_page(
     assert stored(tmp_path) == CATALOGUE and sim.stats()["deal_pages"] == 3
     assert cursor(tmp_path) == {"page": None}
     # The pass's newest deal was carried in the cursor across the restarts.
-    assert watermark(tmp_path) == newest_update(sim)
+    assert watermark(tmp_path) == newest_found(sim)
     assert result.sleep_s == INTERVAL_S
 
 
@@ -200,5 +205,5 @@ async def test_a_changed_selection_starts_afresh(
     assert old.items() <= now.items()  # the old selection's checkpoints untouched
     new = {k: json.loads(v) for k, v in now.items() if k not in old}
     # Newest first, page 0 holds the newest deal of all: the pass's max so far.
-    assert list(new.values()) == [{"page": 1, "max": newest_update(sim)}], new
+    assert list(new.values()) == [{"page": 1, "max": newest_found(sim)}], new
     assert next(iter(new)).endswith(".cursor")

@@ -88,6 +88,11 @@ class UpserterConfig(_Table, frozen=True):
     interval_s: PositiveInt = 300
     # 10,000 results per query / 150 deals per page.
     max_pages_per_run: Annotated[int, Meta(ge=1, le=67)] = 67
+    # Hours between walks of the whole result in the selection's own order
+    # (prices of known deals, deals leaving it); between them each round asks
+    # the same filters newest first and stops at the watermark. 0: every round
+    # walks the whole result (dealsd before the funnel).
+    full_pass_h: Annotated[float, Meta(ge=0)] = 6.0
     selection: dict[str, Any] = msgspec.field(default_factory=default_selection)
 
 
@@ -163,6 +168,27 @@ class ProfitConfig(_Table, frozen=True):
     closing_fee_categories: list[int] = msgspec.field(default_factory=default_media_categories)
 
 
+class FunnelConfig(_Table, frozen=True):
+    """Which deals are worth tokens: the screen (free, from the deal object) and two tiers."""
+
+    # Deals whose screen is below these are not bought (unset: buy everything).
+    min_screen_profit_cents: int | None = None
+    min_screen_roi_pct: float | None = None
+    # "skip": never bought; "idle": bought only when no other work is pending.
+    below_threshold: Literal["skip", "idle"] = "skip"
+    # The backfill queue: "screen" (best screen profit first) or "newest" (by
+    # Keepa's lastUpdate, the order before the funnel).
+    order: Literal["screen", "newest"] = "screen"
+    # The second tier: offers / buy box for deals whose full estimate reaches
+    # this profit (unset: no second tier).
+    detail_min_profit_cents: int | None = None
+    detail_offers: Annotated[int, Meta(ge=0, le=100)] = 20
+    detail_buybox: bool = True
+    # What counts as a profitable deal in `dealsd status` and the journal.
+    profitable_min_profit_cents: int = 300
+    profitable_min_roi_pct: float = 30.0
+
+
 Percent = Annotated[float, Meta(ge=0, le=100)]
 ALERT_CHANNELS_CREDENTIAL = "alert_channels"  # LoadCredential=alert_channels:/path
 DEFAULT_SELECTION = "default"  # the one selection of [upserter] selection
@@ -210,6 +236,7 @@ class Config(_Table, frozen=True):
     janitor: JanitorConfig = msgspec.field(default_factory=JanitorConfig)
     tokens: TokensConfig = msgspec.field(default_factory=TokensConfig)
     profit: ProfitConfig = msgspec.field(default_factory=ProfitConfig)
+    funnel: FunnelConfig = msgspec.field(default_factory=FunnelConfig)
     alerts: AlertsConfig = msgspec.field(default_factory=AlertsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     # [[selection]] tables; none: [upserter.selection] is the one selection "default".
@@ -331,6 +358,19 @@ def _check(path: Path, cfg: Config) -> Config:
     if 0 < b.offers < 20:
         raise ConfigError(
             path, "backfiller.offers", f"expected 0 (no offers) or 20..100, got {b.offers}"
+        )
+    f = cfg.funnel
+    if 0 < f.detail_offers < 20:
+        raise ConfigError(
+            path,
+            "funnel.detail_offers",
+            f"expected 0 (no offers) or 20..100, got {f.detail_offers}",
+        )
+    if f.detail_min_profit_cents is not None and not (f.detail_offers or f.detail_buybox):
+        raise ConfigError(
+            path,
+            "funnel.detail_min_profit_cents",
+            "the second tier asks for nothing: set funnel.detail_offers or funnel.detail_buybox",
         )
     if b.min_batch > b.max_batch:
         raise ConfigError(
@@ -501,8 +541,11 @@ def _key_file(path: Path, key: str) -> str:
 # HTTP session and the open database; log.format the installed handler: they
 # wait for a restart.
 LIVE_KEYS: frozenset[str] = frozenset(
-    {"upserter", "selection", "backfiller", "janitor", "tokens", "profit", "alerts", "log.level"}
-)
+    {
+        "upserter", "selection", "backfiller", "janitor", "tokens", "profit", "funnel",
+        "alerts", "log.level",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,6 +592,14 @@ BUY_BOX_REFERENCES = frozenset({"buy_box", "used_buy_box"})
 def config_warnings(cfg: Config) -> list[str]:
     """What a valid config asks for that its own parameters will never fetch."""
     warnings = []
+    full, grace = cfg.upserter.full_pass_h, cfg.janitor.grace_h
+    if 0 < full and grace <= full:
+        # Between full passes a listed deal is seen again only by a full pass.
+        warnings.append(
+            f"upserter.full_pass_h: {full:g} h is not shorter than janitor.grace_h "
+            f"({grace:g} h): deals still listed are pruned between two full passes "
+            "(set full_pass_h below grace_h, e.g. 6 for the 72 h default)"
+        )
     b = cfg.backfiller
     if cfg.profit.reference in BUY_BOX_REFERENCES and not (b.buybox or b.offers):
         warnings.append(

@@ -72,6 +72,12 @@ class Deal(msgspec.Struct, frozen=True, rename="camel"):
     image: list[int] | None = None
     creation_date: int | None = None
     categories: list[int] | None = None
+    # avg[dateRange][priceType], kept undecoded: only the screen reads it
+    # (mapping.screen, leniently, so an odd average never costs the deal), and
+    # 144 numbers a deal decoded for every page cost what the page's other
+    # fields cost together (bench/tokens.py).
+    # (msgspec takes Raw alone, not in a union: an absent avg is JSON null.)
+    avg: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
 
 
 class FbaFees(msgspec.Struct, frozen=True, rename="camel"):

@@ -6,9 +6,22 @@ indexed by date range then price type, times in Keepa minutes. Drops are
 negative deltas (current - average), so sortType 4 puts the deepest drop first.
 
 Every period some deals change (new prices, ``lastUpdate`` = that minute) and
-new ones appear; a deal not updated for 12 h of simulated time is no longer
-listed, as Keepa only lists products updated in the last 12 hours. The two
-real sample ASINs are always part of the catalogue.
+new ones appear (``creationDate`` = that minute); a deal not updated for 12 h
+of simulated time is no longer listed, as Keepa only lists products updated
+in the last 12 hours. The two real sample ASINs are always part of the
+catalogue.
+
+``sortType`` 1 ("deal age, newest deals first") orders by ``creationDate``, when
+Keepa found the deal (README, "Which field orders the newest deals"), or by
+``lastUpdate`` with ``newest_by="lastUpdate"``, so tests can show the upserter
+is right under either reading.
+
+Profit, as on Keepa: each deal has a hidden resale premium (its 90-day average
+over its price when found); a ``profitable_share`` of deals has a large one,
+the rest a small one. The deal's ``avg`` carries it, so the deal object
+predicts the product's stats; the product (``products.py``) derives its own
+averages from the deal's with noise. A price change moves ``current`` and
+keeps the averages, as a drop does on Keepa.
 """
 
 from __future__ import annotations
@@ -62,8 +75,14 @@ class Catalogue:
         seed: int,
         start_minute: int,
         real: Iterable[RealDeal] = (),
+        newest_by: str = "creationDate",
+        profitable_share: float = 0.06,
     ) -> None:
+        if newest_by not in ("creationDate", "lastUpdate"):
+            raise ValueError(f"newest_by must be creationDate or lastUpdate, got {newest_by!r}")
         self._rng = random.Random(f"catalogue:{seed}")
+        self.newest_by = newest_by
+        self.profitable_share = profitable_share
         self.minute = start_minute
         self.deals: list[dict[str, Any]] = []
         self.by_asin: dict[str, dict[str, Any]] = {}
@@ -114,7 +133,11 @@ class Catalogue:
             "warehouseCondition": 0,
             "warehouseConditionComment": None,
         }
-        self._price(deal, current, minute, since=minute - rng.randrange(0, 5000))
+        if rng.random() < self.profitable_share:
+            premium = rng.uniform(1.6, 2.6)
+        else:
+            premium = rng.uniform(1.02, 1.45)
+        self._price(deal, current, minute, since=minute - rng.randrange(0, 5000), premium=premium)
         return deal
 
     def _real_deal(self, real: RealDeal) -> dict[str, Any]:
@@ -135,19 +158,34 @@ class Catalogue:
             "warehouseCondition": 0,
             "warehouseConditionComment": None,
         }
-        self._price(deal, current, self.minute - 1, since=self.minute - 600)
+        self._price(deal, current, self.minute - 1, since=self.minute - 600, premium=1.2)
         return deal
 
-    def _price(self, deal: dict[str, Any], current: list[int], minute: int, since: int) -> None:
-        """Set current prices and everything derived from them, as of ``minute``."""
+    def _price(
+        self,
+        deal: dict[str, Any],
+        current: list[int],
+        minute: int,
+        since: int,
+        premium: float | None = None,
+    ) -> None:
+        """Set current prices and everything derived from them, as of ``minute``.
+
+        ``premium``: a new deal's averages over its price (the 90-day one; the
+        shorter windows remember less of it). None keeps the averages.
+        """
         rng = self._rng
         old = deal.get("current")
-        avg = [_blank() for _ in range(4)]
-        for r in range(4):
-            for t in range(N_TYPES):
-                if current[t] > 0:
-                    # Longer windows remember higher prices: the deal is a drop.
-                    avg[r][t] = int(current[t] * rng.uniform(1.0 + 0.05 * r, 1.3 + 0.15 * r))
+        avg = deal.get("avg")
+        if premium is not None or avg is None:
+            lift = 1.2 if premium is None else premium
+            avg = [_blank() for _ in range(4)]
+            for r in range(4):
+                # Longer windows remember higher prices: the deal is a drop.
+                window = 1.0 + (lift - 1.0) * (0.4 + 0.2 * r)
+                for t in range(N_TYPES):
+                    if current[t] > 0:
+                        avg[r][t] = int(current[t] * window * rng.uniform(0.97, 1.03))
         delta = [
             [c - a if c > 0 and a > 0 else 0 for c, a in zip(current, row, strict=True)]
             for row in avg
@@ -180,7 +218,7 @@ class Catalogue:
             current = list(deal["current"])
             for t in PRICE_TYPES:
                 if current[t] > 0 and t != LISTPRICE:
-                    current[t] = max(1, int(current[t] * rng.uniform(0.85, 1.1)))
+                    current[t] = max(1, int(current[t] * rng.uniform(0.9, 1.1)))
             current[SALES] = max(1, int(current[SALES] * rng.uniform(0.5, 1.5)))
             self._price(deal, current, minute, since=minute)
             self._bytes.pop(deal["asin"], None)
@@ -228,7 +266,7 @@ class Catalogue:
             deals = [d for d in deals if not _in_categories(d, exclude)]
         sort_type = int(selection.get("sortType", 0) or 0)
         deals.sort(key=lambda d: d["asin"])  # the stable order under every sort
-        key = _sort_key(abs(sort_type), pt, date_range)
+        key = _sort_key(abs(sort_type), pt, date_range, self.newest_by)
         if key is not None:
             deals.sort(key=key, reverse=sort_type < 0)
         return deals[:RESULT_LIMIT]
@@ -258,9 +296,9 @@ def _in_categories(deal: Mapping[str, Any], cats: list[Any]) -> bool:
     return deal["rootCat"] in cats or any(c in cats for c in deal["categories"])
 
 
-def _sort_key(sort_type: int, pt: int, dr: int) -> Any:
-    if sort_type == 1:  # newest first
-        return lambda d: -d["lastUpdate"]
+def _sort_key(sort_type: int, pt: int, dr: int, newest_by: str = "creationDate") -> Any:
+    if sort_type == 1:  # deal age: newest first
+        return lambda d: -d[newest_by]
     if sort_type == 2:  # largest absolute drop first
         return lambda d: d["delta"][dr][pt]
     if sort_type == 3:  # best sales rank first, unknown ranks last

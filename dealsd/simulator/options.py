@@ -43,4 +43,8 @@ class SimOptions:
     other_consumer_per_period: int = 0  # another user of the same key spends this each period
     api_keys: frozenset[str] | None = None  # None = any key accepted; others get 402
     missing_rate: float = 0.02  # fraction of ASINs the /product endpoint does not return
+    # sortType 1 orders by this deal time: "creationDate" (Keepa's "deal age",
+    # as dealsd reads it) or "lastUpdate" (the other reading).
+    newest_by: str = "creationDate"
+    profitable_share: float = 0.06  # deals whose resale premium makes them profitable
     invalid_rate: float = 0.01  # fraction returned with productType 4

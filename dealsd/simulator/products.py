@@ -8,6 +8,13 @@ by a per-ASIN factor (stats, buy box, price histories), fees and sales-rank
 drops varied, everything else (the shape) kept. Choices come from a hash of
 seed and ASIN, so an ASIN always gets the same product.
 
+A variation asked while its deal is in the catalogue takes its averages from
+the deal (``follow_deal``): the stats' Amazon, new and used averages are the
+deal's ``avg`` (30 and 90 days; 180 and 365 from the 90) each times a noise
+factor of +-12 % fixed per ASIN and window. The deal object thus predicts the
+product's stats, with noise, as on Keepa. A deal's averages are set when it
+appears and kept through its price changes, so the cached product stays right.
+
 Keepa sends only the data the parameters paid for (``withheld``, ``strip_stats``): without
 ``buybox=1`` or ``offers`` no buy box (csv types 18 and 32, the ``buyBox*``
 stats), without ``rating=1`` or ``offers`` no rating history (types 16, 17).
@@ -55,9 +62,7 @@ STATS_TYPE_ARRAYS = (
 
 def withheld(*, buybox: bool, rating: bool) -> frozenset[int]:
     """The price types a request without these parameters gets no data for."""
-    return frozenset(
-        {*(() if buybox else BUY_BOX_TYPES), *(() if rating else RATING_TYPES)}
-    )
+    return frozenset({*(() if buybox else BUY_BOX_TYPES), *(() if rating else RATING_TYPES)})
 
 
 def strip_stats(stats: dict[str, Any], types: frozenset[int]) -> dict[str, Any]:
@@ -79,6 +84,37 @@ def strip_stats(stats: dict[str, Any], types: frozenset[int]) -> dict[str, Any]:
                 out[name] = None
         # Keepa's "not available" for these two, as in a sample asked without buybox.
         out["buyBoxPrice"] = out["buyBoxShipping"] = -2
+    return out
+
+
+DEAL_PRICE_TYPES = (0, 1, 2)  # AMAZON, NEW, USED: the prices a deal object carries
+NOISE = 0.12
+# stats array -> the deal's avg dateRange it follows
+FOLLOWS: tuple[tuple[str, int], ...] = (
+    ("avg30", 2), ("avg90", 3), ("avg180", 3), ("avg365", 3), ("avg", 3),
+)  # fmt: skip
+
+
+def follow_deal(
+    stats: dict[str, Any], deal: dict[str, Any], seed: int, asin: str, withhold: frozenset[int]
+) -> dict[str, Any]:
+    """``stats`` with the deal's Amazon, new and used averages, with noise."""
+    out = dict(stats)
+    for name, window in FOLLOWS:
+        arr = out.get(name)
+        if not isinstance(arr, list):
+            continue
+        arr = list(arr)
+        for t in DEAL_PRICE_TYPES:
+            if t >= len(arr) or t in withhold:
+                continue
+            source = deal["avg"][window][t]
+            if source <= 0:
+                arr[t] = -1
+                continue
+            noise = 1 + NOISE * (2 * unit(seed, asin, f"{name}{t}") - 1)
+            arr[t] = max(1, int(source * noise))
+        out[name] = arr
     return out
 
 
@@ -166,10 +202,12 @@ class ProductFactory:
         days: int,
         title: str | None = None,
         withhold: frozenset[int] = frozenset(),
+        deal: dict[str, Any] | None = None,
     ) -> Piece:
         """The product's JSON and its deflated form, cached.
 
-        ``withhold``: price types the request did not pay for (``withheld``).
+        ``withhold``: price types the request did not pay for (``withheld``);
+        ``deal``: the catalogue's deal, whose prices the product follows.
         """
         key = (asin, history, stats, days if history else 0, withhold)
         cached = self._cache.get(key)
@@ -177,6 +215,8 @@ class ProductFactory:
             self._cache.move_to_end(key)
             return cached
         product = self._build(asin, history, stats, days, title, withhold)
+        if deal is not None and asin not in self._real and isinstance(product.get("stats"), dict):
+            product["stats"] = follow_deal(product["stats"], deal, self.seed, asin, withhold)
         made = piece(msgspec.json.encode(product))
         self.builds += 1
         self._cache[key] = made

@@ -74,7 +74,7 @@ class Simulator:
         self._reals = reals
         self.catalogue = Catalogue(
             size=options.catalogue_size, seed=options.seed, start_minute=self.start_minute,
-            real=reals,
+            real=reals, newest_by=options.newest_by, profitable_share=options.profitable_share,
         )  # fmt: skip
         # One catalogue per marketplace, made when a domain is first asked for:
         # amazon.com's is the one above; another domain has other deals (its
@@ -376,6 +376,7 @@ class Simulator:
                 made = self.products.product_piece(
                     asin, history=q.history, stats=q.stats > 0, days=q.days,
                     title=deal["title"] if deal is not None else None, withhold=withhold,
+                    deal=deal,
                 )  # fmt: skip
                 pages = self.products.offer_pages(asin) if q.offers else 0
                 if q.offers:

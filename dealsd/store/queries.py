@@ -272,18 +272,66 @@ def _one_domain(domain_id: int | None) -> tuple[str, tuple[object, ...]]:
     return ("", ()) if domain_id is None else ("AND domain_id = ? ", (domain_id,))
 
 
+@dataclass(frozen=True, slots=True)
+class Screen:
+    """The funnel's thresholds on the screen; None: no threshold."""
+
+    min_profit_cents: int | None = None
+    min_roi_pct: float | None = None
+
+    def passes_sql(self) -> tuple[str, tuple[object, ...]]:
+        """A WHERE fragment true for deals whose screen passes (or is unknown: no
+        screen can say it is below), and its parameters."""
+        return (
+            "(? IS NULL OR screen_profit_cents IS NULL OR screen_profit_cents >= ?) "
+            "AND (? IS NULL OR screen_roi_pct IS NULL OR screen_roi_pct >= ?)",
+            (self.min_profit_cents, self.min_profit_cents, self.min_roi_pct, self.min_roi_pct),
+        )
+
+
+NO_SCREEN = Screen()  # frozen: one shared default
+BY_SCREEN, BY_NEWEST = "screen", "newest"
+_QUEUE_ORDER = {BY_SCREEN: "screen_profit_cents DESC", BY_NEWEST: "keepa_last_update DESC"}
+
+
 def pending_backfill(
-    conn: sqlite3.Connection, *, now: str, max_attempts: int, limit: int,
+    conn: sqlite3.Connection,
+    *,
+    now: str,
+    max_attempts: int,
+    limit: int,
+    screen: Screen = NO_SCREEN,
+    below: bool = False,
+    order: str = BY_SCREEN,
     domain_id: int | None = None,
-) -> list[PendingRow]:  # fmt: skip
-    """Never-backfilled deals due now, newest Keepa update first (of one domain if named)."""
+) -> list[PendingRow]:
+    """Never-backfilled deals due now (of one domain if named): those whose screen passes
+    ``screen`` (``below``: those below it), best screen profit first (unknown last), or
+    ``order`` newest."""
+    passes, params = screen.passes_sql()
     where, args = _one_domain(domain_id)
     cur = conn.execute(
         f"SELECT {_PENDING_COLS} FROM deals "
         "WHERE backfilled_at IS NULL "
         "AND (backfill_retry_at IS NULL OR backfill_retry_at <= ?) AND backfill_attempts < ? "
-        f"{where}ORDER BY keepa_last_update DESC LIMIT ?",
-        (now, max_attempts, *args, limit),
+        f"AND {'NOT' if below else ''} ({passes}) {where}"
+        f"ORDER BY {_QUEUE_ORDER[order]} LIMIT ?",
+        (now, max_attempts, *params, *args, limit),
+    )
+    return [PendingRow(*tuple(r)) for r in cur.fetchall()]
+
+
+def detail_due(
+    conn: sqlite3.Connection, *, min_profit_cents: int, limit: int, domain_id: int | None = None
+) -> list[PendingRow]:
+    """Backfilled deals never detailed whose full estimate reaches ``min_profit_cents``,
+    best first (of one domain if named): the second tier's candidates."""
+    where, args = _one_domain(domain_id)
+    cur = conn.execute(
+        f"SELECT {_PENDING_COLS} FROM deals WHERE backfilled_at IS NOT NULL "
+        f"AND detailed_at IS NULL AND profit_cents >= ? {where}"
+        "ORDER BY profit_cents DESC LIMIT ?",
+        (min_profit_cents, *args, limit),
     )
     return [PendingRow(*tuple(r)) for r in cur.fetchall()]
 
@@ -421,12 +469,20 @@ def prune_checkpoints(conn: sqlite3.Connection, *, prefix: str, older_than: str)
 
 
 def record_tokens(
-    conn: sqlite3.Connection, *, at: str, consumer: str, endpoint: str, items: int, tokens: int
+    conn: sqlite3.Connection,
+    *,
+    at: str,
+    consumer: str,
+    endpoint: str,
+    items: int,
+    tokens: int,
+    kind: str | None = None,
 ) -> None:
-    """One ledger row per paid request."""
+    """One ledger row per paid request; ``kind``: the stage (backfill, refresh, detail)."""
     conn.execute(
-        "INSERT INTO token_ledger (at, consumer, endpoint, items, tokens) VALUES (?, ?, ?, ?, ?)",
-        (at, consumer, endpoint, items, tokens),
+        "INSERT INTO token_ledger (at, consumer, endpoint, items, tokens, kind) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (at, consumer, endpoint, items, tokens, kind),
     )
 
 
@@ -542,4 +598,56 @@ def status_summary(conn: sqlite3.Connection, *, now: float) -> dict[str, Any]:
         },
         "workers": _dicts(conn.execute("SELECT * FROM workers ORDER BY name")),
         "daemon": daemon[0] if daemon else None,
+    }
+
+
+# The funnel's stages as the ledger names them: (endpoint, kind) -> stage.
+STAGE_OF: Mapping[tuple[str, str | None], str] = {
+    ("deal", None): "deals",
+    ("product", "backfill"): "backfill",
+    ("product", None): "backfill",  # rows written before schema v6
+    ("product", "refresh"): "refresh",
+    ("product", "detail"): "detail",
+}
+
+
+def funnel_summary(
+    conn: sqlite3.Connection,
+    *,
+    screen: Screen,
+    profitable_profit_cents: int,
+    profitable_roi_pct: float,
+    now: str,
+    max_attempts: int,
+) -> dict[str, Any]:
+    """The funnel's counts and the tokens of each stage; every query uses an index."""
+    passes, params = screen.passes_sql()
+    spent: dict[str, int] = {}
+    for endpoint, kind, tokens in conn.execute(
+        "SELECT endpoint, kind, coalesce(sum(tokens), 0) FROM token_ledger GROUP BY endpoint, kind"
+    ):
+        stage = STAGE_OF.get((str(endpoint), kind), str(kind or endpoint))
+        spent[stage] = spent.get(stage, 0) + int(tokens)
+    return {
+        "seen": _one(conn, "SELECT count(*) FROM deals"),
+        "screened_in": _one(conn, f"SELECT count(*) FROM deals WHERE {passes}", *params),
+        "backfilled": _one(conn, "SELECT count(*) FROM deals WHERE backfilled_at IS NOT NULL"),
+        "detailed": _one(conn, "SELECT count(*) FROM deals WHERE detailed_at IS NOT NULL"),
+        "profitable": _one(
+            conn,
+            "SELECT count(*) FROM deals WHERE backfilled_at IS NOT NULL "
+            "AND profit_cents >= ? AND roi_pct >= ?",
+            profitable_profit_cents,
+            profitable_roi_pct,
+        ),
+        "pending_screened_in": _one(
+            conn,
+            "SELECT count(*) FROM deals WHERE backfilled_at IS NULL "
+            "AND (backfill_retry_at IS NULL OR backfill_retry_at <= ?) AND backfill_attempts < ? "
+            f"AND {passes}",
+            now,
+            max_attempts,
+            *params,
+        ),
+        "tokens_by_stage": spent,
     }

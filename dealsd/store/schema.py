@@ -297,7 +297,31 @@ CREATE INDEX deals_profit ON deals (profit_cents DESC, asin, domain_id);
 CREATE INDEX deals_roi ON deals (roi_pct DESC, asin, domain_id);
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _ALERTS, _RANKING, _SELECTIONS]
+_FUNNEL = """
+-- v6 (issue 14): the funnel. The screen is the all-in estimate made from the
+-- deal object alone (its current[] and 90-day avg[]), before any token is spent.
+ALTER TABLE deals ADD COLUMN screen_profit_cents INTEGER;
+ALTER TABLE deals ADD COLUMN screen_roi_pct REAL;
+-- The second tier: when the candidate's offers / buy box were bought (NULL: never).
+ALTER TABLE deals ADD COLUMN detailed_at TEXT;
+-- The ledger says which stage a product request was: backfill, refresh, detail.
+ALTER TABLE token_ledger ADD COLUMN kind TEXT;
+-- The backfill queue, best screen first (NULL, no screen, last).
+CREATE INDEX deals_backfill_by_screen
+    ON deals (screen_profit_cents DESC, backfill_attempts, backfill_retry_at)
+    WHERE backfilled_at IS NULL;
+-- The funnel's counts by the screen, and the second tier's candidates.
+CREATE INDEX deals_screen ON deals (screen_profit_cents, screen_roi_pct);
+CREATE INDEX deals_profitable ON deals (profit_cents, roi_pct) WHERE backfilled_at IS NOT NULL;
+CREATE INDEX deals_detail_due ON deals (profit_cents DESC)
+    WHERE backfilled_at IS NOT NULL AND detailed_at IS NULL;
+CREATE INDEX deals_detailed ON deals (detailed_at) WHERE detailed_at IS NOT NULL;
+-- The funnel's tokens by stage, summed from the index alone (no table, no sort).
+CREATE INDEX token_ledger_stage ON token_ledger (endpoint, kind, tokens);
+"""
+
+
+MIGRATIONS: list[str] = [_V1, _V2, _ALERTS, _RANKING, _SELECTIONS, _FUNNEL]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

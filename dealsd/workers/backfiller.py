@@ -1,9 +1,26 @@
 """The backfiller: buys /product data for deals, one batch per round.
 
-Work comes in this order: deals never backfilled, newest first; then deals
-whose derived columns are older than ``refresh_after_h``, refreshed with the
-cheap stats-only parameters (no history, offers or rating; the buy box stays
-when configured, so its columns can be renewed). The batch
+Work comes in this order (the funnel, ``[funnel]``):
+
+1. the second tier, when ``detail_min_profit_cents`` is set: backfilled deals
+   whose full estimate reaches it and that were never detailed, best first,
+   bought again with the expensive parameters (``detail_offers``,
+   ``detail_buybox``) and no history: the landed prices and the buy box that
+   make the estimate of a candidate exact;
+2. deals never backfilled whose screen (the estimate the upserter made from
+   the deal object alone) passes the thresholds, best screen profit first (a
+   deal without a screen last; ``order = "newest"``: Keepa's lastUpdate);
+3. deals whose derived columns are older than ``refresh_after_h``, refreshed
+   with the cheap stats-only parameters (no history, offers or rating; the
+   buy box stays when configured, so its columns can be renewed);
+4. with ``below_threshold = "idle"``, the deals below the thresholds, best
+   first: bought only when nothing above is pending. With "skip" they wait
+   in the table, unbought, and a lower threshold on SIGHUP brings them back.
+
+Each kind has its own observed cost per product (``tokens.observe``'s kind)
+and its own ledger stage. When nothing is pending the backfiller waits at
+most ``idle_s``, and not at all once the upserter stores new deals
+(``work_arrived``). The batch
 size follows the refill rate and the cost per product actually observed
 (``tokens.batch_size``; docs/field-notes.md #5), not a fixed number.
 
@@ -22,16 +39,18 @@ A deal's estimate follows the selection that settles it (``Pricing``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from dealsd import estimate, mapping
 from dealsd.clock import Clock, iso_utc
-from dealsd.config import BackfillerConfig
+from dealsd.config import BackfillerConfig, FunnelConfig
 from dealsd.keepa import (
     KeepaClient,
     KeepaError,
@@ -57,6 +76,15 @@ FAILED_BATCH_PAUSE_S = 10.0
 # full backfill is the consumer's main work and keeps the plain key.
 KIND_BACKFILL = ""
 KIND_REFRESH = "refresh"
+KIND_DETAIL = "detail"
+# The column each kind of work stamps on the deal it stored (or gave up).
+STAMP_COLUMN = {
+    KIND_BACKFILL: "backfilled_at",
+    KIND_REFRESH: "refreshed_at",
+    KIND_DETAIL: "detailed_at",
+}
+# Keepa asks for batches of 20 or fewer when offers are fetched.
+MAX_OFFERS_BATCH = 20
 # zlib level of the stored history payload (any level decompresses the same).
 # On a 208 KB full-history product level 1 takes 2.2 ms and keeps 87 KB;
 # level 6 takes 14 ms for 80 KB: 9 % of disk is not worth 6x the CPU, which
@@ -88,13 +116,37 @@ class Batch:
 
     asins: list[str]
     params: ProductParams
-    kind: str  # KIND_BACKFILL or KIND_REFRESH
+    kind: str  # KIND_BACKFILL, KIND_REFRESH or KIND_DETAIL
     picked_at: str  # the round's time, stamped on its ledger row
     domain: int = 1  # one /product request is one marketplace
 
     @property
     def refresh(self) -> bool:
-        return self.kind == KIND_REFRESH
+        """A second look at a backfilled product (refresh or detail): no history kept,
+        what was not asked for keeps its backfilled value."""
+        return self.kind != KIND_BACKFILL
+
+    @property
+    def stage(self) -> str:
+        """The ledger's name for this kind of work."""
+        return self.kind or "backfill"
+
+
+def detail_params(cfg: BackfillerConfig, funnel: FunnelConfig) -> ProductParams:
+    """The second tier's parameters: stats with offers and/or the buy box, no history."""
+    return ProductParams(
+        history=False,
+        stats=cfg.stats or 180,
+        offers=funnel.detail_offers,
+        buybox=funnel.detail_buybox,
+        update=cfg.update,
+    )
+
+
+def screen_of(funnel: FunnelConfig) -> queries.Screen:
+    return queries.Screen(
+        min_profit_cents=funnel.min_screen_profit_cents, min_roi_pct=funnel.min_screen_roi_pct
+    )
 
 
 class Backfiller(KeepaWorker):
@@ -111,10 +163,14 @@ class Backfiller(KeepaWorker):
         price_type: int,
         profit: estimate.ProfitSettings,
         health: Health,
+        funnel: FunnelConfig | None = None,
+        work_arrived: asyncio.Event | None = None,
         pricing: Pricing | None = None,
         on_change: DealsChanged | None = None,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
+        self._funnel = funnel if funnel is not None else FunnelConfig()
+        self._work_arrived = work_arrived
         self._client = client
         self._store = store
         self._clock = clock
@@ -142,19 +198,27 @@ class Backfiller(KeepaWorker):
         config: BackfillerConfig,
         price_type: int,
         profit: estimate.ProfitSettings,
+        funnel: FunnelConfig | None = None,
         pricing: Pricing | None = None,
     ) -> None:
+        """Live changes (SIGHUP): the next pick uses them; the queue is a query, so
+        new thresholds reorder it without losing a deal."""
         self._cfg = config
         self._price_type = price_type
         self._profit = profit
+        if funnel is not None:
+            self._funnel = funnel
         self._pricing = pricing
 
     async def _round(self) -> RoundResult:
         """One batch: pick it, buy it from Keepa, store what came back."""
+        if self._work_arrived is not None:
+            # Cleared before looking: deals stored after the pick end the wait.
+            self._work_arrived.clear()
         batch = await self._pick()
         if batch is None:
             # Nothing to do is a sign of life, not a stall.
-            return RoundResult(sleep_s=float(self._cfg.idle_s), idle=True)
+            return RoundResult(sleep_s=float(self._cfg.idle_s), idle=True, wake=self._work_arrived)
         page = await self._fetch(batch)
         if page is None:  # the batch failed: counted, and rescheduled if it was its fault
             return RoundResult(sleep_s=self._pause_s())
@@ -163,31 +227,54 @@ class Backfiller(KeepaWorker):
         return RoundResult(sleep_s=0.0)
 
     async def _pick(self) -> Batch | None:
-        """The next batch: deals never backfilled first, then refreshes due; None if neither."""
-        cfg = self._cfg
+        """The next batch, in the funnel's order (module docstring); None if nothing is due."""
+        cfg, funnel = self._cfg, self._funnel
         now_s = self._clock.now()
         now = iso_utc(now_s)
-        params, kind = product_params(cfg), KIND_BACKFILL
-        size = self._batch_size(params, kind)
-        rows: Sequence[queries.PendingRow] = await self._one_domain(
-            lambda c, d: queries.pending_backfill(
-                c, now=now, max_attempts=cfg.max_attempts, limit=size, domain_id=d
-            )
-        )
-        if not rows:
-            params, kind = params.stats_only(), KIND_REFRESH
+        screen = screen_of(funnel)
+        order = queries.BY_NEWEST if funnel.order == "newest" else queries.BY_SCREEN
+        min_detail = funnel.detail_min_profit_cents
+        attempts = cfg.max_attempts
+        older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
+        full = product_params(cfg)
+        steps: list[tuple[ProductParams, str, Callable[..., list[Any]]]] = []
+        if min_detail is not None:
+            steps.append((
+                detail_params(cfg, funnel), KIND_DETAIL,
+                lambda c, d, limit: queries.detail_due(
+                    c, min_profit_cents=min_detail, limit=limit, domain_id=d
+                ),
+            ))  # fmt: skip
+        steps.append((
+            full, KIND_BACKFILL,
+            lambda c, d, limit: queries.pending_backfill(
+                c, now=now, max_attempts=attempts, limit=limit, screen=screen, order=order,
+                domain_id=d,
+            ),
+        ))  # fmt: skip
+        steps.append((
+            full.stats_only(), KIND_REFRESH,
+            lambda c, d, limit: queries.due_refresh(
+                c, older_than=older, limit=limit, domain_id=d
+            ),
+        ))  # fmt: skip
+        if funnel.below_threshold == "idle":
+            steps.append((
+                full, KIND_BACKFILL,
+                lambda c, d, limit: queries.pending_backfill(
+                    c, now=now, max_attempts=attempts, limit=limit, screen=screen, below=True,
+                    domain_id=d,
+                ),
+            ))  # fmt: skip
+        for params, kind, query in steps:
             size = self._batch_size(params, kind)
-            older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
-            rows = await self._one_domain(
-                lambda c, d: queries.due_refresh(c, older_than=older, limit=size, domain_id=d)
-            )
-        if not rows:
-            return None
-        return Batch(
-            asins=[r.asin for r in rows], params=params, kind=kind, picked_at=now,
-            domain=rows[0].domain_id,
-        )  # fmt: skip
-
+            rows = await self._one_domain(functools.partial(query, limit=size))
+            if rows:
+                return Batch(
+                    asins=[r.asin for r in rows], params=params, kind=kind, picked_at=now,
+                    domain=rows[0].domain_id,
+                )  # fmt: skip
+        return None
     async def _one_domain(
         self, query: Callable[[sqlite3.Connection, int | None], list[queries.PendingRow]]
     ) -> list[queries.PendingRow]:
@@ -226,7 +313,6 @@ class Backfiller(KeepaWorker):
 
     async def _store_page(self, batch: Batch, page: ProductPage) -> None:
         """Store each product bought; reschedule what came back invalid, malformed or not at all."""
-        refresh = batch.refresh
         returned = max(1, len(page.items))
         per_product = round(page.tokens_consumed / returned)
         valid = []
@@ -256,11 +342,12 @@ class Backfiller(KeepaWorker):
                 endpoint="product",
                 items=len(page.items),
                 tokens=page.tokens_consumed,
+                kind=batch.stage,
             )
         )
         log.info(
             "backfill_batch",
-            mode="refresh" if refresh else "backfill",
+            mode=batch.stage,
             domain=batch.domain,
             asked=len(batch.asins),
             stored=stored,
@@ -274,10 +361,11 @@ class Backfiller(KeepaWorker):
 
     def _batch_size(self, params: ProductParams, kind: str) -> int:
         """Products of this kind whose observed cost fits the scheduler's batch budget."""
+        hi = min(self._cfg.max_batch, MAX_OFFERS_BATCH) if params.offers else self._cfg.max_batch
         return self._tokens.batch_size(
             self.name,
-            lo=self._cfg.min_batch,
-            hi=self._cfg.max_batch,
+            lo=min(self._cfg.min_batch, hi),
+            hi=hi,
             default_cost=self._client.estimate_product_cost(params, 1),
             kind=kind,
         )
@@ -290,7 +378,7 @@ class Backfiller(KeepaWorker):
         payload = None if refresh else await asyncio.to_thread(zlib.compress, item.raw, level)
         columns = mapping.product_columns(product)
         if refresh:
-            # What the refresh's parameters did not ask for is not "no data":
+            # What a refresh's (or detail's) parameters did not ask for is not "no data":
             # the backfill's values stay (e.g. offer prices bought with `offers`).
             for name in mapping.unfetched_columns(offers=bool(params.offers), buybox=params.buybox):
                 columns.pop(name, None)
@@ -298,7 +386,7 @@ class Backfiller(KeepaWorker):
         if item.unreadable:
             self._unreadable(product.asin, item.unreadable)
         stamp = iso_utc(self._clock.now())
-        columns["refreshed_at" if refresh else "backfilled_at"] = stamp
+        columns[STAMP_COLUMN[batch.kind]] = stamp
         ok = await self._store.write(
             self._product_writer(product, batch.domain, stamp, tokens_spent, payload, columns)
         )
@@ -385,7 +473,8 @@ class Backfiller(KeepaWorker):
         domain = batch.domain
         if batch.refresh:
             # A refresh that fails keeps the columns it has; it is simply
-            # not due again until refresh_after_h has passed once more.
+            # not due again until refresh_after_h has passed once more. A
+            # detail that fails is not asked again: the backfill's estimate stands.
             await self._store.write(
                 lambda c: queries.store_product(
                     c,
@@ -394,7 +483,7 @@ class Backfiller(KeepaWorker):
                     keepa_last_update=None,
                     tokens_spent=0,
                     payload_zlib=None,
-                    columns={"refreshed_at": now},
+                    columns={STAMP_COLUMN[batch.kind]: now},
                     domain_id=domain,
                 )
             )

@@ -14,6 +14,7 @@ key (the daemon unhealthy with that cause, the round ended, a long pause).
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,6 +54,8 @@ class RoundResult:
     progressed: int = 0
     what: str = "items"
     idle: bool = False
+    # Set, it ends the sleep early: work arrived (the upserter stored new deals).
+    wake: asyncio.Event | None = None
 
 
 class Worker(Protocol):

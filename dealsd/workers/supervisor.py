@@ -154,7 +154,7 @@ class Supervisor:
                 if failures and self._clock.monotonic() - last_failure >= self._reset_after:
                     log.info("worker_recovered", worker=name, after_failures=failures)
                     failures = 0
-                if await self._sleep(result.sleep_s):
+                if await self._sleep(result.sleep_s, result.wake):
                     break
         finally:
             self._health.stopped(name)
@@ -164,15 +164,20 @@ class Supervisor:
         self._woken.set()
         self._woken = asyncio.Event()
 
-    async def _sleep(self, seconds: float) -> bool:
-        """Sleep unless stopped or woken first; True when stopped."""
+    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
+        """Sleep unless stopped or woken first (by ``wake()`` or the round's own
+        ``wake`` event); True when stopped."""
         if self.stop_event.is_set():
             return True
+        if wake is not None and wake.is_set():
+            return False
         waiters = {
             asyncio.ensure_future(self._woken.wait()),
             asyncio.ensure_future(self.stop_event.wait()),
             asyncio.ensure_future(self._clock.sleep(seconds)),
         }
+        if wake is not None:
+            waiters.add(asyncio.ensure_future(wake.wait()))
         try:
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
