@@ -37,7 +37,7 @@ from dealsd.alerts.channels import Channel, Redactor, Sender, load_channels
 from dealsd.alerts.outbox import Evaluator
 from dealsd.alerts.rules import DealFacts, facts, matches
 from dealsd.alerts.sender import AlertSender
-from dealsd.clock import FakeClock, iso_utc
+from dealsd.clock import FakeClock, iso_utc, parse_iso_utc
 from dealsd.config import AlertRuleConfig, AlertsConfig, ConfigError, load_config
 from dealsd.notify import Notifier
 from dealsd.status import read_status, render
@@ -397,13 +397,17 @@ async def test_a_channel_down_for_hours_gets_one_digest_when_it_is_back(
     )  # fmt: skip
     try:
         receiver.down = True
-        delays = []
-        for _ in range(8):  # three hours of retries, each after the doubled delay
+
+        def retry_in(conn: sqlite3.Connection) -> set[float]:
+            rows = conn.execute("SELECT next_try_at FROM alert_outbox WHERE sent_at IS NULL")
+            return {parse_iso_utc(r[0]) - clock.now() for r in rows}
+
+        for attempt in range(8):  # two hours of retries, each delay doubled up to the cap
             await worker.round()
-            nxt = await store.read(outbox.next_due_at)
-            assert nxt is not None
-            delays.append(round(float(clock.now()), 0))
+            # Every queued alert waits the same doubled delay (jitter pinned at 1.0).
+            assert await store.read(retry_in) == {min(900.0, 30.0 * 2**attempt)}
             await clock.advance(900.0)
+        assert receiver.messages == []
         summary = await store.read(alert_queries.summary)
         assert summary[0]["queued"] == 30 and summary[0]["last_error"]
         assert SECRET not in json.dumps(summary)

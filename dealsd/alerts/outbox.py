@@ -170,11 +170,6 @@ def due(conn: sqlite3.Connection, *, now: str, limit: int) -> list[Pending]:
     return [_pending(r) for r in cur.fetchall()]
 
 
-def next_due_at(conn: sqlite3.Connection) -> str | None:
-    row = conn.execute("SELECT MIN(next_try_at) FROM alert_outbox WHERE sent_at IS NULL").fetchone()
-    return None if row is None or row[0] is None else str(row[0])
-
-
 def mark_sent(conn: sqlite3.Connection, *, ids: Sequence[int], channel: str, now: str) -> None:
     """The alerts went out as one message to ``channel`` (one alert, or a digest)."""
     marks = ", ".join("?" * len(ids))
