@@ -122,18 +122,11 @@ def _run(config_arg: str | None) -> int:
         notifier.close()
 
 
-def _status(config_arg: str | None, database: str | None, as_json: bool) -> int:
+def _status(args: argparse.Namespace) -> int:
     from dealsd.status import run_status
 
-    if database is not None:
-        return run_status(Path(database), as_json=as_json)
-    from dealsd.config import ConfigError, load_config, resolve_config_path
-
-    try:
-        cfg = load_config(resolve_config_path(config_arg))
-    except ConfigError as exc:
-        return _config_error(exc, command="dealsd status", code=EXIT_NO_DATABASE)
-    return run_status(Path(cfg.database.path), as_json=as_json)
+    db = _database("status", args)
+    return db if isinstance(db, int) else run_status(db, as_json=args.json)
 
 
 def _database(command: str, args: argparse.Namespace) -> Path | int:
@@ -177,17 +170,16 @@ def _web(args: argparse.Namespace) -> int:
 
 def _alerts(args: argparse.Namespace) -> int:
     from dealsd.alerts.commands import run_list, run_test
+
+    if args.alerts_command == "list":
+        db = _database("alerts list", args)
+        return db if isinstance(db, int) else run_list(db, limit=args.limit)
     from dealsd.config import ConfigError, load_config, resolve_config_path
 
-    if args.alerts_command == "list" and args.database is not None:
-        return run_list(Path(args.database), limit=args.limit)
     try:
-        cfg = load_config(resolve_config_path(args.config))
-        if args.alerts_command == "test":
-            return run_test(cfg, rule=args.rule)
+        return run_test(load_config(resolve_config_path(args.config)), rule=args.rule)
     except ConfigError as exc:
         return _config_error(exc)
-    return run_list(Path(cfg.database.path), limit=args.limit)
 
 
 def _check_config(config_arg: str | None) -> int:
@@ -214,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run(args.config)
     if args.command == "status":
-        return _status(args.config, args.database, args.json)
+        return _status(args)
     if args.command == "web":
         return _web(args)
     if args.command == "check-config":
