@@ -15,15 +15,11 @@ import re
 import sqlite3
 from pathlib import Path
 
-from helpers import StartSim, sample_bytes
+from helpers import StartSim, sample_bytes, worker_parts
 
-from dealsd.clock import SystemClock, iso_utc
+from dealsd.clock import iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig
-from dealsd.keepa import KeepaClient
-from dealsd.store import Store
-from dealsd.tokens import TokenScheduler
 from dealsd.workers.backfiller import Backfiller
-from dealsd.workers.health import Health
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
 REAL = ("B0D8W1YVBX", "B0F7XPYCSJ")
@@ -35,36 +31,26 @@ def _blocks(language: str) -> list[str]:
 
 async def _filled(start_sim: StartSim, db: Path) -> None:
     sim = await start_sim(refill_rate=5000, catalogue_size=60)
-    clock = SystemClock()
-    tokens = TokenScheduler(clock=clock, weights={"backfiller": 3.0}, batch_minutes=1.0)
-    store = await Store.open(db, clock=clock)
-    now = iso_utc(clock.now())
     asins = [*REAL, *[a for a in sorted(sim.catalogue.by_asin) if a not in REAL][:18]]
+    async with worker_parts(sim.base_url, db, name="backfiller", weight=3.0) as w:
+        now = iso_utc(w.clock.now())
 
-    def seed(conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            "INSERT INTO deals (asin, domain_id, title, root_category, current_used_cents, "
-            "keepa_last_update, first_seen_at, last_seen_at) "
-            "VALUES (?, 1, ?, 283155, 400, ?, ?, ?)",
-            [(a, f"title of {a}", now, now, now) for a in asins],
-        )
+        def seed(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO deals (asin, domain_id, title, root_category, current_used_cents, "
+                "keepa_last_update, first_seen_at, last_seen_at) "
+                "VALUES (?, 1, ?, 283155, 400, ?, ?, ?)",
+                [(a, f"title of {a}", now, now, now) for a in asins],
+            )
 
-    await store.write(seed)
-    health = Health(clock=clock)
-    health.register("backfiller", expected_round_s=30)
-    try:
-        async with KeepaClient(
-            base_url=sim.base_url, api_key="k", domain=1, tokens=tokens, clock=clock
-        ) as client:
-            await client.token_status()
-            bf = Backfiller(
-                client=client, tokens=tokens, store=store, clock=clock,
-                config=BackfillerConfig(offers=20, min_batch=20, max_batch=20), price_type=2,
-                profit=ProfitConfig(reference="new", buy_shipping_cents=399), health=health,
-            )  # fmt: skip
-            await bf.round()
-    finally:
-        await store.close()
+        await w.store.write(seed)
+        await w.client.token_status()
+        bf = Backfiller(
+            client=w.client, tokens=w.tokens, store=w.store, clock=w.clock,
+            config=BackfillerConfig(offers=20, min_batch=20, max_batch=20), price_type=2,
+            profit=ProfitConfig(reference="new", buy_shipping_cents=399), health=w.health,
+        )  # fmt: skip
+        await bf.round()
 
 
 async def test_every_example_query_returns_rows(start_sim: StartSim, tmp_path: Path) -> None:

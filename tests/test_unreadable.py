@@ -12,17 +12,14 @@ import zlib
 from pathlib import Path
 
 import structlog
-from helpers import StartSim
+from helpers import StartSim, worker_parts
 
-from dealsd.clock import SystemClock, iso_utc
+from dealsd.clock import iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig
-from dealsd.keepa import KeepaClient
 from dealsd.simulator import Faults
 from dealsd.status import read_status, render
-from dealsd.store import Store, queries
-from dealsd.tokens import TokenScheduler
+from dealsd.store import queries
 from dealsd.workers.backfiller import Backfiller
-from dealsd.workers.health import Health
 
 
 async def test_odd_products_are_stored_counted_and_logged_once(
@@ -30,34 +27,27 @@ async def test_odd_products_are_stored_counted_and_logged_once(
 ) -> None:
     # Every product the simulator sends lies in one of its four ways.
     sim = await start_sim(refill_rate=5000, catalogue_size=120, faults=Faults(bad_items=1.0))
-    clock = SystemClock()
-    tokens = TokenScheduler(clock=clock, weights={"backfiller": 3.0}, batch_minutes=1.0)
-    store = await Store.open(tmp_path / "deals.db", clock=clock)
-    now = iso_utc(clock.now())
     asins = sorted(sim.catalogue.by_asin)[:60]
+    async with worker_parts(sim.base_url, tmp_path / "deals.db", name="backfiller") as w:
+        clock, store = w.clock, w.store
+        now = iso_utc(clock.now())
 
-    def seed(conn: sqlite3.Connection) -> None:
-        conn.executemany(
-            "INSERT INTO deals (asin, domain_id, current_used_cents, keepa_last_update, "
-            "first_seen_at, last_seen_at) VALUES (?, 1, 900, ?, ?, ?)",
-            [(a, now, now, now) for a in asins],
-        )
+        def seed(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO deals (asin, domain_id, current_used_cents, keepa_last_update, "
+                "first_seen_at, last_seen_at) VALUES (?, 1, 900, ?, ?, ?)",
+                [(a, now, now, now) for a in asins],
+            )
 
-    await store.write(seed)
-    health = Health(clock=clock)
-    health.register("backfiller", expected_round_s=30)
-    try:
-        async with KeepaClient(
-            base_url=sim.base_url, api_key="k", domain=1, tokens=tokens, clock=clock
-        ) as client:
-            await client.token_status()
-            bf = Backfiller(
-                client=client, tokens=tokens, store=store, clock=clock,
-                config=BackfillerConfig(max_batch=60, min_batch=60), price_type=2,
-                profit=ProfitConfig(), health=health,
-            )  # fmt: skip
-            with structlog.testing.capture_logs() as logs:
-                await bf.round()
+        await store.write(seed)
+        await w.client.token_status()
+        bf = Backfiller(
+            client=w.client, tokens=w.tokens, store=store, clock=clock,
+            config=BackfillerConfig(max_batch=60, min_batch=60), price_type=2,
+            profit=ProfitConfig(), health=w.health,
+        )  # fmt: skip
+        with structlog.testing.capture_logs() as logs:
+            await bf.round()
         rows = await store.read(
             lambda c: [dict(zip([d[0] for d in cur.description], r, strict=True))
                        for cur in [c.execute("SELECT * FROM deals")] for r in cur.fetchall()]
@@ -66,8 +56,6 @@ async def test_odd_products_are_stored_counted_and_logged_once(
         histories = await store.read(
             lambda c: dict(c.execute("SELECT asin, payload FROM product_history").fetchall())
         )
-    finally:
-        await store.close()
     odd = [r for r in rows if r["unreadable_fields"] is not None]
     kinds = {r["unreadable_fields"] for r in odd}
     # The three readable lies, each named as the field that could not be read.
