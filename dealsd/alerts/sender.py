@@ -41,7 +41,7 @@ WINDOW_S = 60.0
 
 
 class Channels(Protocol):
-    """What the sender needs of ``channels.Sender`` (a fake one in no test: see tests)."""
+    """What the sender needs of ``channels.Sender``: its channel names and a send."""
 
     @property
     def names(self) -> list[str]: ...
