@@ -285,7 +285,13 @@ class Daemon:
                 phase=prev.phase, causes=prev.causes, watchdog=prev.watchdog,
             )  # fmt: skip
         self.supervisor.start()
-        await self.write_snapshot()
+        try:
+            await self.write_snapshot()
+        except StoreError as exc:
+            # Started on a full disk: that is a cause like any other, named in
+            # STATUS= from READY=1 on, and the watch loop's next snapshot
+            # retries. Raising here ended the daemon without a word.
+            self._snapshot_failed(exc)
         self._notifier.ready(status=self._last_status)
         log.info("ready", database=str(self.cfg.database.path), pid=os.getpid())
         self._warn_config()
@@ -333,9 +339,8 @@ class Daemon:
                         snap = done.result()
                     except StoreError as exc:
                         # A database that cannot take the snapshot (disk full)
-                        # cannot take deals either: no watchdog ping, say it once.
-                        self._faults.log_failure(log, "snapshot_failed", "snapshot", error=str(exc))
-                        self._publish(self.health.snapshot())
+                        # cannot take deals either: no watchdog ping.
+                        self._snapshot_failed(exc)
                         continue
                     else:
                         self._faults.clear("snapshot")
@@ -348,6 +353,11 @@ class Daemon:
             if pending is not None and not pending.done():
                 # The stopped snapshot written next supersedes it.
                 pending.cancel()
+
+    def _snapshot_failed(self, exc: StoreError) -> None:
+        """Say it once (then count it), and publish what health says without it."""
+        self._faults.log_failure(log, "snapshot_failed", "snapshot", error=str(exc))
+        self._publish(self.health.snapshot())
 
     def _after_snapshot(self, snap: HealthSnapshot) -> None:
         # See the module docstring: stop pinging only for what a restart may
@@ -647,6 +657,11 @@ async def run_daemon(
             resources.callback(_remove_signals, _install_signals(daemon))
         try:
             await daemon.run()
+        except Exception as exc:
+            # One error line for `journalctl -p err` before the traceback and
+            # systemd's restart: a daemon must never end without a word.
+            log.error("crashed", error=f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             await daemon.shut_down()
     log.info("stopped")

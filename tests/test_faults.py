@@ -12,6 +12,7 @@ status output and database file a test produces. Longer variants carry
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import random
@@ -48,11 +49,12 @@ from helpers import (
 )
 from structlog.testing import capture_logs
 
-from dealsd.clock import iso_utc
+from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import load_api_key, load_config
 from dealsd.notify import Notifier
 from dealsd.simulator import Faults, Simulator
 from dealsd.status import gather
+from dealsd.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -442,6 +444,28 @@ def small_fs(tmp_path: Path) -> AsyncIterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+async def grow(mnt: Path) -> None:
+    """Give the small file system room: 32 MB."""
+    remount = await asyncio.create_subprocess_exec("mount", "-o", "remount,size=32m", str(mnt))
+    assert await remount.wait() == 0
+
+
+def fill(mnt: Path, *, leave: int) -> Path:
+    """Fill the file system at ``mnt`` but ``leave`` bytes; the filler's path."""
+    filler = mnt / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, bytes(1 << 16)):
+            pass
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
 async def test_a_full_disk_is_named_and_survived(small_fs: Path, tmp_path: Path) -> None:
     sim = await started(crash_sim(600))
     path = write_config(tmp_path, sim.base_url, max_batch=10)
@@ -456,10 +480,7 @@ async def test_a_full_disk_is_named_and_survived(small_fs: Path, tmp_path: Path)
         full_at = time.monotonic()
         full_counts = counts(db)
         assert integrity(db) == "ok"
-        grow = await asyncio.create_subprocess_exec(
-            "mount", "-o", "remount,size=32m", str(small_fs)
-        )
-        assert await grow.wait() == 0
+        await grow(small_fs)
         await wait_for(lambda: counts(db)[1] > full_counts[1], 15, "backfill after space returned")
         await wait_for(lambda: "database full" not in sock.last_status(), 10, "the cause cleared")
         recovered_s = time.monotonic() - full_at
@@ -469,6 +490,40 @@ async def test_a_full_disk_is_named_and_survived(small_fs: Path, tmp_path: Path)
     assert integrity(db) == "ok"
     check_stored_rows(db, sim)
     print(f"disk full: named after {full_at - t0:.1f}s of filling, recovered in {recovered_s:.1f}s")
+
+
+async def test_a_daemon_started_on_a_full_disk_says_so_and_recovers(
+    small_fs: Path, tmp_path: Path
+) -> None:
+    # The database exists and the disk is full but for the 32 KB WAL index
+    # SQLite needs to open it, so the first writes fail: the upserter's page and
+    # the start-up snapshot. CI once met the snapshot's failure by a race in the
+    # test above, and it ended the daemon without a word before READY=1.
+    sim = await started(crash_sim(600))
+    path = write_config(tmp_path, sim.base_url, max_batch=10)
+    db = small_fs / "deals.db"
+    path.write_text(path.read_text().replace(str(tmp_path / "deals.db"), str(db)))
+    await (await Store.open(db, clock=SystemClock())).close()
+    fill(small_fs, leave=40 * 1024)
+    sock = NotifyListener(tmp_path)
+    with capture_logs() as logs:
+        d = Running(load_config(path), path, api_key=SECRET, notifier=Notifier(sock.addr))
+        try:
+            await wait_for(lambda: sock.seen("READY=1"), 15, "READY=1")
+            await wait_for(lambda: "database full" in sock.last_status(), 15, "STATUS= full")
+            assert counts(db) == (0, 0)
+            assert d.task.done() is False
+            await grow(small_fs)
+            await wait_for(lambda: counts(db)[1] > 0, 20, "backfill after space returned")
+            await wait_for(lambda: "database full" not in sock.last_status(), 10, "cleared")
+            assert await d.finish() == 0
+        finally:
+            sock.close()
+    events = [e["event"] for e in logs]
+    assert "crashed" not in events and "snapshot_failed" in events, events
+    assert events.count("store_full") >= 1 and "store_full_cleared" in events, events
+    assert integrity(db) == "ok"
+    check_stored_rows(db, sim)
 
 
 # -- 8. bad operator input through the real CLI --------------------------------
