@@ -341,9 +341,11 @@ FAULTS = ["error_5xx", "reset", "truncated", "non_json", "hang"]
 async def test_transient_fault_retried_after_backoff(fault: str) -> None:
     fake = FakeClock()  # the client's backoff only: the retry waits for the test
     async with simulator(faults=Faults(**{fault: 1.0, "hang_s": 5.0})) as (sim, base):
-        async with client(base, scheduler(), clock=fake, read_timeout_s=0.2) as kc:
+        # 1 s: short for the hang, long enough for a whole page on a loaded
+        # machine (0.2 s timed out the retry's 300 KB answer once: a second fault).
+        async with client(base, scheduler(), clock=fake, read_timeout_s=1.0) as kc:
             call = asyncio.create_task(kc.deals(SELECTION, 0))
-            await wait_for(lambda: fake.sleepers == 1, 3, "a request asleep", every=0.005)
+            await wait_for(lambda: fake.sleepers == 1, 5, "a request asleep", every=0.005)
             assert asked(sim, "deal") == 1 and not call.done()
             sim.control(faults={fault: 0.0})
             await fake.advance(0.01)  # full jitter: at most the base (0.01) on attempt 1

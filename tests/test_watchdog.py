@@ -205,15 +205,19 @@ async def test_status_after_a_restart_during_an_outage_is_unhealthy_and_names_th
         # watchdog kill or a crash leaves it.
         await wait_for(lambda: doc(db)["daemon"]["causes"], 20, "the first run's causes")
         before = doc(db)["daemon"]["causes"]
+        first_start = doc(db)["daemon"]["started_at"]
         await first.kill()
     finally:
         await first.ensure_dead()
     second = Running(load_config(path), path, **FAST)
-    await wait_for(
-        lambda: doc(db)["daemon"]["state"] == "running" and doc(db)["daemon"]["causes"],
-        15,
-        "the second run's causes",
-    )
+
+    def second_says() -> bool:
+        # The second run's own row: until its first snapshot the row (and so
+        # the causes) is still the first run's, though the lock is its.
+        d = doc(db)["daemon"]
+        return d["state"] == "running" and d["started_at"] != first_start and bool(d["causes"])
+
+    await wait_for(second_says, 15, "the second run's causes")
     now = doc(db)
     # Before: "running, healthy" until a whole stall window passed.
     assert now["healthy"] is False
