@@ -149,7 +149,7 @@ def _deals(args: argparse.Namespace) -> int:
     if isinstance(db, int):
         return db
     filters = Filters(
-        min_profit_cents=None if args.min_profit is None else round(args.min_profit * 100),
+        min_profit=args.min_profit,
         min_roi_pct=args.min_roi,
         max_sales_rank=args.max_rank,
         categories=tuple(args.category),

@@ -41,7 +41,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from dealsd import funnel, selections, snapshot
+from dealsd import funnel, marketplaces, selections, snapshot
 from dealsd.alerts.channels import Sender, load_channels
 from dealsd.alerts.outbox import Evaluator
 from dealsd.alerts.sender import AlertSender, Channels
@@ -110,7 +110,7 @@ def selection_part(upserter: Upserter) -> snapshot.SelectionPart:
     newest = upserter.newest_update
     return snapshot.SelectionPart(
         name=sel.name, worker=sel.worker, domain=sel.domain,
-        currency=selections.CURRENCIES.get(sel.domain), interval_s=sel.interval_s,
+        currency=marketplaces.currency(sel.domain), interval_s=sel.interval_s,
         weight=sel.weight,
         last_pass_at=iso_utc(upserter.last_pass_at) if upserter.last_pass_at else None,
         newest_keepa_update=keepa_time_iso(newest) if newest is not None else None,

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple, TextIO
 
 from dealsd.exits import EX_OK, EX_USAGE, EXIT_NO_DATABASE
+from dealsd.marketplaces import SQL_PER_UNIT, show, units
 
 Kind = Literal["text", "cents", "pct", "count", "time"]
 Output = Literal["table", "csv", "json"]
@@ -65,6 +66,9 @@ FIELDS: tuple[Field, ...] = (
     Field("category", "category", "root_category", "count", shown=False),
     Field("updated_at", "age", "keepa_last_update", "time"),
     Field("first_seen_at", "first seen", "first_seen_at", "time", shown=False),
+    # The money fields' currency (dealsd.marketplaces): shown in the table
+    # only when the rows are in more than one.
+    Field("currency", "cur", "currency", "text", shown=False),
 )
 FIELD_KEYS: tuple[str, ...] = tuple(f.key for f in FIELDS)
 
@@ -80,27 +84,10 @@ DEFAULT_SORT = "profit"
 DEFAULT_LIMIT = 20
 TITLE_WIDTH = 48
 
-AMAZON_HOSTS: Mapping[int, str] = {
-    1: "www.amazon.com", 2: "www.amazon.co.uk", 3: "www.amazon.de", 4: "www.amazon.fr",
-    5: "www.amazon.co.jp", 6: "www.amazon.ca", 8: "www.amazon.it", 9: "www.amazon.es",
-    10: "www.amazon.in", 11: "www.amazon.com.mx", 12: "www.amazon.com.br",
-}  # fmt: skip
-
-
-def amazon_url(domain_id: object, asin: str) -> str | None:
-    host = AMAZON_HOSTS.get(domain_id) if isinstance(domain_id, int) else None
-    return None if host is None else f"https://{host}/dp/{asin}"
-
-
-def keepa_url(domain_id: object, asin: str) -> str:
-    domain = domain_id if isinstance(domain_id, int) else 1
-    return f"https://keepa.com/#!product/{domain}-{asin}"
-
-
 class Filters(NamedTuple):
     """What `dealsd deals` selects; each None is "no limit" (the alert rules' names)."""
 
-    min_profit_cents: int | None = None
+    min_profit: float | None = None  # in currency units, each deal's own (5 = $5.00 or ¥5)
     min_roi_pct: float | None = None
     max_sales_rank: int | None = None
     categories: tuple[int, ...] = ()
@@ -127,9 +114,9 @@ def build_query(conn: sqlite3.Connection, f: Filters) -> tuple[str, list[object]
     """The SQL and parameters for ``f``; raises FilterUnsupported."""
     where: list[str] = []
     args: list[object] = []
-    if f.min_profit_cents is not None:
-        where.append("profit >= ?")
-        args.append(f.min_profit_cents)
+    if f.min_profit is not None:
+        where.append(f"profit >= ? * {SQL_PER_UNIT}")
+        args.append(f.min_profit)
     if f.min_roi_pct is not None:
         where.append("roi_pct >= ?")
         args.append(f.min_roi_pct)
@@ -183,13 +170,6 @@ def fetch(db_path: Path, f: Filters) -> list[dict[str, object]]:
         conn.close()
 
 
-def _money(cents: object) -> str:
-    if isinstance(cents, bool) or not isinstance(cents, int):
-        return ""
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
-
-
 def age(stamp: object, now: float) -> str:
     """A short age like ``45s``, ``12m``, ``3.5h``, ``2d``; blank when unknown."""
     if not isinstance(stamp, str):
@@ -209,12 +189,17 @@ def age(stamp: object, now: float) -> str:
     return f"{s / 86400:.0f}d"
 
 
-def cell(field: Field, value: object, now: float) -> str:
+def _currency(row: Mapping[str, object]) -> str | None:
+    cur = row.get("currency")
+    return cur if isinstance(cur, str) else None
+
+
+def cell(field: Field, value: object, now: float, currency: str | None = None) -> str:
     """A value as the terminal table shows it: NULL is blank."""
     if value is None:
         return ""
     if field.kind == "cents":
-        return _money(value)
+        return show(value, currency, symbol=False) if isinstance(value, int) else ""
     if field.kind == "pct":
         return f"{value:.1f}%" if isinstance(value, int | float) else ""
     if field.kind == "count":
@@ -225,12 +210,12 @@ def cell(field: Field, value: object, now: float) -> str:
     return text if len(text) <= TITLE_WIDTH else text[: TITLE_WIDTH - 1] + "…"
 
 
-def export_value(field: Field, value: object) -> object:
+def export_value(field: Field, value: object, currency: str | None = None) -> object:
     """A value for CSV and JSON: money in currency units, titles unescaped, NULL as None."""
     if value is None:
         return None
     if field.kind == "cents" and isinstance(value, int):
-        return round(value / 100, 2)
+        return units(value, currency)
     if field.kind == "pct" and isinstance(value, float):
         return round(value, 2)
     if field.key == "title":
@@ -239,8 +224,9 @@ def export_value(field: Field, value: object) -> object:
 
 
 def render_table(rows: Sequence[Mapping[str, object]], *, now: float) -> str:
-    shown = [f for f in FIELDS if f.shown]
-    body = [[cell(f, r.get(f.key), now) for f in shown] for r in rows]
+    several = len({_currency(r) for r in rows}) > 1
+    shown = [f for f in FIELDS if f.shown or (several and f.key == "currency")]
+    body = [[cell(f, r.get(f.key), now, _currency(r)) for f in shown] for r in rows]
     widths = [max([len(f.header), *(len(line[i]) for line in body)]) for i, f in enumerate(shown)]
     left = {"text"}
 
@@ -260,12 +246,12 @@ def write_csv(rows: Sequence[Mapping[str, object]], out: TextIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(FIELD_KEYS)
     for r in rows:
-        values = (export_value(f, r.get(f.key)) for f in FIELDS)
+        values = (export_value(f, r.get(f.key), _currency(r)) for f in FIELDS)
         writer.writerow("" if v is None else v for v in values)
 
 
 def to_json(rows: Sequence[Mapping[str, object]]) -> str:
-    docs = [{f.key: export_value(f, r.get(f.key)) for f in FIELDS} for r in rows]
+    docs = [{f.key: export_value(f, r.get(f.key), _currency(r)) for f in FIELDS} for r in rows]
     return json.dumps(docs, indent=2, ensure_ascii=False)
 
 
@@ -311,7 +297,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--config", help="config file naming the database")
     p.add_argument("--database", help="read this database directly instead")
     p.add_argument("--min-profit", type=float, metavar="AMOUNT",
-                   help="profit at least this, in currency units (5 = 5.00)")
+                   help="profit at least this, in each deal's currency units (5 = 5.00; yen: 5)")
     p.add_argument("--min-roi", type=float, metavar="PCT", help="ROI at least PCT percent")
     p.add_argument("--max-rank", type=int, metavar="RANK", help="sales rank at most RANK")
     p.add_argument("--category", type=int, action="append", metavar="ID", default=[],

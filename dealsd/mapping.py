@@ -42,6 +42,7 @@ from dealsd.keepa.payloads import (
     Product,
     Stats,
 )
+from dealsd.marketplaces import currency
 from dealsd.timefmt import iso_utc, keepa_minutes_to_epoch
 
 Value = int | float | str | None
@@ -268,33 +269,6 @@ def unfetched_columns(*, offers: bool, buybox: bool) -> frozenset[str]:
         if not buybox:
             out.update(BUY_BOX_COLUMNS)
     return frozenset(out)
-
-# Money is stored in each marketplace's own currency, as Keepa sends it: an
-# integer in the currency's smallest unit (ISO 4217 minor unit). `*_cents`
-# columns hold cents of USD, GBP, EUR, CAD, MXN, BRL, paise of INR, and whole
-# yen for JPY, whose smallest unit is the yen itself (no cents); `currency`
-# names it and MINOR_UNIT_DIGITS says how many decimals to show.
-# Keepa's domain ids (7 was amazon.cn, closed) and each marketplace's currency.
-CURRENCIES: dict[int, str] = {
-    1: "USD",  # amazon.com
-    2: "GBP",  # amazon.co.uk
-    3: "EUR",  # amazon.de
-    4: "EUR",  # amazon.fr
-    5: "JPY",  # amazon.co.jp
-    6: "CAD",  # amazon.ca
-    8: "EUR",  # amazon.it
-    9: "EUR",  # amazon.es
-    10: "INR",  # amazon.in
-    11: "MXN",  # amazon.com.mx
-    12: "BRL",  # amazon.com.br
-}
-# Decimals of each currency's smallest unit: what a `*_cents` integer is divided by.
-MINOR_UNIT_DIGITS: dict[str, int] = {c: 0 if c == "JPY" else 2 for c in CURRENCIES.values()}
-
-
-def currency(domain: int) -> str | None:
-    return CURRENCIES.get(domain)
-
 
 DEAL_COLUMNS: tuple[str, ...] = (
     "asin",

@@ -12,7 +12,7 @@ is ``upserter:books``; the ``default`` selection keeps the plain name
 ``upserter``, so a one-selection install keeps its status rows, journal
 worker names and ``[tokens] weights`` key.
 
-Money is in each marketplace's own currency (``mapping.CURRENCIES``).
+Money is in each marketplace's own currency (dealsd.marketplaces).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from dealsd.config import Config, ProfitConfig, canonical_query
-from dealsd.mapping import CURRENCIES as CURRENCIES
-from dealsd.mapping import MINOR_UNIT_DIGITS as MINOR_UNIT_DIGITS
 
 DEFAULT_NAME = "default"
 UPSERTER = "upserter"  # the consumer whose [tokens] weight the selections share

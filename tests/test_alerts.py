@@ -259,6 +259,29 @@ def test_a_message_names_what_a_buyer_decides_with_and_blank_is_a_dash() -> None
     assert lines[-1] == "- … and 10 more: `dealsd alerts list`"
 
 
+def test_a_message_is_in_its_marketplaces_currency_and_yen_have_no_cents() -> None:
+    def pending(i: int, domain_id: int, profit: int, roi: float = 50.0) -> outbox.Pending:
+        facts = deal(
+            asin=f"B{i:09d}", domain_id=domain_id, profit_cents=profit, buy_cents=1999, roi_pct=roi
+        )
+        return outbox.Pending(
+            id=i, rule="r", channel="a", reason="new", attempts=0, created_at="t", facts=facts
+        )
+
+    title, body = message.single(pending(1, 5, 1500))
+    assert title.startswith("¥1,500 profit") and "Buy: **¥1,999**" in body
+    assert "https://www.amazon.co.jp/dp/B000000001" in body
+    assert "https://keepa.com/#!product/5-B000000001" in body
+    title, body = message.single(pending(2, 3, -350))
+    assert title.startswith("-€3.50 profit") and "Buy: **€19.99**" in body
+    assert message.single(pending(3, 2, 1234))[0].startswith("£12.34 profit")
+    # Yen and dollars do not compare without an exchange rate: a mixed digest
+    # ranks by ROI (a single currency's, by profit, as above).
+    _, body = message.digest([pending(1, 5, 1500, roi=20.0), pending(4, 1, 1200, roi=30.0)])
+    assert body.splitlines()[0].startswith("- $12.00 profit")
+    assert body.splitlines()[1].startswith("- ¥1,500 profit, buy ¥1,999")
+
+
 # -- channels ------------------------------------------------------------------------
 
 

@@ -299,6 +299,49 @@ def test_csv_reads_back_and_json_matches_its_columns(
         assert doc["updated_at"] == r["keepa_last_update"]
 
 
+def test_yen_have_no_cents_and_mixed_currencies_are_named(
+    capsys: pytest.CaptureFixture[str], db: Path, tmp_path: Path
+) -> None:
+    # Two deals moved to amazon.co.jp, their money whole yen (dealsd.marketplaces).
+    mixed = tmp_path / "mixed.db"
+    shutil.copy(db, mixed)
+    usd = sorted(r["asin"] for r in _rows(db) if (r["profit_cents"] or 0) > 1000)
+    yen_asin, cheap_yen = usd[0], usd[1]
+    conn = sqlite3.connect(mixed)
+    with conn:
+        conn.execute(
+            "UPDATE deals SET domain_id = 5, currency = 'JPY', profit_cents = 1999, "
+            "buy_price_cents = 3500 WHERE asin = ?", (yen_asin,)
+        )  # fmt: skip
+        conn.execute(
+            "UPDATE deals SET domain_id = 5, currency = 'JPY', profit_cents = 40 WHERE asin = ?",
+            (cheap_yen,),
+        )
+    conn.close()
+    code, out, _ = deals(capsys, "--database", str(mixed), "--limit", "10000")
+    assert code == 0
+    table = {c["ASIN"]: c for c in _columns(out)}
+    assert (table[yen_asin]["profit"], table[yen_asin]["buy"]) == ("1999", "3500")
+    assert table[yen_asin]["cur"] == "JPY" and table[usd[2]]["cur"] == "USD"
+    doc = {d["asin"]: d for d in as_json(capsys, mixed)}
+    assert (doc[yen_asin]["profit"], doc[yen_asin]["currency"]) == (1999, "JPY")
+    assert doc[usd[2]]["currency"] == "USD"
+    code, out, _ = deals(capsys, "--database", str(mixed), "--csv", "--limit", "10000")
+    line = {r["asin"]: r for r in csv.DictReader(io.StringIO(out))}[yen_asin]
+    assert (line["profit"], line["currency"]) == ("1999", "JPY")
+    # --min-profit is in each deal's own units: 10 is ¥10 or $10.00.
+    kept = {d["asin"] for d in as_json(capsys, mixed, "--min-profit", "10")}
+    assert yen_asin in kept and cheap_yen in kept
+    want_usd = {r["asin"] for r in _rows(mixed) if r["currency"] == "USD"
+                and r["profit_cents"] is not None and r["profit_cents"] >= 1000}  # fmt: skip
+    assert kept - {yen_asin, cheap_yen} == want_usd and want_usd
+    kept = {d["asin"] for d in as_json(capsys, mixed, "--min-profit", "100")}
+    assert yen_asin in kept and cheap_yen not in kept
+    # One currency: no column for it.
+    code, out, _ = deals(capsys, "--database", str(db))
+    assert "cur" not in _columns(out)[0]
+
+
 def test_the_config_names_the_database(capsys: pytest.CaptureFixture[str], db: Path) -> None:
     path = db.parent / "config-db.toml"
     path.write_text(f'[database]\npath = "{db}"\n')

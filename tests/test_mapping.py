@@ -16,7 +16,7 @@ import pytest
 from helpers import sample_bytes
 
 from dealsd import estimate as est
-from dealsd import mapping
+from dealsd import mapping, marketplaces
 from dealsd.keepa.payloads import Product, decode_deals, decode_products
 
 
@@ -445,11 +445,11 @@ def test_every_mapped_column_exists_in_the_schema(tmp_path: Path) -> None:
 
 def test_each_marketplace_has_its_currency_and_yen_have_no_cents() -> None:
     # Keepa's domain ids (7, amazon.cn, is closed) and ISO 4217 codes.
-    assert mapping.CURRENCIES == {
+    assert marketplaces.CURRENCIES == {
         1: "USD", 2: "GBP", 3: "EUR", 4: "EUR", 5: "JPY", 6: "CAD",
         8: "EUR", 9: "EUR", 10: "INR", 11: "MXN", 12: "BRL",
     }  # fmt: skip
-    assert mapping.MINOR_UNIT_DIGITS["JPY"] == 0 and mapping.MINOR_UNIT_DIGITS["EUR"] == 2
+    assert marketplaces.digits("JPY") == 0 and marketplaces.digits("EUR") == 2
     decoded = decode_deals(
         json.dumps({"deals": {"dr": [_deal()]}, "tokensLeft": 5, "refillRate": 5}).encode()
     )
@@ -457,4 +457,4 @@ def test_each_marketplace_has_its_currency_and_yen_have_no_cents() -> None:
     row = mapping.deal_row(item.value, item.raw, domain_id=5, seen_at="2026-05-10T05:00:00Z")
     # A price in yen is stored as Keepa sends it: whole yen, not hundredths.
     assert (row["currency"], row["current_used_cents"]) == ("JPY", 1450)
-    assert mapping.currency(7) is None
+    assert marketplaces.currency(7) is None

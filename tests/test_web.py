@@ -153,6 +153,26 @@ async def test_best_by_roi_orders_by_roi_and_takes_min_sales(ds: Any, db: Path) 
     assert [r["asin"] for r in kept] == [fast]
 
 
+async def test_yen_are_shown_whole_in_the_queries_and_on_the_chart(ds: Any, db: Path) -> None:
+    def to_japan(c: sqlite3.Connection) -> None:
+        c.execute("UPDATE deals SET domain_id = 5, currency = 'JPY' WHERE asin = ?", (ASIN,))
+        c.execute("UPDATE product_history SET domain_id = 5 WHERE asin = ?", (ASIN,))
+
+    write(db, to_japan)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    [(buy,)] = conn.execute("SELECT buy_price_cents FROM deals WHERE asin = ?", (ASIN,))
+    conn.close()
+    got = {r["asin"]: r for r in await rows(ds, "/dealsd/best_by_roi.json?min_sales_per_month=")}
+    assert (got[ASIN]["buy"], got[ASIN]["currency"]) == (buy, "JPY")  # not buy / 100
+    page = await ds.client.get(f"/dealsd/deals/5,{ASIN}")
+    assert page.status_code == 200 and f"https://www.amazon.co.jp/dp/{ASIN}" in page.text
+    labels = re.findall(r'text-anchor="end">([^<]*)</text>', page.text)
+    assert labels and all("." not in label for label in labels), labels
+    usd = await ds.client.get(PAGE.replace(ASIN, "B0F7XPYCSJ"))
+    usd_labels = re.findall(r'text-anchor="end">([^<]*)</text>', usd.text)
+    assert usd_labels and all("." in label for label in usd_labels), usd_labels  # cents
+
+
 async def test_new_in_the_last_hour(ds: Any, db: Path) -> None:
     old = iso_utc(NOW - 2 * 3600)
     write(db, lambda c: c.execute("UPDATE deals SET first_seen_at = ? WHERE asin = ?",

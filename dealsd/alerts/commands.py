@@ -15,6 +15,7 @@ from typing import TextIO
 
 from dealsd.alerts import queries
 from dealsd.alerts.channels import Sender, load_channels
+from dealsd.alerts.message import money
 from dealsd.config import Config
 
 EXIT_OK, EXIT_FAILED, EXIT_NO_DATABASE = 0, 1, 2
@@ -76,7 +77,8 @@ def run_list(db_path: Path, *, limit: int, out: TextIO = sys.stdout) -> int:
         print("no alerts yet", file=out)
     for r in rows:
         when = f"sent {r['sent_at']}" if r["sent_at"] else f"queued ({r['attempts']} tries)"
-        profit = "-" if r["profit_cents"] is None else f"${r['profit_cents'] / 100:,.2f}"
+        domain = r["domain_id"] if isinstance(r["domain_id"], int) else 1
+        profit = money(r["profit_cents"], domain)
         title = (r["title"] or "")[:50]
         print(f"{r['created_at']}  {r['rule']:<16} {r['channel']:<10} {r['asin']}  "
               f"{profit:>10}  {when}  {title}", file=out)  # fmt: skip

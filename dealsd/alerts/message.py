@@ -11,31 +11,16 @@ from collections.abc import Sequence
 
 from dealsd.alerts.outbox import REASON_PRICE_DROP, Pending
 from dealsd.alerts.rules import DealFacts
+from dealsd.marketplaces import amazon_url, currency, keepa_url, show
 
-# Keepa's domain ids and the Amazon storefront each stands for.
-AMAZON_HOSTS = {
-    1: "www.amazon.com",
-    2: "www.amazon.co.uk",
-    3: "www.amazon.de",
-    4: "www.amazon.fr",
-    5: "www.amazon.co.jp",
-    6: "www.amazon.ca",
-    8: "www.amazon.it",
-    9: "www.amazon.es",
-    10: "www.amazon.in",
-    11: "www.amazon.com.mx",
-    12: "www.amazon.com.br",
-}
 DIGEST_LINES_MAX = 50
 TITLE_MAX = 80
 
 
-def money(cents: int | None) -> str:
-    """``$12.34``; a dash where Keepa gave nothing (never a made-up 0)."""
-    if cents is None:
-        return "-"
-    sign = "-" if cents < 0 else ""
-    return f"{sign}${abs(cents) / 100:,.2f}"
+def money(amount: int | None, domain_id: int) -> str:
+    """``$12.34``, ``€12.34``, ``¥1,999`` in the deal's marketplace's currency;
+    a dash where Keepa gave nothing (never a made-up 0)."""
+    return "-" if amount is None else show(amount, currency(domain_id))
 
 
 def _pct(value: float | None) -> str:
@@ -46,12 +31,13 @@ def _int(value: int | None) -> str:
     return "-" if value is None else f"{value:,}"
 
 
-def amazon_url(deal: DealFacts) -> str:
-    return f"https://{AMAZON_HOSTS.get(deal.domain_id, AMAZON_HOSTS[1])}/dp/{deal.asin}"
+def _keepa(d: DealFacts) -> str:
+    return keepa_url(d.domain_id, d.asin)
 
 
-def keepa_url(deal: DealFacts) -> str:
-    return f"https://keepa.com/#!product/{deal.domain_id}-{deal.asin}"
+def _amazon(d: DealFacts) -> str:
+    # A marketplace dealsd has no storefront for (a domain Keepa adds later): Keepa's page.
+    return amazon_url(d.domain_id, d.asin) or _keepa(d)
 
 
 def _name(deal: DealFacts) -> str:
@@ -62,33 +48,46 @@ def _name(deal: DealFacts) -> str:
 def single(alert: Pending) -> tuple[str, str]:
     """(title, body) of one alert."""
     d = alert.facts
+
+    def m(amount: int | None) -> str:
+        return money(amount, d.domain_id)
+
     why = "price drop" if alert.reason == REASON_PRICE_DROP else "new deal"
-    title = f"{money(d.profit_cents)} profit: {_name(d)}"
+    title = f"{m(d.profit_cents)} profit: {_name(d)}"
     body = "\n".join(
         [
             f"**{_name(d)}** ({why}, rule *{alert.rule}*)",
             "",
-            f"- Buy: **{money(d.buy_cents)}** with shipping (all-in {money(d.all_in_cost_cents)}), "
-            f"expected sale {money(d.expected_sale_cents)}",
-            f"- Profit: **{money(d.profit_cents)}**, ROI {_pct(d.roi_pct)}, "
+            f"- Buy: **{m(d.buy_cents)}** with shipping (all-in {m(d.all_in_cost_cents)}), "
+            f"expected sale {m(d.expected_sale_cents)}",
+            f"- Profit: **{m(d.profit_cents)}**, ROI {_pct(d.roi_pct)}, "
             f"margin {_pct(d.margin_pct)}",
             f"- Sales rank {_int(d.sales_rank)}, sales per month {_int(d.monthly_sold)}, "
             f"rank drops (30 d) {_int(d.rank_drops_30)}",
             "",
-            f"[Amazon]({amazon_url(d)}) · [Keepa]({keepa_url(d)})",
+            f"[Amazon]({_amazon(d)}) · [Keepa]({_keepa(d)})",
         ]
     )
     return title, body
 
 
+def _ranked(alerts: Sequence[Pending]) -> list[Pending]:
+    # Profits in two currencies do not compare without an exchange rate,
+    # which dealsd does not have: then ROI, a ratio, ranks them.
+    if len({currency(a.facts.domain_id) for a in alerts}) > 1:
+        return sorted(alerts, key=lambda a: -(a.facts.roi_pct or 0.0))
+    return sorted(alerts, key=lambda a: -(a.facts.profit_cents or 0))
+
+
 def digest(alerts: Sequence[Pending]) -> tuple[str, str]:
-    """(title, body) of many alerts in one message, best profit first."""
-    ranked = sorted(alerts, key=lambda a: -(a.facts.profit_cents or 0))
+    """(title, body) of many alerts in one message, best profit first (mixed
+    currencies: best ROI first)."""
+    ranked = _ranked(alerts)
     shown = ranked[:DIGEST_LINES_MAX]
     lines = [
-        f"- {money(a.facts.profit_cents)} profit, buy {money(a.facts.buy_cents)}, "
-        f"ROI {_pct(a.facts.roi_pct)}: [{_name(a.facts)}]({amazon_url(a.facts)}) "
-        f"([Keepa]({keepa_url(a.facts)}))"
+        f"- {money(a.facts.profit_cents, a.facts.domain_id)} profit, "
+        f"buy {money(a.facts.buy_cents, a.facts.domain_id)}, ROI {_pct(a.facts.roi_pct)}: "
+        f"[{_name(a.facts)}]({_amazon(a.facts)}) ([Keepa]({_keepa(a.facts)}))"
         for a in shown
     ]
     if len(ranked) > len(shown):

@@ -56,10 +56,11 @@ def recent(conn: sqlite3.Connection, *, limit: int) -> list[Mapping[str, Any]]:
     """The newest alerts, queued and sent (for `dealsd alerts list`)."""
     cur = conn.execute(
         "SELECT id, created_at, rule, channel, reason, asin, sent_at, attempts, last_error, "
-        "json_extract(facts, '$.title'), json_extract(facts, '$.profit_cents') "
+        "json_extract(facts, '$.title'), json_extract(facts, '$.profit_cents'), "
+        "json_extract(facts, '$.domain_id') "
         "FROM alert_outbox ORDER BY id DESC LIMIT ?",
         (limit,),
     )
     names = [d[0] for d in cur.description]
-    names[-2:] = ["title", "profit_cents"]
+    names[-3:] = ["title", "profit_cents", "domain_id"]
     return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

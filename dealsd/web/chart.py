@@ -22,6 +22,7 @@ from html import escape
 
 from dealsd.keepa.payloads import BUY_BOX_SHIPPING, NEW, SALES, USED, History
 from dealsd.mapping import history_points
+from dealsd.marketplaces import digits
 
 WIDTH, HEIGHT = 960, 380
 LEFT, RIGHT, TOP, BOTTOM = 64, 76, 34, 46  # margins: axis labels live there
@@ -82,12 +83,18 @@ def _top(values: Sequence[int]) -> float:
     return max(values) * 1.08 if values and max(values) > 0 else 1.0
 
 
-def _money(cents: float) -> str:
-    return f"{cents / 100:,.2f}"
+def _money(amount: float, currency: str | None) -> str:
+    d = digits(currency)
+    return f"{amount / 10**d:,.{d}f}"
 
 
-def render_svg(history: History, *, now: float | None = None) -> str:
-    """The chart of ``history`` (a decoded ``product_history`` payload) as SVG markup."""
+def render_svg(
+    history: History, *, now: float | None = None, currency: str | None = None
+) -> str:
+    """The chart of ``history`` (a decoded ``product_history`` payload) as SVG markup.
+
+    Prices are in ``currency``'s units (cents of most, whole yen: dealsd.marketplaces).
+    """
     now = time.time() if now is None else now
     data = {s.key: history_points(history.csv, s.price_type) for s in SERIES}
     times = [t for pts in data.values() for t, _ in pts]
@@ -122,9 +129,8 @@ def render_svg(history: History, *, now: float | None = None) -> str:
         frac = i / TICKS
         y = bottom - frac * (bottom - TOP)
         out.append(f'<line x1="{LEFT}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>')
-        out.append(
-            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_money(frac * p_top)}</text>'
-        )
+        label = _money(frac * p_top, currency)
+        out.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
         t = x0 + frac * (x1 - x0)
         x = sx[0] * t + sx[1]
         day = time.strftime("%Y-%m-%d", time.gmtime(t))

@@ -3,7 +3,8 @@
 The deals queries select from ``deals.view_sql``, the view of `dealsd deals`,
 so the web view and the terminal show the same columns under the same
 names (and follow the schema v2 switch together). Money is shown in
-currency units there; the tables themselves keep cents, as stored.
+currency units there (whole yen for JPY, dealsd.marketplaces); the tables
+themselves keep the stored integers: cents, or yen.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from dealsd.deals import DEFAULT_SORT, FIELDS, SORTS, view_sql
+from dealsd.marketplaces import SQL_PER_UNIT
 
 DATABASE = "dealsd"  # the name the database is served under: /dealsd/deals/...
 MIN_SALES_PER_MONTH = 5
@@ -42,13 +44,15 @@ DEAL_COLUMNS: dict[str, str] = {
     "roi_pct": "Profit as a percent of the all-in cost",
     "backfill_attempts": "Failed backfill attempts so far",
     "backfill_error": "Why the last backfill attempt failed",
+    "currency": "The money columns' currency (ISO 4217); JPY amounts are whole yen",
 }
 
 
 def _deals_select() -> str:
     """The view's columns, money in currency units, from the view's subquery."""
     cols = ", ".join(
-        f"ROUND({f.key} / 100.0, 2) AS {f.key}" if f.kind == "cents" else f.key for f in FIELDS
+        f"ROUND({f.key} * 1.0 / {SQL_PER_UNIT}, 2) AS {f.key}" if f.kind == "cents" else f.key
+        for f in FIELDS
     )
     return f"SELECT {cols} FROM ({view_sql()})"
 
@@ -106,7 +110,8 @@ def metadata() -> dict[str, Any]:
         "title": "dealsd",
         "description": (
             "The deals dealsd found, read-only beside the running daemon. "
-            "Money in the tables is in cents; NULL (blank) means unknown, never 0."
+            "Money in the tables is in cents of the row's `currency` (whole yen for JPY, "
+            "which has no cents); NULL (blank) means unknown, never 0."
         ),
         "databases": {
             DATABASE: {

@@ -18,8 +18,8 @@ from datasette import hookimpl as _hookimpl
 from datasette.utils import tilde_encode, urlsafe_components
 from markupsafe import Markup
 
-from dealsd.deals import amazon_url, keepa_url
 from dealsd.keepa.payloads import PayloadError, decode_history
+from dealsd.marketplaces import amazon_url, currency, keepa_url
 from dealsd.web.chart import render_svg
 from dealsd.web.metadata import DATABASE
 
@@ -56,7 +56,7 @@ def panel_html(domain_id: object, asin: str, payload: object, fetched_at: object
     except (zlib.error, PayloadError) as exc:
         return head + f"<p>The stored history cannot be read: {escape(str(exc))}</p></section>"
     note = f"<p>Fetched {escape(str(fetched_at))} (UTC).</p>" if fetched_at else ""
-    return head + render_svg(history) + note + "</section>"
+    return head + render_svg(history, currency=currency(domain_id)) + note + "</section>"
 
 
 @hookimpl
