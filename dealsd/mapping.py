@@ -43,6 +43,7 @@ from dealsd.keepa.payloads import (
     Stats,
 )
 from dealsd.marketplaces import currency
+from dealsd.store.schema import DEAL_COLUMNS as DEAL_COLUMNS
 from dealsd.timefmt import iso_utc, keepa_minutes_to_epoch
 
 Value = int | float | str | None
@@ -270,24 +271,6 @@ def unfetched_columns(*, offers: bool, buybox: bool) -> frozenset[str]:
             out.update(BUY_BOX_COLUMNS)
     return frozenset(out)
 
-DEAL_COLUMNS: tuple[str, ...] = (
-    "asin",
-    "domain_id",
-    "currency",
-    "title",
-    "image_url",
-    "root_category",
-    "current_amazon_cents",
-    "current_new_cents",
-    "current_used_cents",
-    "current_sales_rank",
-    "keepa_last_update",
-    "deal_json",
-    "last_seen_at",
-    # schema v6: the screen, made by the upserter from the deal (``screen``)
-    "screen_profit_cents",
-    "screen_roi_pct",
-)
 
 # `[profit] reference` -> the price type whose 90-day average the deal object
 # carries in avg[3][type] (the screen's resale price, like REFERENCE_COLUMN's).

@@ -14,14 +14,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dealsd import mapping
 from dealsd.store import schema
 from dealsd.timefmt import iso_utc
 
 # What a /deal page updates: the mapping's deal row, less the key and the
-# seen-stamp, which the upsert handles itself. One list, in the mapping.
+# seen-stamp, which the upsert handles itself. One list, in the schema.
 DEAL_FEED_COLUMNS: tuple[str, ...] = tuple(
-    c for c in mapping.DEAL_COLUMNS if c not in ("asin", "last_seen_at")
+    c for c in schema.DEAL_COLUMNS if c not in ("asin", "last_seen_at")
 )
 _NEVER_WRITTEN_BY_COLUMNS = frozenset({"asin", "first_seen_at"})
 _WORKER_COLUMNS = frozenset(

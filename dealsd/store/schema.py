@@ -18,6 +18,28 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+# The columns a deal of the /deal feed fills (dealsd.mapping.deal_row makes
+# them, in this order; the upsert writes them). Here, beside the tables, so
+# the store and `dealsd status` need not import the mapping (msgspec types).
+DEAL_COLUMNS: tuple[str, ...] = (
+    "asin",
+    "domain_id",
+    "currency",
+    "title",
+    "image_url",
+    "root_category",
+    "current_amazon_cents",
+    "current_new_cents",
+    "current_used_cents",
+    "current_sales_rank",
+    "keepa_last_update",
+    "deal_json",
+    "last_seen_at",
+    # schema v6: the screen, made by the upserter from the deal (``screen``)
+    "screen_profit_cents",
+    "screen_roi_pct",
+)
+
 # The deals columns of v1 after the key, and the deals indexes: v2 rebuilds
 # the table with the same columns and indexes, so the text is written once.
 _DEALS_V1_COLUMNS = """
