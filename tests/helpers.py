@@ -89,7 +89,8 @@ def sample_database(db: Path, *, now: float) -> None:
                 merged, buy_cost_cents=estimate.buy_cost_cents(merged, payloads.NEW),
                 price_type=payloads.NEW, profit=ProfitConfig(reference="new")))  # fmt: skip
             queries.store_product(
-                conn, asin=asin, fetched_at=stamp, keepa_last_update=row["keepa_last_update"],
+                conn, asin=asin, fetched_at=stamp,
+                keepa_last_update=mapping.keepa_time_iso(product.last_update),
                 tokens_spent=1, payload_zlib=zlib.compress(raw, PAYLOAD_ZLIB_LEVEL),
                 columns={**columns, "backfilled_at": stamp},
             )  # fmt: skip

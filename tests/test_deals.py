@@ -53,7 +53,7 @@ def _settled(db: Path) -> bool:
     except sqlite3.OperationalError:
         return False
     n, b, failed = rows[0]["n"], rows[0]["b"], rows[0]["failed"] or 0
-    return n >= 300 and b + failed >= n
+    return bool(n >= 300 and b + failed >= n)
 
 
 async def _fill(directory: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
@@ -174,7 +174,7 @@ def test_the_default_is_the_best_20_by_profit(capsys: pytest.CaptureFixture[str]
     [
         (("--min-profit", "3.5"), lambda r: r["profit_cents"] is not None
          and r["profit_cents"] >= 350),
-        (("--min-roi", "20"), lambda r: roi(r) is not None and roi(r) >= 20),
+        (("--min-roi", "20"), lambda r: (v := roi(r)) is not None and v >= 20),
         (("--max-rank", "500000"), lambda r: r["current_sales_rank"] is not None
          and r["current_sales_rank"] <= 500000),
         (("--min-profit", "0", "--max-rank", "2000000"), lambda r: r["profit_cents"] is not None

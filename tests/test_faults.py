@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -429,7 +429,7 @@ async def test_soak_a_write_lock_held_70s(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path) -> AsyncIterator[Path]:
+def small_fs(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "small"
     mnt.mkdir()
     r = subprocess.run(
@@ -596,9 +596,8 @@ async def test_sighup_storm_then_sigterm_mid_batch_commits_everything(tmp_path: 
 
         def product_in_flight() -> bool:
             s = sim.stats()
-            return int(s["requests"].get("product", 0)) > sum(
-                s["responses"].get("product", {}).values()
-            )
+            answered: int = sum(s["responses"].get("product", {}).values())
+            return int(s["requests"].get("product", 0)) > answered
 
         await wait_for(product_in_flight, 10, "a product batch in flight")
         d.signal(signal.SIGTERM)

@@ -301,7 +301,7 @@ async def test_filters_and_the_twelve_hour_window() -> None:
     opts = options(refill_period_s=1.0, new_deals_per_period=1, refill_rate=1000)
     async for s in started(opts, clock):
         def wanted(d: dict[str, Any]) -> bool:
-            return 2000 <= d["current"][2] <= 10_000 and 1 <= d["current"][3] <= 1_000_000
+            return bool(2000 <= d["current"][2] <= 10_000 and 1 <= d["current"][3] <= 1_000_000)
 
         # The catalogue holds deals on both sides of the filter (42 of 400 in
         # it), so the page shows that it filters and cannot pass by being empty.
