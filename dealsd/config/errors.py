@@ -4,7 +4,7 @@ The daemon exits 78 on a bad file and systemd will not restart it, so that
 line must name the file, the dotted key and what is wrong without msgspec's
 jargon (``Expected `int` >= 1 - at `$.upserter.interval_s```). ``translate``
 reads the expected type and its bounds from the schema itself, so the wording
-follows the schema in ``dealsd.config`` with nothing to keep in step.
+follows the schema in ``dealsd.config.schema`` with nothing to keep in step.
 """
 
 from __future__ import annotations
