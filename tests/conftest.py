@@ -192,7 +192,7 @@ async def _stop_daemons(daemons: list[Daemon]) -> None:
     _done, pending = await asyncio.wait(running, timeout=DAEMON_STOP_S)
     if pending:
         for daemon in daemons:
-            daemon.supervisor.cancel_now()
+            daemon.parts.supervisor.cancel_now()
         _done, pending = await asyncio.wait(pending, timeout=CANCEL_S)
     for task in pending:
         task.cancel()

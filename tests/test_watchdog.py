@@ -153,7 +153,7 @@ async def test_pings_stop_when_a_worker_stops_trying(
             await asyncio.Event().wait()  # an await that never returns
             raise AssertionError("unreachable")
 
-        daemon.upserter.round = hang  # type: ignore[method-assign]
+        daemon.parts.upserter.round = hang  # type: ignore[method-assign]
         await wait_for(wedged.is_set, 10, "the wedged round")
         with capture_logs() as logs:
             await wait_for(lambda: "stopped trying" in srv.last_status(), 15, "stopped trying")
@@ -177,7 +177,7 @@ async def test_pings_stop_while_the_writer_is_stuck(
         await wait_for(lambda: counts(db)[0] > 0 and srv.seen("WATCHDOG=1"), 15, "running")
         [daemon] = daemons
         # A write that never finishes (a hung disk): the writer thread is stuck in it.
-        stuck = asyncio.ensure_future(daemon._store.write(lambda c: release.wait(60)))
+        stuck = asyncio.ensure_future(daemon.store.write(lambda c: release.wait(60)))
         await wait_for(lambda: "writer stuck" in srv.last_status(), 15, "writer stuck")
         srv.drain()
         await asyncio.sleep(1.0)
