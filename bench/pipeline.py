@@ -7,7 +7,7 @@ The pipeline is what the client and the backfiller really run on such a
 body: ``decode_envelope`` and ``decode_products`` (dealsd/keepa/client.py), then for each
 product the backfiller's own ``_store_one`` (derive the schema v2 columns with
 ``dealsd.mapping``, zlib-compress in a thread, read the deal row, estimate and
-commit through the store with ``queries.store_product``), all products of the
+commit through the store with ``backfill.store_product``), all products of the
 batch gathered as ``round()`` does. The process is pinned to one CPU, threads
 included, so the thread hop cannot borrow the second core.
 

@@ -39,7 +39,7 @@ from dealsd import estimate, mapping
 from dealsd.clock import iso_utc
 from dealsd.config import ProfitConfig
 from dealsd.keepa import payloads
-from dealsd.store import queries, schema
+from dealsd.store import backfill, feed, liveness, pruning, schema
 from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL
 
 N = 100_000
@@ -192,22 +192,22 @@ def traced_statements(db: Path) -> list[str]:
     conn.row_factory = sqlite3.Row
     conn.set_trace_callback(seen.append)
     conn.execute("BEGIN")
-    queries.status_summary(conn, now=now_s)
-    queries.pending_backfill(conn, now=now, max_attempts=5, limit=100)
-    queries.due_refresh(conn, older_than=old, limit=100)
-    queries.prune_stale(conn, older_than=old, limit=500)
-    queries.prune_ledger(conn, older_than=old)
-    queries.get_checkpoints(conn)
+    liveness.status_summary(conn, now=now_s)
+    backfill.pending_backfill(conn, now=now, max_attempts=5, limit=100)
+    backfill.due_refresh(conn, older_than=old, limit=100)
+    pruning.prune_stale(conn, older_than=old, limit=500)
+    pruning.prune_ledger(conn, older_than=old)
+    feed.get_checkpoints(conn)
     row = {"asin": "B000000007", "domain_id": 1, "title": "t", "last_seen_at": now}
-    queries.upsert_deals(conn, [row], checkpoints={"deals": "1"}, now=now)
-    queries.upsert_deals(conn, [row, {**row, "asin": "BNEW000001"}], checkpoints={}, now=now,
-                         recompute=lambda r: {"profit_cents": 1})  # fmt: skip
-    queries.store_product(conn, asin="B000000008", fetched_at=now, keepa_last_update=now,
-                          tokens_spent=1, payload_zlib=b"x",
-                          columns={"backfilled_at": now})  # fmt: skip
-    queries.record_backfill_failure(conn, asin="B000000009", reason="r", retry_at=now, now=now)
-    queries.record_tokens(conn, at=now, consumer="backfiller", endpoint="product", items=1,
-                          tokens=1)  # fmt: skip
+    feed.upsert_deals(conn, [row], checkpoints={"deals": "1"}, now=now)
+    feed.upsert_deals(conn, [row, {**row, "asin": "BNEW000001"}], checkpoints={}, now=now,
+                      recompute=lambda r: {"profit_cents": 1})  # fmt: skip
+    backfill.store_product(conn, asin="B000000008", fetched_at=now, keepa_last_update=now,
+                           tokens_spent=1, payload_zlib=b"x",
+                           columns={"backfilled_at": now})  # fmt: skip
+    backfill.record_backfill_failure(conn, asin="B000000009", reason="r", retry_at=now, now=now)
+    feed.record_tokens(conn, at=now, consumer="backfiller", endpoint="product", items=1,
+                       tokens=1)  # fmt: skip
     conn.execute("ROLLBACK")
     conn.set_trace_callback(None)
     conn.close()

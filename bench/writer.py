@@ -5,7 +5,7 @@ Figures:
   ``group_max`` rows, on a WAL file with synchronous=NORMAL (what the writer
   could reach if Python and asyncio cost nothing);
 - the writer: many coroutines each awaiting ``store.write`` of a single-row
-  UPSERT, then of a single-row ``queries.upsert_deals``, and their ratio to
+  UPSERT, then of a single-row ``feed.upsert_deals``, and their ratio to
   the ceiling (goal >= 0.5); the same loop without asyncio, to tell what the
   event loop and the thread hop cost from what the write itself costs;
 - the same while another OS process hammers ``SELECT count(*)``;
@@ -30,7 +30,7 @@ from typing import Any
 
 from bench import Row
 from dealsd.clock import SystemClock, iso_utc
-from dealsd.store import Store, queries, schema
+from dealsd.store import Store, feed, schema
 
 ROWS = 30_000
 PRODUCERS = 100
@@ -83,11 +83,11 @@ def _connect(path: Path) -> sqlite3.Connection:
 def ceiling(path: Path, rows: list[dict[str, object]]) -> float:
     """Rows/s of plain executemany upserts, committed every GROUP_MAX rows."""
     conn = _connect(path)
-    params = [queries.upsert_params(str(r["asin"]), r, NOW) for r in rows]
+    params = [feed.upsert_params(str(r["asin"]), r, NOW) for r in rows]
     started = time.perf_counter()
     for i in range(0, len(params), GROUP_MAX):
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(queries.UPSERT_DEAL_SQL, params[i : i + GROUP_MAX])
+        conn.executemany(feed.UPSERT_DEAL_SQL, params[i : i + GROUP_MAX])
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - started
     conn.close()
@@ -96,13 +96,13 @@ def ceiling(path: Path, rows: list[dict[str, object]]) -> float:
 
 def one_statement(r: dict[str, object]) -> Callable[[sqlite3.Connection], object]:
     """The leanest single-row write: the ceiling's UPSERT, executed once."""
-    params = queries.upsert_params(str(r["asin"]), r, NOW)
-    return lambda conn: conn.execute(queries.UPSERT_DEAL_SQL, params)
+    params = feed.upsert_params(str(r["asin"]), r, NOW)
+    return lambda conn: conn.execute(feed.UPSERT_DEAL_SQL, params)
 
 
 def upsert_one(r: dict[str, object]) -> Callable[[sqlite3.Connection], object]:
-    """What the daemon writes: ``queries.upsert_deals`` of one row."""
-    return functools.partial(queries.upsert_deals, rows=[r], checkpoints={}, now=NOW)
+    """What the daemon writes: ``feed.upsert_deals`` of one row."""
+    return functools.partial(feed.upsert_deals, rows=[r], checkpoints={}, now=NOW)
 
 
 Make = Callable[[dict[str, object]], Callable[[sqlite3.Connection], object]]
@@ -174,7 +174,7 @@ async def paced_latency(path: Path) -> list[float]:
     """Submit-to-commit seconds of single-row writes launched at PACED_RATE per second."""
     store = await Store.open(path, clock=SystemClock(), group_max=GROUP_MAX)
     rows = deal_rows(int(PACED_RATE * PACED_S), prefix="L")
-    one = functools.partial(queries.upsert_deals, checkpoints={}, now=NOW)
+    one = functools.partial(feed.upsert_deals, checkpoints={}, now=NOW)
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
 

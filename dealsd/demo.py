@@ -24,7 +24,7 @@ from dealsd.daemon import run_daemon
 from dealsd.deals import Filters, run_deals
 from dealsd.notify import Notifier
 from dealsd.simulator import SimOptions, Simulator
-from dealsd.store import queries
+from dealsd.store import liveness
 
 # One Keepa minute per second at 20 tokens/minute, starting from a small
 # balance: the first fill is quick and the backfill then visibly runs at the
@@ -70,7 +70,7 @@ def _counts(db: Path) -> dict[str, Any]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2.0)
     try:
         conn.row_factory = sqlite3.Row
-        summary = queries.status_summary(conn, now=time.time())
+        summary = liveness.status_summary(conn, now=time.time())
         deals = summary.get("deals") or {}
         return dict(deals)
     except sqlite3.Error:

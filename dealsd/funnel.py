@@ -1,6 +1,6 @@
 """The funnel's figures: what each stage cost and what it found, for status and the journal.
 
-The daemon reads them from the database (``queries.funnel_summary``: counts
+The daemon reads them from the database (``backfill.funnel_summary``: counts
 by the screen and the full estimate, the ledger's tokens by stage) with the
 thresholds of its running config, adds what only it knows (the refill rate,
 the observed cost per product, the last full pass's cost), and writes them
@@ -18,14 +18,14 @@ import msgspec
 
 from dealsd.config import Config
 from dealsd.snapshot import FunnelPart
-from dealsd.store import queries
+from dealsd.store import backfill
 from dealsd.workers.backfiller import screen_of
 
 
 def read_counts(conn: sqlite3.Connection, cfg: Config, *, now: str) -> dict[str, Any]:
     """The database's part of the funnel under ``cfg``'s thresholds."""
     f = cfg.funnel
-    return queries.funnel_summary(
+    return backfill.funnel_summary(
         conn,
         screen=screen_of(f),
         profitable_profit_cents=f.profitable_min_profit_cents,

@@ -25,7 +25,7 @@ from dealsd import funnel, marketplaces, snapshot
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import Config
 from dealsd.mapping import keepa_time_iso
-from dealsd.store import Store, queries
+from dealsd.store import Store, liveness
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.health import Health, HealthSnapshot, State, WorkerRow
 from dealsd.workers.upserter import Upserter
@@ -106,7 +106,7 @@ class Heartbeat:
     async def read_previous_run(self) -> snapshot.PreviousRun | None:
         """How the previous run ended; call before the first ``write`` overwrites its row."""
         summary: Mapping[str, Any] = await self._store.read(
-            lambda c: queries.status_summary(c, now=self._clock.now())
+            lambda c: liveness.status_summary(c, now=self._clock.now())
         )
         self.previous_run = snapshot.previous_run(summary.get("daemon"))
         return self.previous_run
@@ -116,7 +116,7 @@ class Heartbeat:
         now_s = self._clock.now()
         try:
             summary: Mapping[str, Any] = await self._store.read(
-                lambda c: queries.status_summary(c, now=now_s)
+                lambda c: liveness.status_summary(c, now=now_s)
             )
             deals = summary.get("deals", {})
             if isinstance(deals, Mapping):
@@ -171,10 +171,10 @@ class Heartbeat:
 
         def write(conn: sqlite3.Connection) -> None:
             # A removed selection's worker row goes with it.
-            queries.forget_workers(conn, keep=[str(r["name"]) for r in rows])
+            liveness.forget_workers(conn, keep=[str(r["name"]) for r in rows])
             for row in rows:
-                queries.write_worker(conn, row)
-            queries.write_daemon(conn, daemon_row)
+                liveness.write_worker(conn, row)
+            liveness.write_daemon(conn, daemon_row)
 
         await self._store.write(write)
         return snap

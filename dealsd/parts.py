@@ -36,7 +36,7 @@ from dealsd.config import (
 )
 from dealsd.keepa import KeepaClient
 from dealsd.logs import set_level
-from dealsd.store import Store, queries
+from dealsd.store import Store, liveness
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.backfiller import Backfiller
 from dealsd.workers.base import Worker
@@ -166,7 +166,7 @@ class Parts:
 
     async def _record_restart(self, name: str, error: str) -> None:
         now = iso_utc(self._clock.now())
-        await self._store.write(lambda c: queries.bump_restarts(c, name, now))
+        await self._store.write(lambda c: liveness.bump_restarts(c, name, now))
 
     # -- SIGHUP ---------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from dealsd.snapshot import (
     WorkerStatus,
     nonempty_str,
 )
-from dealsd.store import queries
+from dealsd.store import liveness
 from dealsd.timefmt import iso_utc, parse_iso_utc
 
 # A heartbeat older than this many snapshot intervals (plus slack) means the
@@ -102,10 +102,10 @@ def read_status(db_path: Path, *, now: float | None = None) -> Status:
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
     try:
         conn.row_factory = sqlite3.Row
-        summary: Mapping[str, Any] = queries.status_summary(conn, now=now)
+        summary: Mapping[str, Any] = liveness.status_summary(conn, now=now)
         row: Mapping[str, Any] = summary.get("daemon") or {}
         snap = snapshot.decode(row.get("snapshot"))
-        counts = queries.selection_counts(
+        counts = liveness.selection_counts(
             conn, now=now, workers={s.name: s.worker for s in snap.selections}
         )
         alerts = _alert_channels(conn)

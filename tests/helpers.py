@@ -35,7 +35,7 @@ from dealsd.keepa import KeepaClient, payloads
 from dealsd.notify import Notifier
 from dealsd.selections import Selection
 from dealsd.simulator import SimOptions, Simulator
-from dealsd.store import Store, queries, schema
+from dealsd.store import Store, backfill, feed, schema
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL
 from dealsd.workers.health import Health
@@ -80,15 +80,15 @@ def sample_database(db: Path, *, now: float) -> None:
                    "last_seen_at": stamp}  # fmt: skip
             columns = mapping.product_columns(product)
             conn.execute("BEGIN")
-            queries.upsert_deals(conn, [row], checkpoints={}, now=stamp)
+            feed.upsert_deals(conn, [row], checkpoints={}, now=stamp)
             # As the backfiller does: the estimate from the stored row and the
             # product's columns. Bought new, priced at the 90-day new average:
             # the samples have no used history at all.
-            merged = {**(queries.deal_by_asin(conn, asin) or {}), **columns}
+            merged = {**(backfill.deal_by_asin(conn, asin) or {}), **columns}
             columns.update(estimate.estimate(
                 merged, buy_cost_cents=estimate.buy_cost_cents(merged, payloads.NEW),
                 price_type=payloads.NEW, profit=ProfitConfig(reference="new")))  # fmt: skip
-            queries.store_product(
+            backfill.store_product(
                 conn, asin=asin, fetched_at=stamp,
                 keepa_last_update=mapping.keepa_time_iso(product.last_update),
                 tokens_spent=1, payload_zlib=zlib.compress(raw, PAYLOAD_ZLIB_LEVEL),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dealsd.clock import FakeClock
-from dealsd.store import Store, queries, schema
+from dealsd.store import Store, backfill, feed, pruning, schema
 
 V1 = schema.MIGRATIONS[0]
 T = "2026-11-28T12:00:00Z"
@@ -116,11 +116,11 @@ async def test_the_migrated_file_is_written_on_the_new_key(tmp_path: Path) -> No
     row = {"asin": "B000000001", "domain_id": 1, "title": "one again", "keepa_last_update": T,
            "current_used_cents": 1100, "last_seen_at": T}  # fmt: skip
     counts = await store.write(
-        lambda c: queries.upsert_deals(c, [row], checkpoints={}, now=T)
+        lambda c: feed.upsert_deals(c, [row], checkpoints={}, now=T)
     )
     assert (counts.new, counts.updated) == (0, 1)
     def refresh(c: sqlite3.Connection) -> bool:
-        return queries.store_product(
+        return backfill.store_product(
             c, asin="B000000002", fetched_at=T, keepa_last_update=T, tokens_spent=2,
             payload_zlib=zlib.compress(b"{}"), columns={"refreshed_at": T},
         )  # fmt: skip
@@ -137,7 +137,7 @@ async def test_the_migrated_file_is_written_on_the_new_key(tmp_path: Path) -> No
     )
     assert title == "one again"
     pruned = await store.write(
-        lambda c: queries.prune_stale(c, older_than="2026-11-29T00:00:00Z", limit=10)
+        lambda c: pruning.prune_stale(c, older_than="2026-11-29T00:00:00Z", limit=10)
     )
     assert pruned == 4
     await store.close()

@@ -17,7 +17,7 @@ from dealsd import estimate as est
 from dealsd import mapping
 from dealsd.clock import FakeClock, iso_utc
 from dealsd.keepa.payloads import decode_products
-from dealsd.store import Store, queries, schema
+from dealsd.store import Store, backfill, feed, liveness, pruning, schema
 
 T = TypeVar("T")
 NOW = 1_800_000_000.0
@@ -53,7 +53,7 @@ def product(
     asin: str, cols: Mapping[str, object], *, payload: bytes | None = None
 ) -> functools.partial[bool]:
     return functools.partial(
-        queries.store_product, asin=asin, fetched_at=ts(), keepa_last_update=None,
+        backfill.store_product, asin=asin, fetched_at=ts(), keepa_last_update=None,
         tokens_spent=1, payload_zlib=payload, columns=cols,
     )  # fmt: skip
 
@@ -78,7 +78,7 @@ async def row(store: Store, asin: str) -> dict[str, Any] | None:
 async def upsert(store: Store, rows: list[dict[str, Any]], now: float = 0.0, **kw: Any) -> Any:
     return await w(
         store,
-        lambda c: queries.upsert_deals(c, rows, checkpoints=kw.pop("cp", {}), now=ts(now), **kw),
+        lambda c: feed.upsert_deals(c, rows, checkpoints=kw.pop("cp", {}), now=ts(now), **kw),
     )
 
 
@@ -107,7 +107,7 @@ async def test_upsert_leaves_backfill_columns_and_recomputes_backfilled_rows(sto
     await upsert(store, [deal("A"), deal("B")])
     await w(
         store,
-        lambda c: queries.store_product(
+        lambda c: backfill.store_product(
             c, asin="A", fetched_at=ts(), keepa_last_update=ts(), tokens_spent=7,
             payload_zlib=None,
             columns={"backfilled_at": ts(), "avg90_used_cents": 2000, "profit_cents": 1},
@@ -148,14 +148,14 @@ async def test_a_single_row_upsert_counts_recomputes_and_checkpoints_as_a_page_d
     assert (counts.new, counts.updated) == (0, 1) and seen == ["A"]
     a = await row(store, "A")
     assert a is not None and a["profit_cents"] == 600 and a["first_seen_at"] == ts(0)
-    assert await store.read(queries.get_checkpoints) == {"wm": "1"}
+    assert await store.read(feed.get_checkpoints) == {"wm": "1"}
 
 
 async def test_a_failed_upsert_saves_no_checkpoint(store: Store) -> None:
     await upsert(store, [deal("A"), deal("B")])
     await w(
         store,
-        lambda c: queries.store_product(
+        lambda c: backfill.store_product(
             c, asin="A", fetched_at=ts(), keepa_last_update=None, tokens_spent=1,
             payload_zlib=None, columns={"backfilled_at": ts()},
         ),
@@ -164,12 +164,12 @@ async def test_a_failed_upsert_saves_no_checkpoint(store: Store) -> None:
         await upsert(
             store, [deal("A", updated=9)], cp={"wm": "9"}, recompute=lambda r: {"profitt_cents": 1}
         )
-    assert await store.read(queries.get_checkpoints) == {}
+    assert await store.read(feed.get_checkpoints) == {}
     a = await row(store, "A")
     assert a is not None and a["keepa_last_update"] == ts(0)  # rolled back with it
     await upsert(store, [deal("A", updated=9)], cp={"wm": "9", "cursor": "{}"})
     await upsert(store, [], cp={"wm": "10"}, now=5)
-    assert await store.read(queries.get_checkpoints) == {"wm": "10", "cursor": "{}"}
+    assert await store.read(feed.get_checkpoints) == {"wm": "10", "cursor": "{}"}
 
 
 async def test_pending_backfill_newest_first_due_and_under_attempts(store: Store) -> None:
@@ -177,7 +177,7 @@ async def test_pending_backfill_newest_first_due_and_under_attempts(store: Store
 
     def retry(asin: str, at: str | None) -> functools.partial[int]:
         return functools.partial(
-            queries.record_backfill_failure, asin=asin, reason="boom", retry_at=at, now=ts()
+            backfill.record_backfill_failure, asin=asin, reason="boom", retry_at=at, now=ts()
         )
 
     assert await w(store, retry("P5", ts(3600))) == 1  # not due for an hour
@@ -187,21 +187,21 @@ async def test_pending_backfill_newest_first_due_and_under_attempts(store: Store
     assert await w(store, retry("gone", None)) == 0
     await w(
         store,
-        lambda c: queries.store_product(
+        lambda c: backfill.store_product(
             c, asin="P2", fetched_at=ts(), keepa_last_update=None, tokens_spent=1,
             payload_zlib=None, columns={"backfilled_at": ts()},
         ),
     )  # fmt: skip
     got = await store.read(
-        lambda c: queries.pending_backfill(
-            c, now=ts(), max_attempts=2, limit=10, order=queries.BY_NEWEST
+        lambda c: backfill.pending_backfill(
+            c, now=ts(), max_attempts=2, limit=10, order=backfill.BY_NEWEST
         )
     )
     assert [r.asin for r in got] == ["P4", "P1", "P0"]
     assert got[0].current_new_cents == 1000 and got[0].current_amazon_cents is None
     got = await store.read(
-        lambda c: queries.pending_backfill(
-            c, now=ts(), max_attempts=5, limit=2, order=queries.BY_NEWEST
+        lambda c: backfill.pending_backfill(
+            c, now=ts(), max_attempts=5, limit=2, order=backfill.BY_NEWEST
         )
     )
     assert [r.asin for r in got] == ["P4", "P3"]
@@ -215,7 +215,7 @@ async def test_due_refresh_oldest_data_first(store: Store) -> None:
         "C": {"backfilled_at": ts(-600)},
     }.items():
         await w(store, product(asin, cols))
-    got = await store.read(lambda c: queries.due_refresh(c, older_than=ts(-200), limit=10))
+    got = await store.read(lambda c: backfill.due_refresh(c, older_than=ts(-200), limit=10))
     assert [r.asin for r in got] == ["C", "A"]  # B was refreshed recently, D never backfilled
 
 
@@ -225,12 +225,12 @@ async def test_store_product_writes_real_columns_and_history(store: Store) -> No
     cols = mapping.product_columns(item.value)
     cols["backfilled_at"] = ts()
     await upsert(store, [deal("B0D8W1YVBX")])
-    await w(store, lambda c: queries.record_backfill_failure(
+    await w(store, lambda c: backfill.record_backfill_failure(
         c, asin="B0D8W1YVBX", reason="x", retry_at=ts(), now=ts()))  # fmt: skip
     payload = zlib.compress(item.raw)
     ok = await w(
         store,
-        lambda c: queries.store_product(
+        lambda c: backfill.store_product(
             c, asin="B0D8W1YVBX", fetched_at=ts(1), keepa_last_update=ts(-5), tokens_spent=7,
             payload_zlib=payload, columns=cols,
         ),
@@ -249,7 +249,7 @@ async def test_store_product_writes_real_columns_and_history(store: Store) -> No
     # Pruned meanwhile: nothing is written, not even history.
     gone = await w(
         store,
-        lambda c: queries.store_product(
+        lambda c: backfill.store_product(
             c, asin="GONE", fetched_at=ts(), keepa_last_update=None, tokens_spent=7,
             payload_zlib=payload, columns=cols,
         ),
@@ -260,7 +260,7 @@ async def test_store_product_writes_real_columns_and_history(store: Store) -> No
         == 1
     )
     with pytest.raises(ValueError, match="avg91"):
-        await w(store, lambda c: queries.store_product(
+        await w(store, lambda c: backfill.store_product(
             c, asin="B0D8W1YVBX", fetched_at=ts(), keepa_last_update=None, tokens_spent=0,
             payload_zlib=None, columns={"avg91_used_cents": 1}))  # fmt: skip
 
@@ -276,9 +276,9 @@ async def test_prune_stale_in_chunks_with_history_cascading(store: Store) -> Non
     await upsert(store, [deal(f"S{i}", seen=-10_000 - i) for i in range(5)] + [deal("FRESH")])
     for i in range(5):
         await w(store, product(f"S{i}", {"backfilled_at": ts()}, payload=b"x"))
-    assert await w(store, lambda c: queries.prune_stale(c, older_than=ts(-5000), limit=3)) == 3
-    assert await w(store, lambda c: queries.prune_stale(c, older_than=ts(-5000), limit=3)) == 2
-    assert await w(store, lambda c: queries.prune_stale(c, older_than=ts(-5000), limit=3)) == 0
+    assert await w(store, lambda c: pruning.prune_stale(c, older_than=ts(-5000), limit=3)) == 3
+    assert await w(store, lambda c: pruning.prune_stale(c, older_than=ts(-5000), limit=3)) == 2
+    assert await w(store, lambda c: pruning.prune_stale(c, older_than=ts(-5000), limit=3)) == 0
     left = await store.read(
         lambda c: (
             [r[0] for r in c.execute("SELECT asin FROM deals")],
@@ -291,9 +291,9 @@ async def test_prune_stale_in_chunks_with_history_cascading(store: Store) -> Non
 async def test_workers_daemon_ledger_and_status_summary(store: Store) -> None:
     await upsert(store, [deal("OLD")], now=-7200)
     await upsert(store, [deal("A", updated=30), deal("B"), deal("GAVE")], now=-60)
-    await w(store, lambda c: queries.record_backfill_failure(
+    await w(store, lambda c: backfill.record_backfill_failure(
         c, asin="GAVE", reason="bad", retry_at=None, now=ts()))  # fmt: skip
-    await w(store, lambda c: queries.store_product(
+    await w(store, lambda c: backfill.store_product(
         c, asin="A", fetched_at=ts(), keepa_last_update=None, tokens_spent=1,
         payload_zlib=None, columns={"backfilled_at": ts()}))  # fmt: skip
     for at, consumer, endpoint, items, tokens in [
@@ -303,21 +303,21 @@ async def test_workers_daemon_ledger_and_status_summary(store: Store) -> None:
         (ts(-90_000), "upserter", "deal", 1, 5),
     ]:
         spend = functools.partial(
-            queries.record_tokens,
+            feed.record_tokens,
             at=at, consumer=consumer, endpoint=endpoint, items=items, tokens=tokens,
         )  # fmt: skip
         await w(store, spend)
-    assert await w(store, lambda c: queries.prune_ledger(c, older_than=ts(-86_400))) == 1
+    assert await w(store, lambda c: pruning.prune_ledger(c, older_than=ts(-86_400))) == 1
     base = {"state": "running", "updated_at": ts(), "progress_total": 3}
-    await w(store, lambda c: queries.write_worker(c, {"name": "upserter", **base}))
-    await w(store, lambda c: queries.bump_restarts(c, "upserter", ts()))
-    await w(store, lambda c: queries.bump_restarts(c, "backfiller", ts()))
-    await w(store, lambda c: queries.write_worker(c, {"name": "upserter", **base, "detail": "x"}))
-    await w(store, lambda c: queries.write_daemon(c, {"pid": 1, "healthy": 1, "snapshot": "{}"}))
-    await w(store, lambda c: queries.write_daemon(c, {"heartbeat_at": ts()}))
+    await w(store, lambda c: liveness.write_worker(c, {"name": "upserter", **base}))
+    await w(store, lambda c: liveness.bump_restarts(c, "upserter", ts()))
+    await w(store, lambda c: liveness.bump_restarts(c, "backfiller", ts()))
+    await w(store, lambda c: liveness.write_worker(c, {"name": "upserter", **base, "detail": "x"}))
+    await w(store, lambda c: liveness.write_daemon(c, {"pid": 1, "healthy": 1, "snapshot": "{}"}))
+    await w(store, lambda c: liveness.write_daemon(c, {"heartbeat_at": ts()}))
     with pytest.raises(ValueError):
-        await w(store, lambda c: queries.write_worker(c, {"name": "x", "sate": "typo"}))
-    summary = await store.read(lambda c: queries.status_summary(c, now=NOW))
+        await w(store, lambda c: liveness.write_worker(c, {"name": "x", "sate": "typo"}))
+    summary = await store.read(lambda c: liveness.status_summary(c, now=NOW))
     assert summary["deals"] == {
         "total": 4,
         "backfilled": 1,
@@ -339,7 +339,7 @@ def test_status_summary_on_an_empty_database_and_a_row_factory(tmp_path: Path) -
     conn = sqlite3.connect(tmp_path / "e.db", isolation_level=None)
     schema.apply_migrations(conn)
     conn.row_factory = sqlite3.Row
-    s = queries.status_summary(conn, now=NOW)
+    s = liveness.status_summary(conn, now=NOW)
     assert s["deals"]["total"] == 0 and s["daemon"] is None and s["workers"] == []
     assert s["tokens"] == {"spent_last_hour": 0, "per_product": None}
     conn.close()
@@ -364,7 +364,7 @@ def test_no_query_scans_the_deals_table(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "big.db", isolation_level=None)
     schema.apply_migrations(conn)
     conn.execute("BEGIN")
-    queries.upsert_deals(
+    feed.upsert_deals(
         conn,
         [deal(f"B{i:09d}", updated=-i * 7, seen=-i * 3) for i in range(20_000)],
         checkpoints={},
@@ -377,27 +377,27 @@ def test_no_query_scans_the_deals_table(tmp_path: Path) -> None:
             conn.execute("ANALYZE")
         spy = _Spy(conn)
         c: Any = spy
-        queries.pending_backfill(c, now=ts(), max_attempts=5, limit=100)
+        backfill.pending_backfill(c, now=ts(), max_attempts=5, limit=100)
         # The funnel's (issue 14): the queue by the screen above and below the
         # thresholds, in today's order, the second tier, the status figures.
-        screen = queries.Screen(min_profit_cents=300, min_roi_pct=20.0)
+        screen = backfill.Screen(min_profit_cents=300, min_roi_pct=20.0)
         for below in (False, True):
-            queries.pending_backfill(
+            backfill.pending_backfill(
                 c, now=ts(), max_attempts=5, limit=100, screen=screen, below=below
             )
-        queries.pending_backfill(
-            c, now=ts(), max_attempts=5, limit=100, order=queries.BY_NEWEST
+        backfill.pending_backfill(
+            c, now=ts(), max_attempts=5, limit=100, order=backfill.BY_NEWEST
         )
-        queries.detail_due(c, min_profit_cents=500, limit=20)
-        queries.funnel_summary(
+        backfill.detail_due(c, min_profit_cents=500, limit=20)
+        backfill.funnel_summary(
             c, screen=screen, profitable_profit_cents=300, profitable_roi_pct=30.0,
             now=ts(), max_attempts=5,
         )  # fmt: skip
-        queries.due_refresh(c, older_than=ts(), limit=100)
-        queries.status_summary(c, now=NOW)
-        queries.selection_counts(c, now=NOW, workers={"default": "upserter"})
-        queries.prune_stale(c, older_than=ts(-50_000), limit=100)
-        queries.get_checkpoints(c)
+        backfill.due_refresh(c, older_than=ts(), limit=100)
+        liveness.status_summary(c, now=NOW)
+        liveness.selection_counts(c, now=NOW, workers={"default": "upserter"})
+        pruning.prune_stale(c, older_than=ts(-50_000), limit=100)
+        feed.get_checkpoints(c)
         assert len(spy.seen) >= 22
         for sql, params in spy.seen:
             plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
@@ -414,20 +414,20 @@ def test_the_per_product_statements_use_the_asin_index(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "big.db", isolation_level=None)
     schema.apply_migrations(conn)
     conn.execute("BEGIN")
-    queries.upsert_deals(
+    feed.upsert_deals(
         conn, [deal(f"B{i:09d}", updated=-i) for i in range(5_000)], checkpoints={}, now=ts()
     )
     conn.execute("COMMIT")
     spy = _Spy(conn)
     c: Any = spy
     asin = "B000000042"
-    assert queries.deal_by_asin(c, asin) is not None
-    assert queries.store_product(
+    assert backfill.deal_by_asin(c, asin) is not None
+    assert backfill.store_product(
         c, asin=asin, fetched_at=ts(), keepa_last_update=ts(), tokens_spent=1,
         payload_zlib=b"x", columns={"backfilled_at": ts(), "roi_pct": 12.5},
     )  # fmt: skip
-    queries.record_backfill_failure(c, asin=asin, reason="r", retry_at=None, now=ts())
-    queries.upsert_deals(c, [deal(asin, updated=5)], checkpoints={}, now=ts())
+    backfill.record_backfill_failure(c, asin=asin, reason="r", retry_at=None, now=ts())
+    feed.upsert_deals(c, [deal(asin, updated=5)], checkpoints={}, now=ts())
     assert len(spy.seen) >= 5
     for sql, params in spy.seen:
         plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]

@@ -15,7 +15,7 @@ from dealsd.cli import main
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.snapshot import Snapshot, TokensPart, WriterPart
 from dealsd.status import gather
-from dealsd.store import Store, queries
+from dealsd.store import Store, liveness
 
 # What a dealsd before the typed snapshot wrote (no phase, watchdog, previous_run).
 OLDER = {
@@ -88,7 +88,7 @@ async def _row(db: Path, snapshot_value: Any) -> None:
         "pid": 424242, "started_at": iso_utc(now - 60), "heartbeat_at": iso_utc(now - 1),
         "stopped_at": iso_utc(now - 1), "healthy": 1, "snapshot": snapshot_value,
     }  # fmt: skip
-    await store.write(lambda c: queries.write_daemon(c, row))
+    await store.write(lambda c: liveness.write_daemon(c, row))
     await store.close()
 
 

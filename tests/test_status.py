@@ -18,7 +18,7 @@ from dealsd.config import load_config
 from dealsd.lock import InstanceLock
 from dealsd.simulator import SimOptions, Simulator
 from dealsd.status import gather
-from dealsd.store import Store, queries
+from dealsd.store import Store, liveness
 
 
 def config(tmp_path: Path, base_url: str) -> Path:
@@ -125,7 +125,7 @@ async def _db_with_daemon_row(db: Path, *, heartbeat: float, stopped: bool) -> N
         "healthy": 1,
         "snapshot": json.dumps({"status": "healthy", "heartbeat_s": 5, "causes": []}),
     }
-    await store.write(lambda c: queries.write_daemon(c, row))
+    await store.write(lambda c: liveness.write_daemon(c, row))
     await store.close()
 
 

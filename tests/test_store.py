@@ -20,7 +20,7 @@ import pytest
 from helpers import wait_for
 
 from dealsd.clock import FakeClock, iso_utc
-from dealsd.store import NotADatabase, SchemaTooNew, Store, StoreClosed, StoreFull, queries, schema
+from dealsd.store import NotADatabase, SchemaTooNew, Store, StoreClosed, StoreFull, feed, schema
 
 HERE = Path(__file__).parent
 
@@ -338,7 +338,7 @@ async def test_a_full_disk_fails_the_group_then_service_resumes(
 
 async def test_readers_are_read_only_and_see_commits(store: Store) -> None:
     await store.write(put("a"))
-    assert await store.read(queries.get_checkpoints) == {"a": "v"}
+    assert await store.read(feed.get_checkpoints) == {"a": "v"}
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         await store.read(put("b"))
     counts = await asyncio.gather(
@@ -364,7 +364,7 @@ async def test_close_closes_every_connection(tmp_path: Path, clock: FakeClock) -
     for _ in range(3):
         s = await Store.open(db, clock=clock, readers=3)
         await s.write(put(f"k{_}"))
-        await s.read(queries.get_checkpoints)
+        await s.read(feed.get_checkpoints)
         assert _open_fds(db) >= 4
         await s.close()
     assert _open_fds(db) == 0
@@ -514,7 +514,7 @@ async def test_dashboard_process_holding_the_lock_loses_no_write(tmp_path: Path)
         for i in range(2000)
     ]
     try:
-        one = functools.partial(queries.upsert_deals, checkpoints={}, now=now)
+        one = functools.partial(feed.upsert_deals, checkpoints={}, now=now)
         counts = await asyncio.gather(
             *(store.write(functools.partial(one, rows=[r])) for r in rows)
         )

@@ -18,7 +18,7 @@ from dealsd.clock import iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig
 from dealsd.simulator import Faults
 from dealsd.status import read_status, render
-from dealsd.store import queries
+from dealsd.store import liveness
 from dealsd.workers.backfiller import Backfiller
 
 
@@ -52,7 +52,7 @@ async def test_odd_products_are_stored_counted_and_logged_once(
             lambda c: [dict(zip([d[0] for d in cur.description], r, strict=True))
                        for cur in [c.execute("SELECT * FROM deals")] for r in cur.fetchall()]
         )  # fmt: skip
-        summary = await store.read(lambda c: queries.status_summary(c, now=clock.now()))
+        summary = await store.read(lambda c: liveness.status_summary(c, now=clock.now()))
         histories = await store.read(
             lambda c: dict(c.execute("SELECT asin, payload FROM product_history").fetchall())
         )

@@ -20,7 +20,7 @@ from helpers import StartSim, WorkerParts, db_query, one_selection, worker_parts
 
 from dealsd.config import UpserterConfig
 from dealsd.simulator import Simulator
-from dealsd.store import queries
+from dealsd.store import feed
 from dealsd.workers.base import RoundResult
 from dealsd.workers.upserter import Upserter
 
@@ -119,7 +119,7 @@ async def test_each_page_is_one_write_with_its_deals_and_the_cursor(
 
     def look(conn: sqlite3.Connection) -> tuple[int, str | None]:
         n = int(conn.execute("SELECT count(*) FROM deals").fetchone()[0])
-        cps = queries.get_checkpoints(conn)
+        cps = feed.get_checkpoints(conn)
         return n, next((v for k, v in cps.items() if k.endswith(".cursor")), None)
 
     async with worker_parts(

@@ -34,7 +34,7 @@ from dealsd.daemon import Daemon
 from dealsd.notify import Notifier
 from dealsd.simulator import Simulator
 from dealsd.status import gather
-from dealsd.store import queries
+from dealsd.store import liveness
 from dealsd.workers.base import RoundResult
 
 # Stall windows of a few seconds (1 s rounds, margin 1.5 s) and one Keepa call
@@ -278,7 +278,7 @@ async def test_pings_stay_within_the_watchdog_interval_while_every_snapshot_writ
     # and every daemon-row write held 2.5 s in the writer (a slow disk): longer
     # than a tick, so each pass of the watch loop times out waiting for it.
     interval_s, slow_s = 1.0, 2.5
-    write_daemon = queries.write_daemon
+    write_daemon = liveness.write_daemon
     slowed = 0
 
     def slow_write_daemon(conn: sqlite3.Connection, row: Mapping[str, object]) -> None:
@@ -287,7 +287,7 @@ async def test_pings_stay_within_the_watchdog_interval_while_every_snapshot_writ
         time.sleep(slow_s)  # in the writer's thread, as a slow fsync would be
         write_daemon(conn, row)
 
-    monkeypatch.setattr(queries, "write_daemon", slow_write_daemon)
+    monkeypatch.setattr(liveness, "write_daemon", slow_write_daemon)
     srv = NotifyListener(tmp_path)
     pings = PingTimes(srv)
     path = config(tmp_path, sim.base_url)

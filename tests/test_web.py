@@ -24,7 +24,7 @@ from helpers import sample_bytes, sample_database
 from screenshot_web import chromium, screenshot, served
 
 from dealsd.clock import iso_utc
-from dealsd.store import queries
+from dealsd.store import backfill, feed
 
 datasette_app = pytest.importorskip("datasette.app", reason="the web extra is not installed")
 
@@ -123,7 +123,7 @@ async def test_a_deal_page_charts_the_real_history_point_by_point(ds: Any) -> No
 
 async def test_a_deal_not_backfilled_says_so(ds: Any, db: Path) -> None:
     stamp = iso_utc(NOW)
-    write(db, lambda c: queries.upsert_deals(
+    write(db, lambda c: feed.upsert_deals(
         c, [{"asin": "B000NEW001", "domain_id": 3, "title": "fresh", "last_seen_at": stamp}],
         checkpoints={}, now=stamp))  # fmt: skip
     page = await ds.client.get("/dealsd/deals/3,B000NEW001")
@@ -185,11 +185,11 @@ async def test_the_backfill_queue(ds: Any, db: Path) -> None:
 
     def queue(c: sqlite3.Connection) -> None:
         for i, asin in enumerate(("BQUEUED001", "BGAVEUP001")):
-            queries.upsert_deals(c, [{"asin": asin, "domain_id": 1, "title": asin,
-                                      "keepa_last_update": iso_utc(NOW - i * 60),
-                                      "last_seen_at": stamp}], checkpoints={}, now=stamp)
-        queries.record_backfill_failure(c, asin="BGAVEUP001", reason="gone", retry_at=None,
-                                        now=stamp)  # fmt: skip
+            feed.upsert_deals(c, [{"asin": asin, "domain_id": 1, "title": asin,
+                                   "keepa_last_update": iso_utc(NOW - i * 60),
+                                   "last_seen_at": stamp}], checkpoints={}, now=stamp)
+        backfill.record_backfill_failure(c, asin="BGAVEUP001", reason="gone", retry_at=None,
+                                         now=stamp)  # fmt: skip
 
     write(db, queue)
     got = await rows(ds, "/dealsd/backfill_queue.json")
@@ -206,8 +206,8 @@ async def test_tokens_per_day(ds: Any, db: Path) -> None:
             ("2026-11-30T11:00:00Z", "backfiller", "product", 20, 20),
             ("2026-12-01T01:00:00Z", "backfiller", "product", 7, 8),
         ):
-            queries.record_tokens(c, at=at, consumer=consumer, endpoint=endpoint, items=items,
-                                  tokens=tokens)  # fmt: skip
+            feed.record_tokens(c, at=at, consumer=consumer, endpoint=endpoint, items=items,
+                               tokens=tokens)  # fmt: skip
 
     write(db, ledger)
     got = await rows(ds, "/dealsd/tokens_per_day.json")

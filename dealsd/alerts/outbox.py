@@ -23,7 +23,7 @@ from typing import Any
 
 from dealsd.alerts.rules import FACT_COLUMNS, DealFacts, facts, matches
 from dealsd.config import DEFAULT_SELECTION, AlertRuleConfig
-from dealsd.store import queries
+from dealsd.store import feed
 
 REASON_NEW = "new"
 REASON_PRICE_DROP = "price_drop"
@@ -107,7 +107,7 @@ class Evaluator:
         ).fetchone()
         # The selections that matched it (deal_selections); a database row of
         # the one-selection era with none is the default selection's.
-        seen_by = queries.selections_of(conn, deal.domain_id, deal.asin) or [DEFAULT_SELECTION]
+        seen_by = feed.selections_of(conn, deal.domain_id, deal.asin) or [DEFAULT_SELECTION]
         if not matches(rule, deal, selections=seen_by):
             if state is not None and state[0]:
                 conn.execute(

@@ -2,8 +2,11 @@
 
 ``writer`` (the ``Store``: group commit through one aiosqlite connection),
 ``groups`` (running a group, replaying it without the write that raised),
-``readers`` (the read-only pool), ``schema`` (migrations), ``queries`` (the
-SQL the workers and ``status`` use).
+``readers`` (the read-only pool), ``schema`` (migrations), and the SQL the
+workers and ``status`` run, one module per concern: ``feed`` (/deal rows,
+checkpoints, the token ledger's rows), ``backfill`` (the /product queue and
+the funnel's counts), ``liveness`` (the daemon's and workers' rows, the
+status summary), ``pruning`` (the janitor), sharing ``sql``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ if TYPE_CHECKING:
 
 # The writer imports aiosqlite, asyncio and the logging stack: loaded on first
 # use, so a reader of the database (`dealsd status`, `dealsd deals`) that
-# only needs `queries` starts in a fraction of the time.
+# only needs the queries starts in a fraction of the time.
 _WRITER = frozenset({"Store", "StoreClosed", "StoreError", "StoreFull", "WriterStats"})
 
 

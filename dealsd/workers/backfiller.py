@@ -61,7 +61,7 @@ from dealsd.keepa import (
 from dealsd.keepa.payloads import PRODUCT_TYPE_INVALID, Item, PayloadError, Product
 from dealsd.logs import FailureLog
 from dealsd.selections import Pricing
-from dealsd.store import Store, queries
+from dealsd.store import Store, backfill, feed
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.base import DealsChanged, KeepaWorker, RoundResult
 from dealsd.workers.health import Health
@@ -143,8 +143,8 @@ def detail_params(cfg: BackfillerConfig, funnel: FunnelConfig) -> ProductParams:
     )
 
 
-def screen_of(funnel: FunnelConfig) -> queries.Screen:
-    return queries.Screen(
+def screen_of(funnel: FunnelConfig) -> backfill.Screen:
+    return backfill.Screen(
         min_profit_cents=funnel.min_screen_profit_cents, min_roi_pct=funnel.min_screen_roi_pct
     )
 
@@ -232,7 +232,7 @@ class Backfiller(KeepaWorker):
         now_s = self._clock.now()
         now = iso_utc(now_s)
         screen = screen_of(funnel)
-        order = queries.BY_NEWEST if funnel.order == "newest" else queries.BY_SCREEN
+        order = backfill.BY_NEWEST if funnel.order == "newest" else backfill.BY_SCREEN
         min_detail = funnel.detail_min_profit_cents
         attempts = cfg.max_attempts
         older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
@@ -241,27 +241,27 @@ class Backfiller(KeepaWorker):
         if min_detail is not None:
             steps.append((
                 detail_params(cfg, funnel), KIND_DETAIL,
-                lambda c, d, limit: queries.detail_due(
+                lambda c, d, limit: backfill.detail_due(
                     c, min_profit_cents=min_detail, limit=limit, domain_id=d
                 ),
             ))  # fmt: skip
         steps.append((
             full, KIND_BACKFILL,
-            lambda c, d, limit: queries.pending_backfill(
+            lambda c, d, limit: backfill.pending_backfill(
                 c, now=now, max_attempts=attempts, limit=limit, screen=screen, order=order,
                 domain_id=d,
             ),
         ))  # fmt: skip
         steps.append((
             full.stats_only(), KIND_REFRESH,
-            lambda c, d, limit: queries.due_refresh(
+            lambda c, d, limit: backfill.due_refresh(
                 c, older_than=older, limit=limit, domain_id=d
             ),
         ))  # fmt: skip
         if funnel.below_threshold == "idle":
             steps.append((
                 full, KIND_BACKFILL,
-                lambda c, d, limit: queries.pending_backfill(
+                lambda c, d, limit: backfill.pending_backfill(
                     c, now=now, max_attempts=attempts, limit=limit, screen=screen, below=True,
                     domain_id=d,
                 ),
@@ -276,8 +276,8 @@ class Backfiller(KeepaWorker):
                 )  # fmt: skip
         return None
     async def _one_domain(
-        self, query: Callable[[sqlite3.Connection, int | None], list[queries.PendingRow]]
-    ) -> list[queries.PendingRow]:
+        self, query: Callable[[sqlite3.Connection, int | None], list[backfill.PendingRow]]
+    ) -> list[backfill.PendingRow]:
         """The queue's head and what follows it of the head's marketplace only."""
         rows = await self._store.read(lambda c: query(c, None))
         if rows and any(r.domain_id != rows[0].domain_id for r in rows):
@@ -335,7 +335,7 @@ class Backfiller(KeepaWorker):
         for asin in page.missing:
             await self._failure(asin, "not returned by keepa", batch)
         await self._store.write(
-            lambda c: queries.record_tokens(
+            lambda c: feed.record_tokens(
                 c,
                 at=batch.picked_at,
                 consumer=self.name,
@@ -421,19 +421,19 @@ class Backfiller(KeepaWorker):
             # The estimate is made from the row as it is at commit time: its
             # current price (the upserter may have moved it since the batch
             # was chosen) and the columns this fetch did not renew.
-            row = queries.deal_by_asin(conn, product.asin, domain)
+            row = backfill.deal_by_asin(conn, product.asin, domain)
             if row is None:
                 return False  # pruned while its product was being fetched
             price_type, profit = one_type, one_profit
             if pricing is not None:
-                settle = pricing.choose(domain, queries.selections_of(conn, domain, product.asin))
+                settle = pricing.choose(domain, feed.selections_of(conn, domain, product.asin))
                 price_type, profit = settle.price_type, settle.profit
             merged = {**row, **columns}
             buy = estimate.buy_cost_cents(merged, price_type)
             figures = estimate.estimate(
                 merged, buy_cost_cents=buy, price_type=price_type, profit=profit
             )
-            stored = queries.store_product(
+            stored = backfill.store_product(
                 conn,
                 asin=product.asin,
                 fetched_at=fetched_at,
@@ -476,7 +476,7 @@ class Backfiller(KeepaWorker):
             # not due again until refresh_after_h has passed once more. A
             # detail that fails is not asked again: the backfill's estimate stands.
             await self._store.write(
-                lambda c: queries.store_product(
+                lambda c: backfill.store_product(
                     c,
                     asin=asin,
                     fetched_at=now,
@@ -499,7 +499,7 @@ class Backfiller(KeepaWorker):
             retry_at: str | None = None
             if attempts + 1 < cfg.max_attempts:
                 retry_at = iso_utc(now_s + cfg.retry_base_s * 2**attempts)
-            return queries.record_backfill_failure(
+            return backfill.record_backfill_failure(
                 conn, asin=asin, reason=reason, retry_at=retry_at, now=now, domain_id=domain
             )
 

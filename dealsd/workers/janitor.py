@@ -24,7 +24,7 @@ import structlog
 
 from dealsd.clock import Clock, iso_utc
 from dealsd.config import JanitorConfig
-from dealsd.store import Store, queries
+from dealsd.store import Store, pruning
 from dealsd.workers.base import RoundResult
 from dealsd.workers.health import Health
 
@@ -116,7 +116,7 @@ class Janitor:
         deleted = 0
         while True:
             n = await self._store.write(
-                lambda c: queries.prune_stale(c, older_than=cutoff, limit=cfg.chunk)
+                lambda c: pruning.prune_stale(c, older_than=cutoff, limit=cfg.chunk)
             )
             deleted += n
             if n < cfg.chunk or (self._stop is not None and self._stop.is_set()):
@@ -125,14 +125,14 @@ class Janitor:
                 break
         while True:
             n = await self._store.write(
-                lambda c: queries.prune_unseen_by(c, older_than=cutoff, limit=cfg.chunk)
+                lambda c: pruning.prune_unseen_by(c, older_than=cutoff, limit=cfg.chunk)
             )
             if n < cfg.chunk or (self._stop is not None and self._stop.is_set()):
                 break
         ledger_cutoff = iso_utc(now_s - LEDGER_KEEP_S)
-        await self._store.write(lambda c: queries.prune_ledger(c, older_than=ledger_cutoff))
+        await self._store.write(lambda c: pruning.prune_ledger(c, older_than=ledger_cutoff))
         await self._store.write(
-            lambda c: queries.prune_checkpoints(c, prefix="upserter.", older_than=ledger_cutoff)
+            lambda c: pruning.prune_checkpoints(c, prefix="upserter.", older_than=ledger_cutoff)
         )
         self.deleted_total += deleted
         if deleted:

@@ -58,7 +58,7 @@ from dealsd.keepa.payloads import Deal
 from dealsd.selections import Pricing, Selection
 from dealsd.selections import price_type as price_type
 from dealsd.selections import selection_key as selection_key
-from dealsd.store import Store, queries
+from dealsd.store import Store, feed
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.base import DealsChanged, KeepaWorker, RoundResult
 from dealsd.workers.health import Health
@@ -147,7 +147,7 @@ class Upserter(KeepaWorker):
     async def _round(self) -> RoundResult:
         cfg = self._sel
         cursor_name, watermark_name, full_name = self._names()
-        saved = await self._store.read(queries.get_checkpoints)
+        saved = await self._store.read(feed.get_checkpoints)
         watermark = int(saved[watermark_name]) if watermark_name in saved else None
         cursor = json.loads(saved[cursor_name]) if cursor_name in saved else {}
         user = dict(cfg.query)
@@ -301,7 +301,7 @@ class Upserter(KeepaWorker):
                 # by the settings of the selection that settles its estimate.
                 settle = sel
                 if pricing is not None and len(pricing.names()) > 1:
-                    matched = queries.selections_of(conn, sel.domain, existing["asin"])
+                    matched = feed.selections_of(conn, sel.domain, existing["asin"])
                     settle = pricing.choose(sel.domain, [*matched, sel.name])
                 current: Mapping[str, object] = by_asin.get(existing["asin"]) or {
                     k: existing[k] for k in existing.keys()
@@ -314,11 +314,11 @@ class Upserter(KeepaWorker):
                     profit=settle.profit,
                 )
 
-            counts = queries.upsert_deals(
+            counts = feed.upsert_deals(
                 conn, rows, checkpoints=checkpoints, now=now, recompute=recompute,
                 selection=sel.name,
             )  # fmt: skip
-            queries.record_tokens(
+            feed.record_tokens(
                 conn, at=now, consumer=self.name, endpoint="deal", items=1, tokens=tokens_spent
             )
             if on_change is not None:
