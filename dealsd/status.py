@@ -56,16 +56,22 @@ STALE_SLACK_S = 15.0
 # cannot write its snapshot while another process holds the write lock.
 LATE_HEARTBEATS = 2
 LATE_SLACK_S = 1.0
+# How long the write lock must stay taken to count as held elsewhere. The
+# daemon takes it itself for each commit, briefly; a late heartbeat often
+# means its writer is busy with its own work, and one instant's probe would
+# then report its own commit as another process's lock.
+LOCK_PROBE_S = 1.0
 
 
-def write_lock_held(db_path: Path) -> bool | None:
-    """Whether some connection holds the database's write lock right now.
+def write_lock_held(db_path: Path, *, within_s: float = LOCK_PROBE_S) -> bool | None:
+    """Whether some connection holds the database's write lock for ``within_s``.
 
-    Takes the lock for an instant and gives it back (nothing is written); None
-    when the file cannot be opened for writing by whoever runs `dealsd status`.
+    Waits up to ``within_s`` for the lock, takes it for an instant and gives it
+    back (nothing is written); None when the file cannot be opened for writing
+    by whoever runs `dealsd status`.
     """
     try:
-        conn = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+        conn = sqlite3.connect(db_path, timeout=within_s, isolation_level=None)
     except sqlite3.Error:
         return None
     try:

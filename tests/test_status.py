@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Running, wait_for, write_config
+from helpers import Running, hold_write_lock, wait_for, write_config
 
 from dealsd.cli import main
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import load_config
 from dealsd.lock import InstanceLock
 from dealsd.simulator import SimOptions, Simulator
-from dealsd.status import gather
+from dealsd.status import LOCK_PROBE_S, gather, write_lock_held
 from dealsd.store import Store, liveness
 
 
@@ -191,3 +191,25 @@ async def test_access_denied_is_unhealthy_with_its_cause_and_stops_spending(
         assert await task == 0
     finally:
         await s.stop()
+
+
+async def test_a_lock_taken_for_a_commit_is_not_a_lock_held_elsewhere(tmp_path: Path) -> None:
+    # The daemon takes the write lock itself for each commit; a late heartbeat
+    # often means its writer is busy with its own work. Only a lock that stays
+    # taken through the probe is "held elsewhere" (under load, an instant's
+    # probe once called the daemon's own commit another process's lock).
+    db = tmp_path / "deals.db"
+    await (await Store.open(db, clock=SystemClock())).close()
+    assert write_lock_held(db) is False
+    brief = await hold_write_lock(db, 0.3)
+    t0 = time.monotonic()
+    held = await asyncio.to_thread(write_lock_held, db)
+    waited = time.monotonic() - t0
+    assert held is False and waited < LOCK_PROBE_S, waited  # waited the commit out
+    await brief.wait()
+    long = await hold_write_lock(db, 2 * LOCK_PROBE_S + 3)
+    try:
+        assert await asyncio.to_thread(write_lock_held, db) is True
+    finally:
+        long.kill()
+        await long.wait()
