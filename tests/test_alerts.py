@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -552,6 +553,8 @@ async def test_sigkill_between_commit_and_send_loses_no_alert(
     out, err = await asyncio.wait_for(listing.communicate(), 30)
     assert listing.returncode == 0, err.decode()
     assert out.decode().startswith("channel hook: ") and SECRET not in out.decode()
+    # Each alert's profit in its marketplace's money (the simulator is amazon.com).
+    assert re.search(r" -?\$[\d,]+\.\d{2}  ", out.decode()), out.decode()
 
 
 # -- commands and the optional extra ------------------------------------------------

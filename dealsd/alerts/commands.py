@@ -77,8 +77,7 @@ def run_list(db_path: Path, *, limit: int, out: TextIO = sys.stdout) -> int:
         print("no alerts yet", file=out)
     for r in rows:
         when = f"sent {r['sent_at']}" if r["sent_at"] else f"queued ({r['attempts']} tries)"
-        domain = r["domain_id"] if isinstance(r["domain_id"], int) else 1
-        profit = money(r["profit_cents"], domain)
+        profit = money(r["profit_cents"], r["domain_id"])
         title = (r["title"] or "")[:50]
         print(f"{r['created_at']}  {r['rule']:<16} {r['channel']:<10} {r['asin']}  "
               f"{profit:>10}  {when}  {title}", file=out)  # fmt: skip

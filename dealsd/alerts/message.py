@@ -17,7 +17,7 @@ DIGEST_LINES_MAX = 50
 TITLE_MAX = 80
 
 
-def money(amount: int | None, domain_id: int) -> str:
+def money(amount: int | None, domain_id: object) -> str:
     """``$12.34``, ``€12.34``, ``¥1,999`` in the deal's marketplace's currency;
     a dash where Keepa gave nothing (never a made-up 0)."""
     return "-" if amount is None else show(amount, currency(domain_id))
