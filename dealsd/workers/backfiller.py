@@ -238,6 +238,13 @@ class Backfiller(KeepaWorker):
         older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
         full = product_params(cfg)
         steps: list[tuple[ProductParams, str, Callable[..., list[Any]]]] = []
+
+        def pending(**tier: Any) -> Callable[..., list[Any]]:
+            return lambda c, d, limit: backfill.pending_backfill(
+                c, now=now, max_attempts=attempts, limit=limit, screen=screen, domain_id=d,
+                **tier,
+            )  # fmt: skip
+
         if min_detail is not None:
             steps.append((
                 detail_params(cfg, funnel), KIND_DETAIL,
@@ -245,13 +252,7 @@ class Backfiller(KeepaWorker):
                     c, min_profit_cents=min_detail, limit=limit, domain_id=d
                 ),
             ))  # fmt: skip
-        steps.append((
-            full, KIND_BACKFILL,
-            lambda c, d, limit: backfill.pending_backfill(
-                c, now=now, max_attempts=attempts, limit=limit, screen=screen, order=order,
-                domain_id=d,
-            ),
-        ))  # fmt: skip
+        steps.append((full, KIND_BACKFILL, pending(order=order)))
         steps.append((
             full.stats_only(), KIND_REFRESH,
             lambda c, d, limit: backfill.due_refresh(
@@ -259,13 +260,7 @@ class Backfiller(KeepaWorker):
             ),
         ))  # fmt: skip
         if funnel.below_threshold == "idle":
-            steps.append((
-                full, KIND_BACKFILL,
-                lambda c, d, limit: backfill.pending_backfill(
-                    c, now=now, max_attempts=attempts, limit=limit, screen=screen, below=True,
-                    domain_id=d,
-                ),
-            ))  # fmt: skip
+            steps.append((full, KIND_BACKFILL, pending(below=True)))
         for params, kind, query in steps:
             size = self._batch_size(params, kind)
             rows = await self._one_domain(functools.partial(query, limit=size))
