@@ -355,9 +355,9 @@ async def test_a_changed_selection_starts_afresh(tmp_path: Path) -> None:
         path = write_config(tmp_path, s.base_url)
         db = tmp_path / "deals.db"
 
-        def marks() -> list[str]:
+        def marks(suffix: str = "watermark") -> list[str]:
             try:
-                rows = db_query(db, "SELECT name FROM checkpoints WHERE name LIKE '%.watermark'")
+                rows = db_query(db, f"SELECT name FROM checkpoints WHERE name LIKE '%.{suffix}'")
             except sqlite3.OperationalError:
                 return []
             return sorted(r[0] for r in rows)
@@ -366,6 +366,7 @@ async def test_a_changed_selection_starts_afresh(tmp_path: Path) -> None:
         await wait_for(lambda: len(marks()) == 1, 10, "a first watermark")
         assert await d.finish() == 0
         first = marks()
+        walked = marks("full_pass_at")
         pages = s.stats()["deal_pages"]
         # Same selection plus one more filter: the old watermark says nothing
         # about this query's results, so it pages the whole result again.
@@ -373,8 +374,12 @@ async def test_a_changed_selection_starts_afresh(tmp_path: Path) -> None:
         path.write_text(text)
         d = Running(load_config(path), path)
         await wait_for(lambda: len(marks()) == 2, 10, "a second watermark")
+        # The first poll of the new query only learns its watermark; its own full
+        # pass (cursor from page 0, not the old query's) walks the whole result.
+        await wait_for(lambda: len(marks("full_pass_at")) == len(walked) + 1, 10, "a new full pass")
         assert await d.finish() == 0
     finally:
         await s.stop()
     assert first[0] in marks()
-    assert s.stats()["deal_pages"] - pages >= 2  # 160 deals: pages 0 and 1, from the start
+    # 160 deals: the fresh poll's page 0, then the full pass's pages 0 and 1
+    assert s.stats()["deal_pages"] - pages >= 3
