@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from helpers import sample_bytes, sample_database
-from screenshot_web import chromium, screenshot, served
+from screenshot_web import chromium, colours, screenshot, served
 
 from dealsd.clock import iso_utc
 from dealsd.store import backfill, feed
@@ -263,8 +263,21 @@ def test_without_datasette_it_says_what_to_install(db: Path) -> None:
 
 @pytest.mark.skipif(chromium() is None, reason="no chromium (Debian: apt-get install chromium)")
 def test_a_real_browser_renders_the_deal_page(tmp_path: Path) -> None:
-    png = screenshot(tmp_path / "deal.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+    from dealsd.web.chart import SERIES
+
+    shot = screenshot(tmp_path / "deal.png")
+    # The page the browser built carries the chart with every point of the sample.
+    assert chart_counts(shot.dom) == hand_counts(ASIN)
+    assert f'href="https://www.amazon.com/dp/{ASIN}"' in shot.dom
+    # And it was painted: each series' legend swatch is a square of its colour,
+    # and a series with points has more pixels of its colour than that, its line.
+    # (Used has no points in this sample: its swatch alone is the yardstick.)
+    pixels = colours(shot.png)
+    drawn = {s.key: pixels[bytes.fromhex(s.colour[1:])] for s in SERIES}
+    swatch = drawn.pop("used")
+    assert swatch >= 64, drawn
+    for key, count in drawn.items():
+        assert count > swatch + 20, (key, count, swatch)
 
 
 def test_a_history_without_data_or_unreadable_still_renders() -> None:
