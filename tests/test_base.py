@@ -8,18 +8,17 @@ by writing only its own round.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import structlog
-from helpers import one_selection
+from helpers import StartSim, one_selection
 
 from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig, UpserterConfig
 from dealsd.keepa import KeepaClient, TransientError
 from dealsd.keepa.payloads import Envelope
-from dealsd.simulator import SimOptions, Simulator
+from dealsd.simulator import Simulator
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.backfiller import Backfiller
@@ -29,13 +28,9 @@ from dealsd.workers.upserter import Upserter
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    s = Simulator(
-        SimOptions(refill_period_s=0.1, catalogue_size=300, api_keys=frozenset({"the-right-key"}))
-    )
-    await s.start("127.0.0.1", 0)
-    yield s
-    await s.stop()
+async def sim(start_sim: StartSim) -> Simulator:
+    """conftest's simulator, answering only one key."""
+    return await start_sim(catalogue_size=300, api_keys=frozenset({"the-right-key"}))
 
 
 @pytest.mark.parametrize("name", ["upserter", "backfiller"])

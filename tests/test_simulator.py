@@ -13,19 +13,17 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from helpers import wait_for
+from helpers import sample_bytes, wait_for
 
 from dealsd.clock import FakeClock
 from dealsd.keepa.payloads import decode_deals, decode_envelope, decode_products
 from dealsd.simulator import Faults, SimOptions, Simulator
 from dealsd.simulator.products import withheld
 
-SAMPLES = Path(__file__).resolve().parents[1] / "dealsd" / "samples"
 REAL = ("B0D8W1YVBX", "B0F7XPYCSJ")
 ENVELOPE_KEYS = {
     "timestamp", "tokensLeft", "refillIn", "refillRate", "tokenFlowReduction",
@@ -339,7 +337,7 @@ async def test_bad_selections_and_product_queries_are_400(sim: Sim) -> None:
 
 # /product ------------------------------------------------------------------------------
 async def test_the_two_real_samples_are_served_exactly_as_recorded(sim: Sim) -> None:
-    recorded = {a: json.loads((SAMPLES / f"product_{a}.json").read_bytes())["products"][0]
+    recorded = {a: json.loads(sample_bytes(a))["products"][0]
                 for a in REAL}  # fmt: skip
     # Asked as they were recorded: B0D8W1YVBX with buybox and rating (its
     # tokensConsumed 4 = 1 + 2 + 1), B0F7XPYCSJ with neither (1).
@@ -358,7 +356,7 @@ async def test_the_two_real_samples_are_served_exactly_as_recorded(sim: Sim) -> 
 async def test_other_asins_are_deterministic_variations_of_the_samples(sim: Sim) -> None:
     asins = catalogue_asins(sim, 20)
     _, doc = await sim.products(asins, stats=180)
-    keys = [set(json.loads((SAMPLES / f"product_{a}.json").read_bytes())["products"][0])
+    keys = [set(json.loads(sample_bytes(a))["products"][0])
             for a in REAL]  # fmt: skip
     products = doc["products"]
     assert [p["asin"] for p in products] == asins
