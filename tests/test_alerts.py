@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 from helpers import (
     DaemonProc,
@@ -41,6 +42,7 @@ from dealsd.alerts.sender import AlertSender
 from dealsd.clock import FakeClock, iso_utc, parse_iso_utc
 from dealsd.config import AlertRuleConfig, AlertsConfig, ConfigError, load_config
 from dealsd.notify import Notifier
+from dealsd.simulator.catalogue import SALES, USED
 from dealsd.status import read_status, render
 from dealsd.store import Store
 from dealsd.store.schema import apply_migrations
@@ -452,6 +454,42 @@ async def test_a_channel_down_for_hours_gets_one_digest_when_it_is_back(
         await store.close()
 
 
+async def test_a_failing_channel_is_said_once_at_warning_then_counted(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A channel down for a minute and a half, tried every second: one warning,
+    one summary with the count after a minute, one recovery line with the total;
+    none of them carries the channel's secret."""
+    clock = FakeClock(start=1_800_000_000.0)
+    store = await _filled_store(tmp_path, clock, 1)
+    # Retried after exactly 1 s (jitter pinned at 1.0): one failed send a second.
+    cfg = AlertsConfig(retry_base_s=1, retry_max_s=1, rule=[rule()])
+    worker = AlertSender(
+        store=store, clock=clock, config=cfg,
+        channels=Sender([Channel("hook", receiver.url())]), rand=lambda: 1.0,
+    )  # fmt: skip
+    try:
+        receiver.down = True
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(90):
+                await worker.round()
+                await clock.advance(1.0)
+            receiver.down = False
+            await worker.round()
+        assert len(receiver.messages) == 1  # the send did go on being tried
+        said = [e for e in logs if e["event"] == "alert_send_failed"]
+        first, summary, recovered = said  # 91 sends, three lines
+        assert first["log_level"] == "warning" and "repeated" not in first
+        assert first["channel"] == "hook" and first["error"]
+        # At most a line a minute: the 61st failure says the 60 since the first.
+        assert summary["log_level"] == "warning" and summary["repeated"] == 60
+        assert recovered["log_level"] == "info" and recovered["recovered"] is True
+        assert recovered["failures"] == 90 and recovered["lasted_s"] == 90.0
+        assert SECRET not in json.dumps(logs, default=str)
+    finally:
+        await store.close()
+
+
 # -- end to end --------------------------------------------------------------------
 
 
@@ -491,6 +529,74 @@ async def test_a_matching_deal_arrives_and_a_non_matching_rule_never_sends(
     text = json.dumps(receiver.messages)
     assert "profit" in text and "amazon.com/dp/" in text
     assert SECRET.encode() not in database_bytes(db)
+
+
+async def test_a_price_drop_at_keepa_of_the_step_alerts_again_and_a_smaller_one_does_not(
+    tmp_path: Path, receiver: Receiver, start_sim: StartSim
+) -> None:
+    """A re-alert end to end: the deal's price moves at the simulator's /deal, the
+    upserter stores it and recomputes the estimate, whose buy price is what the
+    step compares (without `offers` the deal's used price plus buy_shipping_cents,
+    0 here); only a drop of realert_drop_pct since the alert sends again."""
+    # 150 deals are one /deal page: every fresh pass (each second) re-reads each deal.
+    sim = await start_sim(catalogue_size=150)
+    listed = [d for d in sim.catalogue.listed() if d["current"][USED] > 0]
+    ranked = [d for d in listed if d["current"][SALES] > 0]
+    # The deal with the best sales rank and a rule only it passes: every alert
+    # is that deal's, whatever the other 149 deals do.
+    target = min(ranked, key=lambda d: int(d["current"][SALES]))
+    asin, rank = str(target["asin"]), int(target["current"][SALES])
+    assert [d["asin"] for d in ranked if d["current"][SALES] <= rank] == [asin]
+    channels = tmp_path / "channels"
+    channels.write_text(f"hook = {receiver.url()}\n")
+    rules = f'realert_drop_pct = 10\n[[alerts.rule]]\nname = "best"\nmax_sales_rank = {rank}\n'
+    path = write_config(tmp_path, sim.base_url, extra=_alerts_toml(channels, rules))
+    cfg = load_config(path)
+    db = tmp_path / "deals.db"
+
+    def messages() -> list[dict[str, Any]]:
+        return [m for m in receiver.messages if f"/dp/{asin}" in m["message"]]
+
+    def reasons() -> list[str]:
+        q = "SELECT reason FROM alert_outbox WHERE asin = ? ORDER BY id"
+        return [str(r["reason"]) for r in db_query(db, q, (asin,))]
+
+    def buy_price() -> int | None:
+        rows = db_query(db, "SELECT buy_price_cents FROM deals WHERE asin = ?", (asin,))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def alerted_at() -> int:
+        q = "SELECT alerted_buy_cents FROM alert_state WHERE rule = 'best' AND asin = ?"
+        return int(db_query(db, q, (asin,))[0][0])
+
+    run = Running(cfg, path, alert_channels=Sender(load_channels(cfg.alerts, env={})))
+    try:
+        await wait_for(lambda: len(messages()) == 1, 40, "the deal's backfill and first alert")
+        alerted = alerted_at()
+        assert alerted == target["current"][USED] == buy_price()
+        # -5 %: a drop, but less than the step.
+        small = int(sim.reprice(asin, 0.95)["current"][USED])
+        assert alerted * 0.9 < small < alerted
+        await wait_for(lambda: buy_price() == small, 20, "the smaller price stored")
+        # The evaluator ran in the write that stored it and queued nothing...
+        assert reasons() == ["new"]
+        # ...nor on the passes after it, each of which reads the deal again,
+        # while the sender polls five times a second.
+        pages = sim.deal_pages
+        await wait_for(lambda: sim.deal_pages >= pages + 3, 20, "two more upserter passes")
+        assert reasons() == ["new"] and len(messages()) == 1
+        assert alerted_at() == alerted  # the step still counts from the alerted price
+        # -20 % of the alerted price: the step and more.
+        big = int(sim.reprice(asin, 0.84)["current"][USED])
+        assert big < alerted * 0.9
+        await wait_for(lambda: len(messages()) == 2, 20, "the price drop's alert")
+        assert reasons() == ["new", "price_drop"]
+        assert alerted_at() == big == buy_price()
+        assert f"Buy: **{message.money(big, 1)}**" in messages()[1]["message"]
+    finally:
+        assert await run.finish() == 0
+    outbox_asins = {r[0] for r in db_query(db, "SELECT DISTINCT asin FROM alert_outbox")}
+    assert outbox_asins == {asin} and len(receiver.messages) == 2
 
 
 async def test_sigkill_between_commit_and_send_loses_no_alert(

@@ -235,6 +235,23 @@ class Catalogue:
                     self.by_asin.pop(d["asin"], None)
                     self._bytes.pop(d["asin"], None)
 
+    def reprice(self, asin: str, factor: float) -> dict[str, Any]:
+        """One deal's price changes now, as a change in ``step`` does: its Amazon, new
+        and used prices times ``factor`` (list price and sales rank stay), its averages
+        kept, ``lastUpdate`` (and ``currentSince``) this minute. Returns the deal.
+
+        For tests that need one known price move instead of ``step``'s random
+        ones. KeyError: no such deal in this catalogue.
+        """
+        deal = self.by_asin[asin]
+        current = list(deal["current"])
+        for t in PRICE_TYPES:
+            if current[t] > 0 and t != LISTPRICE:
+                current[t] = max(1, int(current[t] * factor))
+        self._price(deal, current, self.minute, since=self.minute)
+        self._bytes.pop(asin, None)  # its /deal bytes are those of the old price
+        return deal
+
     # reading ----------------------------------------------------------------------
     def deal_bytes(self, deal: Mapping[str, Any]) -> bytes:
         asin = str(deal["asin"])

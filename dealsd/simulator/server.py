@@ -143,6 +143,19 @@ class Simulator:
                 new=self.options.new_deals_per_period,
             )
 
+    def reprice(self, asin: str, factor: float, *, domain: int = 1) -> dict[str, Any]:
+        """Change one deal's prices now (``Catalogue.reprice``); returns the deal.
+
+        The catalogue is first brought to the current Keepa minute, so the
+        deal's ``lastUpdate`` is now and a client sees a newer deal. The next
+        /deal shows it: the cached query results are dropped, as if Keepa's two
+        minutes had passed (a test need not wait them out).
+        """
+        self.bucket.advance()
+        deal = self.catalogue_for(domain).reprice(asin, factor)
+        self._queries.clear()
+        return deal
+
     @property
     def keepa_minute(self) -> int:
         self.bucket.advance()
