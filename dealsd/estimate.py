@@ -116,8 +116,10 @@ def buy_price_cents(
     Keepa's lowest price with shipping (``LANDED_PRICE_COLUMN``) when it was
     fetched and is not below the item price (the lowest landed price is never
     below the lowest item price, so a lower one is stale: the deal's price
-    rose since the backfill); otherwise the item price plus the configured
-    ``buy_shipping_cents``. None without an item price.
+    rose since the backfill; after a drop it would not be, so the upserter
+    forgets it whenever the deal's price moves: ``store.feed``); otherwise the
+    item price plus the configured ``buy_shipping_cents``. None without an item
+    price.
     """
     if item_cents is None or item_cents < 0:
         return None

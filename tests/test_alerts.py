@@ -29,10 +29,13 @@ from helpers import (
     counts,
     database_bytes,
     db_query,
+    one_selection,
     wait_for,
+    worker_parts,
     write_config,
 )
 
+from dealsd import estimate
 from dealsd.alerts import message, outbox
 from dealsd.alerts import queries as alert_queries
 from dealsd.alerts.channels import Channel, Redactor, Sender, load_channels
@@ -40,12 +43,20 @@ from dealsd.alerts.outbox import Evaluator
 from dealsd.alerts.rules import DealFacts, facts, matches
 from dealsd.alerts.sender import AlertSender
 from dealsd.clock import FakeClock, iso_utc, parse_iso_utc
-from dealsd.config import AlertRuleConfig, AlertsConfig, ConfigError, load_config
+from dealsd.config import (
+    AlertRuleConfig,
+    AlertsConfig,
+    ConfigError,
+    ProfitConfig,
+    UpserterConfig,
+    load_config,
+)
 from dealsd.notify import Notifier
 from dealsd.simulator.catalogue import SALES, USED
 from dealsd.status import read_status, render
-from dealsd.store import Store
+from dealsd.store import Store, backfill
 from dealsd.store.schema import apply_migrations
+from dealsd.workers.upserter import Upserter
 
 SECRET = "s3cr3t-webhook-token"
 
@@ -597,6 +608,67 @@ async def test_a_price_drop_at_keepa_of_the_step_alerts_again_and_a_smaller_one_
         assert await run.finish() == 0
     outbox_asins = {r[0] for r in db_query(db, "SELECT DISTINCT asin FROM alert_outbox")}
     assert outbox_asins == {asin} and len(receiver.messages) == 2
+
+
+async def test_a_drop_alerts_again_when_the_buy_price_was_keepas_price_with_shipping(
+    tmp_path: Path, start_sim: StartSim
+) -> None:
+    """With `offers`, the buy price is Keepa's lowest price with shipping, bought
+    once with the product; the deal's own price then moves only in /deal. A drop
+    of the step seen by the upserter must still reach the buy price, and alert."""
+    sim = await start_sim(catalogue_size=100)
+    target = next(d for d in sim.catalogue.listed() if d["current"][USED] >= 1000)
+    asin, used = str(target["asin"]), int(target["current"][USED])
+    ship = 250  # the shipping of the lowest used offer; buy_shipping_cents says the same
+    profit = ProfitConfig(reference="new", buy_shipping_cents=ship)
+    # Every round one pass of every deal, newest first (100 deals: one page).
+    newest_first = {"priceTypes": [USED], "sortType": 1}
+    cfg = UpserterConfig(interval_s=300, full_pass_h=0, selection=newest_first)
+    sel = one_selection(cfg, profit=profit)
+    ev = Evaluator(rules=[rule()], channels=["hook"], price_type=USED, realert_drop_pct=10)
+    db = tmp_path / "deals.db"
+
+    def buy() -> int:
+        return int(db_query(db, "SELECT buy_price_cents FROM deals WHERE asin = ?", (asin,))[0][0])
+
+    def reasons() -> list[str]:
+        q = "SELECT reason FROM alert_outbox WHERE asin = ? ORDER BY id"
+        return [str(r[0]) for r in db_query(db, q, (asin,))]
+
+    async with worker_parts(sim.base_url, db, name=sel.worker) as parts:
+        up = Upserter(
+            client=parts.client, tokens=parts.tokens, store=parts.store, clock=parts.clock,
+            selection=sel, health=parts.health, on_change=ev.on_deals_changed,
+        )  # fmt: skip
+        await up.round()
+        now = iso_utc(parts.clock.now())
+
+        def backfilled(conn: sqlite3.Connection) -> int:
+            # As the backfiller stores a product bought with `offers`: its
+            # columns, and the estimate made from them and the row.
+            row = backfill.deal_by_asin(conn, asin) or {}
+            cols: dict[str, object] = {
+                "avg90_new_cents": used * 3, "current_used_shipping_cents": used + ship,
+            }  # fmt: skip
+            cols.update(estimate.estimate(
+                {**row, **cols}, buy_cost_cents=used, price_type=USED, profit=profit
+            ))  # fmt: skip
+            backfill.store_product(
+                conn, asin=asin, fetched_at=now, keepa_last_update=None, tokens_spent=7,
+                payload_zlib=None, columns={**cols, "backfilled_at": now},
+            )  # fmt: skip
+            return ev.on_deals_changed(conn, [asin], now)
+
+        assert await parts.store.write(backfilled) == 1
+        assert buy() == used + ship and reasons() == ["new"]
+        await up.round()  # the same price seen again: nothing moves
+        assert buy() == used + ship and reasons() == ["new"]
+        dropped = int(sim.reprice(asin, 0.8)["current"][USED])  # -20 %, the step and more
+        await up.round()
+        # Keepa's price with shipping was for the offers before the drop: the
+        # configured shipping stands in for it now.
+        assert buy() == dropped + ship
+        assert reasons() == ["new", "price_drop"]
 
 
 async def test_sigkill_between_commit_and_send_loses_no_alert(

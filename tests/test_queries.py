@@ -103,6 +103,32 @@ async def test_an_older_snapshot_never_rolls_a_deal_back(store: Store) -> None:
     assert a["last_seen_at"] == ts(200)  # but it was seen
 
 
+async def test_a_price_with_shipping_is_forgotten_when_its_deal_price_moves(
+    store: Store,
+) -> None:
+    # Bought with `offers` while the deal cost 1000 new and 800 used; the deal's
+    # prices then move in /deal alone. Both paths of the upsert (one row, a page).
+    landed = {"current_new_shipping_cents": 1399, "current_used_shipping_cents": 1199}
+    for rows in ([deal("A")], [deal("A"), deal("B")]):
+        await w(store, lambda c: c.execute("DELETE FROM deals"))
+        await upsert(store, rows)
+        await w(store, product("A", {"backfilled_at": ts(), **landed}))
+        await upsert(store, [{**r, "keepa_last_update": ts(60)} for r in rows])
+        a = await row(store, "A")
+        assert a is not None and {k: a[k] for k in landed} == landed  # same prices: kept
+        older = [deal(str(r["asin"]), updated=30, current_used_cents=500) for r in rows]
+        await upsert(store, older)  # an older snapshot changes nothing
+        a = await row(store, "A")
+        assert a is not None and {k: a[k] for k in landed} == landed
+        dropped = [deal(str(r["asin"]), updated=90, current_used_cents=700) for r in rows]
+        await upsert(store, dropped)
+        a = await row(store, "A")
+        assert a is not None and a["current_used_cents"] == 700
+        # The used price with shipping was for other offers; the new one's stays.
+        assert a["current_used_shipping_cents"] is None
+        assert a["current_new_shipping_cents"] == 1399
+
+
 async def test_upsert_leaves_backfill_columns_and_recomputes_backfilled_rows(store: Store) -> None:
     await upsert(store, [deal("A"), deal("B")])
     await w(

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from dealsd.estimate import CURRENT_PRICE_COLUMN, LANDED_PRICE_COLUMN
 from dealsd.store import schema
 from dealsd.store.sql import check_columns, writable_deal_columns
 
@@ -27,6 +28,20 @@ _CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
 _NEWER = (
     "(deals.keepa_last_update IS NULL OR excluded.keepa_last_update >= deals.keepa_last_update)"
 )
+# Keepa's lowest price with shipping (bought with `offers`, so rarely) is that
+# of the offers when it was bought. Once the deal's own price of that type
+# moves, it describes offers that are gone: after a drop it stays above the
+# new price, so the estimate would go on buying at the old price for good (no
+# lower profit, no price-drop alert; a refresh does not buy offers again). It
+# is forgotten then, and the estimate's buy price is the deal's price plus
+# `[profit] buy_shipping_cents`, as for a product bought without offers.
+# (SET expressions read the row as it was before this update.)
+_STALE_LANDED = tuple(
+    f"{landed} = CASE WHEN {_NEWER} AND excluded.{item} IS NOT deals.{item} "
+    f"THEN NULL ELSE deals.{landed} END"
+    for price_type, landed in LANDED_PRICE_COLUMN.items()
+    for item in (CURRENT_PRICE_COLUMN[price_type],)
+)
 # Positional parameters: binding a tuple is measurably cheaper than a dict
 # of names, and this statement runs once per deal (see bench/writer.py).
 UPSERT_DEAL_COLUMNS: tuple[str, ...] = ("asin", *DEAL_FEED_COLUMNS, "first_seen_at", "last_seen_at")
@@ -39,7 +54,8 @@ UPSERT_DEAL_SQL = (
         for c in DEAL_FEED_COLUMNS
         if c != "domain_id"  # part of the key: a conflict means it is equal
     )
-    + ", last_seen_at = max(deals.last_seen_at, excluded.last_seen_at)"
+    + ", last_seen_at = max(deals.last_seen_at, excluded.last_seen_at), "
+    + ", ".join(_STALE_LANDED)
 )
 
 
@@ -88,9 +104,10 @@ def upsert_deals(
     ``rows`` carry the feed columns (``DEAL_FEED_COLUMNS`` plus ``asin`` and
     ``last_seen_at``, which defaults to ``now``), all of one marketplace (one
     /deal page is one domain). ``first_seen_at`` is set on insert only;
-    backfill, stats and estimate columns are left alone, except that for an
-    updated row already backfilled ``recompute(row)`` (the row as it now is)
-    may return columns to write, e.g. the profit estimate. ``selection``
+    backfill, stats and estimate columns are left alone, except that a price
+    with shipping whose deal price moved is forgotten (``_STALE_LANDED``) and
+    that for an updated row already backfilled ``recompute(row)`` (the row as
+    it now is) may return columns to write, e.g. the profit estimate. ``selection``
     records which selection saw them (``deal_selections``).
     """
     domains = {int(str(r.get("domain_id") or 1)) for r in rows}
