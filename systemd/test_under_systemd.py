@@ -16,7 +16,8 @@ script inside the container).
    /opt/dealsd/.venv, /etc/dealsd/config.toml, the key file, the unit), with
    a test drop-in that shortens WatchdogSec= and RestartSec= only, and runs
    `dealsd simulator` as a second unit on 127.0.0.1 (the container shares the
-   host's loopback; no traffic goes anywhere else).
+   host's loopback; no traffic goes anywhere else). Last, dealsd-web.service
+   with the web extra, as systemd/README.md's "The web view" says.
 4. Prints `PASS name`, `FAIL name: why` or `SKIP name: why` per check and a
    summary line; exits 1 if any check failed. Where this machine cannot run
    it at all (not root, no nspawn, no container boots) it prints one line
@@ -35,7 +36,6 @@ import io
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -58,9 +58,12 @@ PACKAGES = [
     "procps",
 ]
 # Bump to rebuild cached images (changes the stamp file's content).
-RECIPE = f"2 {SUITE} minbase {' '.join(PACKAGES)} venv=/opt/dealsd/.venv"
+RECIPE = f"3 {SUITE} minbase {' '.join(PACKAGES)} venv=/opt/dealsd/.venv[web]"
 STAMP = ".dealsd-test-image"
 UNIT = "dealsd"
+WEB_UNIT = "dealsd-web"
+WEB_PORT = 8001  # the unit's own
+DATABASE = "/var/lib/dealsd/deals.db"
 SIM_UNIT = "keepa-sim"
 WATCHDOG_S = 6  # the test drop-in's WatchdogSec= (the unit ships 120)
 RESTART_S = 2  # the test drop-in's RestartSec= (the unit ships 5)
@@ -370,7 +373,8 @@ def build_image() -> None:
     with tarfile.open(fileobj=io.BytesIO(checkout_tar())) as tar:
         tar.extractall(src)
     note("image: venv and dependencies")
-    script = (f"python3 -m venv {VENV} && {VENV}/bin/pip install -q /opt/dealsd/src "
+    # With the web extra's too (Datasette), for dealsd-web.service.
+    script = (f"python3 -m venv {VENV} && {VENV}/bin/pip install -q '/opt/dealsd/src[web]' "
               f"&& {VENV}/bin/pip uninstall -q -y dealsd && rm -rf /opt/dealsd/src")
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)
@@ -425,7 +429,7 @@ def config_text(port: int, upserter_interval: int = 5) -> str:
 base_url = "http://127.0.0.1:{port}"
 
 [database]
-path = "/var/lib/dealsd/deals.db"
+path = "{DATABASE}"
 
 [upserter]
 interval_s = {upserter_interval}
@@ -797,6 +801,65 @@ class Harness:
         self.k.result("stop-clean", ok, f"rc={r.returncode} in {dt:.1f}s, {s}",
                       f"inactive, Result=success, exit 0, in {dt:.1f}s")
 
+    def web(self) -> None:
+        """dealsd-web.service installed as systemd/README.md says, beside the stopped
+        daemon: serves a deal's page with its chart on loopback only, writes nothing."""
+        c, problems = self.c, []
+        before = c.sh(f"sha256sum {DATABASE}").stdout.split()[:1]
+        r = c.sh(f"{VENV}/bin/pip install -q '/opt/dealsd/src[web]' && install -m 0644 "
+                 f"/opt/dealsd/src/systemd/{WEB_UNIT}.service /etc/systemd/system/",
+                 timeout=600, env=proxy_env())
+        if r.returncode != 0:
+            self.k.result("web-unit", False, f"install: {(r.stdout + r.stderr).strip()[-300:]}")
+            return
+        self.ctl("daemon-reload")
+        r = self.ctl("start", WEB_UNIT, timeout=60)
+        # A backfilled deal's row page, fetched the way the SSH tunnel's far end does.
+        probe = f"""\
+import json, sys, time, urllib.request
+base = "http://127.0.0.1:{WEB_PORT}/dealsd"
+for _ in range(60):
+    try:
+        rows = json.load(urllib.request.urlopen(
+            base + "/deals.json?_shape=array&_size=1&backfilled_at__notblank=1", timeout=5))
+        break
+    except OSError:
+        time.sleep(0.5)
+else:
+    sys.exit("no answer on 127.0.0.1:{WEB_PORT}")
+if not rows:
+    sys.exit("no backfilled deal listed")
+d = rows[0]
+page = urllib.request.urlopen(f"{{base}}/deals/{{d['domain_id']}},{{d['asin']}}", timeout=10).read()
+print(d["asin"], "chart" if b"Price history" in page and b"<svg" in page else "no chart")
+"""
+        got = c.exec(["python3", "-c", probe], timeout=60)
+        answer = got.stdout.strip()
+        if got.returncode != 0 or not answer.endswith(" chart"):
+            problems.append(f"deal page: {answer or got.stderr.strip()[-200:]}")
+        # Listening sockets on the unit's port, from /proc (minbase has no ss).
+        port_hex = f"{WEB_PORT:04X}"
+        listen = c.sh(f"cat /proc/net/tcp /proc/net/tcp6 | awk '$4 == \"0A\" "
+                      f"&& $2 ~ /:{port_hex}$/ {{print $2}}'").stdout.split()
+        if not listen or any(a != f"0100007F:{port_hex}" for a in listen):
+            problems.append(f"listening on {listen or 'nothing'}, not 127.0.0.1:{WEB_PORT} alone")
+        sec = c.exec(["systemd-analyze", "security", "--no-pager", f"{WEB_UNIT}.service"], timeout=60)
+        m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", sec.stdout + sec.stderr)
+        exposure = float(m.group(1)) if m else None
+        if exposure is None or exposure > MAX_EXPOSURE:
+            problems.append(f"exposure {exposure} (> {MAX_EXPOSURE} or none)")
+        stop = self.ctl("stop", WEB_UNIT, timeout=60)
+        s = self.show("Result", "ExecMainStatus", unit=WEB_UNIT)
+        if stop.returncode != 0 or s.get("Result") != "success":
+            problems.append(f"stop: rc={stop.returncode}, {s}")
+        after = c.sh(f"sha256sum {DATABASE}").stdout.split()[:1]
+        if not before or before != after:
+            problems.append(f"the database changed while served: {before} -> {after}")
+        self.k.result("web-unit", r.returncode == 0 and not problems,
+                      f"start rc={r.returncode}; " + "; ".join(problems),
+                      f"deal {answer.split()[0] if answer else '?'}'s page with its chart on "
+                      f"127.0.0.1:{WEB_PORT} only, exposure {exposure}, database unchanged")
+
     def _failed_start(self) -> tuple[subprocess.CompletedProcess[str], dict[str, str], dict[str, str]]:
         """Start (expecting a failure), then wait past RestartSec: was it restarted?"""
         self.reset()
@@ -919,6 +982,7 @@ def main() -> int:
                 h.limits()
                 h.outage()
                 h.stop_clean()
+                h.web()
             else:
                 h.ctl("stop", UNIT)
             since = h.bad_config()
