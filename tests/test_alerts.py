@@ -175,14 +175,16 @@ def _db(tmp_path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _put(conn: sqlite3.Connection, asin: str, *, used: int, profit: int | None) -> None:
+def _put(
+    conn: sqlite3.Connection, asin: str, *, used: int, profit: int | None, domain: int = 1
+) -> None:
     conn.execute(
         "INSERT INTO deals (asin, domain_id, title, current_used_cents, profit_cents, "
         "margin_pct, expected_sale_cents, first_seen_at, last_seen_at, backfilled_at) "
-        "VALUES (?, 1, 't', ?, ?, 10, 3000, 'x', 'x', 'x') ON CONFLICT (domain_id, asin) "
+        "VALUES (?, ?, 't', ?, ?, 10, 3000, 'x', 'x', 'x') ON CONFLICT (domain_id, asin) "
         "DO UPDATE SET current_used_cents = excluded.current_used_cents, "
         "profit_cents = excluded.profit_cents",
-        (asin, used, profit),
+        (asin, domain, used, profit),
     )
 
 
@@ -240,6 +242,17 @@ def test_nothing_is_queued_for_a_deal_not_yet_backfilled(tmp_path: Path) -> None
     ev = Evaluator(rules=[rule()], channels=["a"], price_type=2, realert_drop_pct=10)
     assert ev.on_deals_changed(conn, ["B2", "B-not-there"], "t") == 0
     assert _queued(conn) == []
+
+
+def test_a_change_on_one_marketplace_evaluates_only_its_deal(tmp_path: Path) -> None:
+    conn = _db(tmp_path)
+    ev = Evaluator(rules=[rule()], channels=["a"], price_type=2, realert_drop_pct=10)
+    _put(conn, "B1", used=1000, profit=500, domain=1)
+    _put(conn, "B1", used=900, profit=400, domain=3)  # the same ASIN on amazon.de
+    assert ev.on_deals_changed(conn, ["B1"], "t1", 3) == 1
+    assert conn.execute("SELECT domain_id, asin FROM alert_outbox").fetchall() == [(3, "B1")]
+    assert ev.on_deals_changed(conn, ["B1"], "t2", 1) == 1
+    assert ev.on_deals_changed(conn, ["B1"], "t3") == 0  # both already alerted
 
 
 # -- messages ----------------------------------------------------------------------
@@ -426,7 +439,9 @@ async def test_a_channel_down_for_hours_gets_one_digest_when_it_is_back(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     clock = FakeClock(start=1_800_000_000.0)
-    store = await _filled_store(tmp_path, clock, 30)
+    # More than one old round's read (1,000): a long outage's backlog is still one digest.
+    queued = 1_200
+    store = await _filled_store(tmp_path, clock, queued)
     cfg = AlertsConfig(max_per_minute=10, retry_base_s=30, retry_max_s=900, rule=[rule()])
     worker = AlertSender(
         store=store, clock=clock, config=cfg,
@@ -446,21 +461,26 @@ async def test_a_channel_down_for_hours_gets_one_digest_when_it_is_back(
             await clock.advance(900.0)
         assert receiver.messages == []
         summary = await store.read(alert_queries.summary)
-        assert summary[0]["queued"] == 30 and summary[0]["last_error"]
+        assert summary[0]["queued"] == queued and summary[0]["last_error"]
         assert SECRET not in json.dumps(summary)
         # `dealsd status` shows the failing channel, its queue and its error.
         doc = await asyncio.to_thread(read_status, tmp_path / "s.db", now=clock.now())
-        assert [(c.channel, c.queued) for c in doc.alerts] == [("hook", 30)]
+        assert [(c.channel, c.queued) for c in doc.alerts] == [("hook", queued)]
         assert doc.alerts[0].failing_since is not None
         text = render(doc, now=clock.now())
-        assert "alerts hook: 30 queued, 0 sent; FAILING since" in text and SECRET not in text
+        assert f"alerts hook: {queued} queued, 0 sent; FAILING since" in text
+        assert SECRET not in text
         receiver.down = False
         await clock.advance(900.0)
         await worker.round()
-        assert len(receiver.messages) == 1 and receiver.messages[0]["title"].startswith("30 deals")
+        assert len(receiver.messages) == 1
+        assert receiver.messages[0]["title"] == f"{queued} deals worth a look"
+        # Best profit first, of all of them (the last filled has the most).
+        best = (100 + queued - 1) / 100
+        assert receiver.messages[0]["message"].startswith(f"- ${best:.2f} profit")
         summary = await store.read(alert_queries.summary)
         assert summary[0]["queued"] == 0 and summary[0]["failing_since"] is None
-        assert summary[0]["sent_total"] == 30
+        assert summary[0]["sent_total"] == queued
     finally:
         await store.close()
 

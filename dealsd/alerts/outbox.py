@@ -24,10 +24,10 @@ from typing import Any
 from dealsd.alerts.rules import FACT_COLUMNS, DealFacts, facts, matches
 from dealsd.config import DEFAULT_SELECTION, AlertRuleConfig
 from dealsd.store import feed
+from dealsd.store.sql import chunks
 
 REASON_NEW = "new"
 REASON_PRICE_DROP = "price_drop"
-_CHUNK = 500  # host parameters per IN (...) list
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,19 +75,22 @@ class Evaluator:
     def active(self) -> bool:
         return bool(self._rules and self._channels)
 
-    def on_deals_changed(self, conn: sqlite3.Connection, asins: Iterable[str], now: str) -> int:
-        """Queue the alerts the changed deals now call for; return how many."""
+    def on_deals_changed(
+        self, conn: sqlite3.Connection, asins: Iterable[str], now: str, domain_id: int | None = None
+    ) -> int:
+        """Queue the alerts the changed deals (of ``domain_id``'s marketplace; None: the
+        ASINs' deals on any) now call for; return how many."""
         if not self.active:
             return 0
         queued = 0
-        wanted = list(dict.fromkeys(asins))
         cols = ", ".join(FACT_COLUMNS)
-        for i in range(0, len(wanted), _CHUNK):
-            chunk = wanted[i : i + _CHUNK]
+        where, args = ("", []) if domain_id is None else ("domain_id = ? AND ", [domain_id])
+        for chunk in chunks(list(dict.fromkeys(asins))):
             marks = ", ".join("?" * len(chunk))
             cur = conn.execute(
-                f"SELECT {cols} FROM deals WHERE asin IN ({marks}) AND backfilled_at IS NOT NULL",
-                chunk,
+                f"SELECT {cols} FROM deals WHERE {where}asin IN ({marks}) "
+                "AND backfilled_at IS NOT NULL",
+                [*args, *chunk],
             )
             names = [d[0] for d in cur.description]
             for raw in cur.fetchall():
@@ -172,11 +175,12 @@ def due(conn: sqlite3.Connection, *, now: str, limit: int) -> list[Pending]:
 
 def mark_sent(conn: sqlite3.Connection, *, ids: Sequence[int], channel: str, now: str) -> None:
     """The alerts went out as one message to ``channel`` (one alert, or a digest)."""
-    marks = ", ".join("?" * len(ids))
-    conn.execute(
-        f"UPDATE alert_outbox SET sent_at = ?, last_error = NULL WHERE id IN ({marks})",
-        [now, *ids],
-    )
+    for chunk in chunks(ids):
+        marks = ", ".join("?" * len(chunk))
+        conn.execute(
+            f"UPDATE alert_outbox SET sent_at = ?, last_error = NULL WHERE id IN ({marks})",
+            [now, *chunk],
+        )
     conn.execute(
         "INSERT INTO alert_channels (name, last_success_at, sent_total) VALUES (?, ?, ?) "
         "ON CONFLICT (name) DO UPDATE SET last_success_at = excluded.last_success_at, "
@@ -195,12 +199,13 @@ def mark_failed(
     error: str,
 ) -> None:
     """A send failed: try these again at ``next_try_at``; the error is already redacted."""
-    marks = ", ".join("?" * len(ids))
-    conn.execute(
-        f"UPDATE alert_outbox SET attempts = attempts + 1, next_try_at = ?, last_error = ? "
-        f"WHERE id IN ({marks})",
-        [next_try_at, error, *ids],
-    )
+    for chunk in chunks(ids):
+        marks = ", ".join("?" * len(chunk))
+        conn.execute(
+            f"UPDATE alert_outbox SET attempts = attempts + 1, next_try_at = ?, last_error = ? "
+            f"WHERE id IN ({marks})",
+            [next_try_at, error, *chunk],
+        )
     conn.execute(
         "INSERT INTO alert_channels (name, last_error, last_error_at, failing_since) "
         "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error, "

@@ -34,7 +34,11 @@ from dealsd.workers.base import RoundResult
 
 log = structlog.get_logger(__name__)
 
-DUE_LIMIT = 1000  # alerts read a round: a digest lists the best 50 anyway
+# Alerts read a round. A digest ranks all it is given and lists the best 50,
+# so this bounds how many one digest covers: a channel back after hours of
+# failing sends one digest, not one per thousand queued. 10,000 alerts'
+# facts are a few MB for the round.
+DUE_LIMIT = 10_000
 KEEP_SENT_S = 7 * 86400.0  # `dealsd alerts list` shows a week
 PRUNE_EVERY_S = 3600.0
 WINDOW_S = 60.0

@@ -8,19 +8,18 @@ query conventions (no commits, checked column names) are in ``store.sql``.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dealsd.estimate import CURRENT_PRICE_COLUMN, LANDED_PRICE_COLUMN
 from dealsd.store import schema
-from dealsd.store.sql import check_columns, writable_deal_columns
+from dealsd.store.sql import check_columns, chunks, writable_deal_columns
 
 # What a /deal page updates: the mapping's deal row, less the key and the
 # seen-stamp, which the upsert handles itself. One list, in the schema.
 DEAL_FEED_COLUMNS: tuple[str, ...] = tuple(
     c for c in schema.DEAL_COLUMNS if c not in ("asin", "last_seen_at")
 )
-_CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
 
 # Feed columns follow the newest Keepa data only: a page fetched later that
 # carries an older snapshot of a deal (paging while deals change) must not
@@ -69,11 +68,6 @@ def upsert_params(asin: str, row: Mapping[str, object], now: str) -> tuple[objec
 class UpsertCounts:
     new: int
     updated: int
-
-
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
 
 
 def _merge(rows: Sequence[Mapping[str, object]]) -> dict[str, Mapping[str, object]]:
@@ -148,7 +142,7 @@ def _upsert_many(
 ) -> UpsertCounts:
     merged = _merge(rows)
     existing: dict[str, bool] = {}
-    for chunk in _chunks(list(merged)):
+    for chunk in chunks(list(merged)):
         marks = ",".join("?" * len(chunk))
         for asin, backfilled in conn.execute(
             "SELECT asin, backfilled_at IS NOT NULL FROM deals "
@@ -198,7 +192,7 @@ def _recompute(
     recompute: Callable[[sqlite3.Row], Mapping[str, object]],
 ) -> None:
     allowed = writable_deal_columns()
-    for chunk in _chunks(asins):
+    for chunk in chunks(asins):
         cur = conn.cursor()
         cur.row_factory = sqlite3.Row
         marks = ",".join("?" * len(chunk))

@@ -16,12 +16,20 @@ on its fast path.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
 
 from dealsd.store import schema
 
 _NEVER_WRITTEN_BY_COLUMNS = frozenset({"asin", "first_seen_at"})
+CHUNK = 500  # host parameters per IN (...) list, well under SQLite's limit
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
+    """``items`` in slices of at most ``size``: one IN (...) list each."""
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def deal_key(domain_id: int | None, asin: str) -> tuple[str, list[object]]:

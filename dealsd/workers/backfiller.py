@@ -439,7 +439,7 @@ class Backfiller(KeepaWorker):
                 domain_id=domain,
             )
             if stored and on_change is not None:
-                on_change(conn, [product.asin], fetched_at)
+                on_change(conn, [product.asin], fetched_at, domain)
             return stored
 
         return write

@@ -36,8 +36,9 @@ ACCESS_DENIED_BACKOFF_S = 600.0
 SHOW_TOKEN_WAIT_S = 1.0
 
 # Called INSIDE the write that changed these deals' numbers (connection, ASINs,
-# the write's time), so what it writes commits with them: the alert outbox.
-DealsChanged = Callable[[sqlite3.Connection, Sequence[str], str], object]
+# the write's time, their marketplace), so what it writes commits with them:
+# the alert outbox.
+DealsChanged = Callable[[sqlite3.Connection, Sequence[str], str, int], object]
 
 
 @dataclass(frozen=True, slots=True)

@@ -322,7 +322,7 @@ class Upserter(KeepaWorker):
                 conn, at=now, consumer=self.name, endpoint="deal", items=1, tokens=tokens_spent
             )
             if on_change is not None:
-                on_change(conn, list(by_asin), now)
+                on_change(conn, list(by_asin), now, sel.domain)
             return counts
 
         return write
