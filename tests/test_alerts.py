@@ -401,16 +401,23 @@ async def _filled_store(tmp_path: Path, clock: FakeClock, n: int) -> Store:
     return store
 
 
+def _hook_sender(
+    store: Store, clock: FakeClock, cfg: AlertsConfig, receiver: Receiver
+) -> AlertSender:
+    """The sender worker to the receiver's one channel, jitter pinned at 1.0."""
+    return AlertSender(
+        store=store, clock=clock, config=cfg,
+        channels=Sender([Channel("hook", receiver.url())]), rand=lambda: 1.0,
+    )  # fmt: skip
+
+
 async def test_worker_sends_one_each_under_the_limit_and_a_digest_over_it(
     tmp_path: Path, receiver: Receiver
 ) -> None:
     clock = FakeClock(start=1_800_000_000.0)
     store = await _filled_store(tmp_path, clock, 3)
     cfg = AlertsConfig(max_per_minute=5, retry_base_s=30, rule=[rule()])
-    worker = AlertSender(
-        store=store, clock=clock, config=cfg,
-        channels=Sender([Channel("hook", receiver.url())]), rand=lambda: 1.0,
-    )  # fmt: skip
+    worker = _hook_sender(store, clock, cfg, receiver)
     try:
         result = await worker.round()
         assert result.progressed == 3 and len(receiver.messages) == 3
@@ -443,10 +450,7 @@ async def test_a_channel_down_for_hours_gets_one_digest_when_it_is_back(
     queued = 1_200
     store = await _filled_store(tmp_path, clock, queued)
     cfg = AlertsConfig(max_per_minute=10, retry_base_s=30, retry_max_s=900, rule=[rule()])
-    worker = AlertSender(
-        store=store, clock=clock, config=cfg,
-        channels=Sender([Channel("hook", receiver.url())]), rand=lambda: 1.0,
-    )  # fmt: skip
+    worker = _hook_sender(store, clock, cfg, receiver)
     try:
         receiver.down = True
 
@@ -495,10 +499,7 @@ async def test_a_failing_channel_is_said_once_at_warning_then_counted(
     store = await _filled_store(tmp_path, clock, 1)
     # Retried after exactly 1 s (jitter pinned at 1.0): one failed send a second.
     cfg = AlertsConfig(retry_base_s=1, retry_max_s=1, rule=[rule()])
-    worker = AlertSender(
-        store=store, clock=clock, config=cfg,
-        channels=Sender([Channel("hook", receiver.url())]), rand=lambda: 1.0,
-    )  # fmt: skip
+    worker = _hook_sender(store, clock, cfg, receiver)
     try:
         receiver.down = True
         with structlog.testing.capture_logs() as logs:
