@@ -31,7 +31,10 @@ _PENDING_COLS = "asin, current_amazon_cents, current_new_cents, current_used_cen
 
 
 def _one_domain(domain_id: int | None) -> tuple[str, tuple[object, ...]]:
-    return ("", ()) if domain_id is None else ("AND domain_id = ? ", (domain_id,))
+    # The unary + keeps the key's index out of it: without statistics SQLite
+    # would read every deal of the marketplace by (domain_id, asin) and sort
+    # them all, where the tier's own index gives its order and the LIMIT stops it.
+    return ("", ()) if domain_id is None else ("AND +domain_id = ? ", (domain_id,))
 
 
 @dataclass(frozen=True, slots=True)
