@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from dealsd import selections
 from dealsd.config import Config
 from dealsd.snapshot import FunnelPart
 from dealsd.store import backfill
@@ -23,11 +24,11 @@ from dealsd.workers.backfiller import screen_of
 
 
 def read_counts(conn: sqlite3.Connection, cfg: Config, *, now: str) -> dict[str, Any]:
-    """The database's part of the funnel under ``cfg``'s thresholds."""
+    """The database's part of the funnel under ``cfg``'s thresholds (each selection's own)."""
     f = cfg.funnel
     return backfill.funnel_summary(
         conn,
-        screen=screen_of(f),
+        screen=screen_of(f, selections.funnels(cfg)),
         profitable_profit_cents=f.profitable_min_profit_cents,
         profitable_roi_pct=f.profitable_min_roi_pct,
         now=now,

@@ -132,7 +132,7 @@ class Parts:
             client=client, tokens=tokens, store=store, clock=clock, config=cfg.backfiller,
             price_type=first.price_type, profit=first.profit, health=health,
             pricing=self.pricing, on_change=self._on_change, funnel=cfg.funnel,
-            work_arrived=self._work_arrived,
+            selection_funnels=selections.funnels(cfg), work_arrived=self._work_arrived,
         )  # fmt: skip
         self.janitor = Janitor(
             store=store, clock=clock, config=cfg.janitor, health=health, stop=stop,
@@ -235,7 +235,7 @@ class Parts:
         first = sels[0]
         self.backfiller.reconfigure(
             config=new.backfiller, price_type=first.price_type, profit=first.profit,
-            pricing=self.pricing, funnel=new.funnel,
+            pricing=self.pricing, funnel=new.funnel, selection_funnels=selections.funnels(new),
         )  # fmt: skip
         self.janitor.reconfigure(config=new.janitor)
         self._reconfigure_alerts(new)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dealsd.config import Config, ProfitConfig, canonical_query
+from dealsd.config import Config, FunnelConfig, ProfitConfig, canonical_query
 
 DEFAULT_NAME = "default"
 UPSERTER = "upserter"  # the consumer whose [tokens] weight the selections share
@@ -101,6 +101,16 @@ def resolve(cfg: Config) -> list[Selection]:
         )
         for s in cfg.selection
     ]
+
+
+def funnels(cfg: Config) -> dict[str, FunnelConfig]:
+    """Each ``[[selection]]``'s funnel: ``[funnel]`` with its ``[selection.funnel]`` thresholds.
+
+    The backfiller's, not an upserter's: what a selection lists is bought by its
+    thresholds (``backfill.BySelection``). Empty for ``[upserter.selection]``:
+    its one selection has [funnel]'s.
+    """
+    return {s.name: s.resolved_funnel(cfg.funnel) for s in cfg.selection}
 
 
 def token_weights(cfg: Config, selections: Sequence[Selection]) -> dict[str, float]:

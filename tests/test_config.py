@@ -113,8 +113,42 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
     (
         "selection profit value",
         SEL + "[selection.profit]\nreferral_fee_pct = 300\n",
-        "selection[0].profit",
-        "<= 100",
+        "selection[0].profit.referral_fee_pct",
+        "expected a number from 0 to 100, got 300",
+    ),
+    ("selection funnel as value", SEL + "funnel = 3\n", "selection[0].funnel", "a table, got 3"),
+    (
+        "selection funnel typo",
+        SEL + "[selection.funnel]\nmin_screen_profit = 300\n",
+        "selection[0].funnel.min_screen_profit",
+        "unknown [selection.funnel] key (a selection sets min_screen_profit_cents, "
+        "min_screen_roi_pct, detail_min_profit_cents)",
+    ),
+    (
+        "selection funnel key for all selections",
+        SEL + "[selection.funnel]\norder = 'newest'\n",
+        "selection[0].funnel.order",
+        "unknown [selection.funnel] key",
+    ),
+    (
+        "selection funnel value",
+        SEL + "[selection.funnel]\nmin_screen_profit_cents = 1.5\n",
+        "selection[0].funnel.min_screen_profit_cents",
+        "expected an integer, got 1.5",
+    ),
+    (
+        "second selection funnel value",
+        SEL + SEL.replace("books", "toys").replace("[2]", "[1]")
+        + "[selection.funnel]\nmin_screen_roi_pct = 'high'\n",
+        "selection[1].funnel.min_screen_roi_pct",
+        "expected a number, got 'high'",
+    ),
+    (
+        "selection detail asks nothing",
+        "[funnel]\ndetail_offers = 0\ndetail_buybox = false\n"
+        + SEL + "[selection.funnel]\ndetail_min_profit_cents = 500\n",
+        "selection[0].funnel.detail_min_profit_cents",
+        "the second tier asks for nothing",
     ),
     (
         "selection query without price type",
@@ -431,6 +465,24 @@ def test_sample_is_the_defaults_and_documents_every_key(
     assert Config().keepa.base_url == "https://api.keepa.com"
     assert Config().database.path == "/var/lib/dealsd/deals.db"
     assert raw["upserter"]["selection"] == default_selection()
+
+
+def test_the_samples_selections_load_with_their_own_funnel_thresholds(tmp_path: Path) -> None:
+    text = SAMPLE.read_text()
+    start = text.index("# [[selection]]")
+    block = text[start : text.index("\n\n", start)]
+    lines = [line.removeprefix("#").removeprefix(" ") for line in block.splitlines()]
+    cfg = load_config(write(tmp_path, "\n".join(lines) + "\n"))
+    assert [s.name for s in cfg.selection] == ["books", "de-toys", "jp-books"]
+    funnels = selections.funnels(cfg)
+    assert funnels["de-toys"] == cfg.funnel  # no overrides: [funnel] as it is
+    jp = funnels["jp-books"]
+    assert (jp.min_screen_profit_cents, jp.detail_min_profit_cents) == (450, 1200)
+    assert jp.min_screen_roi_pct is None and jp.order == cfg.funnel.order
+    # A changed override is a change of [[selection]], which a reload applies live.
+    changed = write(tmp_path, "\n".join(lines).replace("= 450", "= 900") + "\n", "new.toml")
+    live, restart = diff_live(cfg, load_config(changed))
+    assert [c.key for c in live] == ["selection"] and restart == []
 
 
 def test_partial_file_keeps_other_defaults(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 The upserter's fresh pass (newest first, a creationDate watermark) beside
 its full pass; the screen made from the deal object; the backfill queue by
 the screen with the ``[funnel]`` thresholds, the idle tier and the detail
-tier; the backfiller woken by new deals; a SIGHUP that changes thresholds;
-the funnel in `dealsd status`.
+tier; the backfiller woken by new deals; a SIGHUP that changes thresholds
+([funnel]'s, and a selection's own on another marketplace); the funnel in
+`dealsd status`; check-config on thresholds read in another currency.
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def rows(db: Path, sql: str = "SELECT * FROM deals") -> list[dict[str, Any]]:
 
 def pages(sim: Simulator) -> int:
     return int(sim.stats()["deal_pages"])
+
+
+def _selection(name: str, domain: int, funnel: str = "", price_type: int = 2) -> str:
+    """A ``[[selection]]`` table on ``domain``, with its ``[selection.funnel]`` lines if any."""
+    table = f"[[selection]]\nname = '{name}'\ndomain = {domain}\n[selection.query]\n"
+    query = f"priceTypes = [{price_type}]\n"
+    return table + query + (f"[selection.funnel]\n{funnel}" if funnel else "")
 
 
 async def fresh_due() -> None:
@@ -386,6 +394,86 @@ async def test_a_reload_with_a_lower_threshold_reorders_the_queue_losing_nothing
     assert "screened_in" in text
 
 
+async def test_a_reload_of_a_selections_own_threshold_changes_what_it_buys_losing_nothing(
+    start_sim: StartSim, tmp_path: Path
+) -> None:
+    # amazon.com by [funnel]'s 0 cents, amazon.co.jp by its own ¥1500, then ¥0.
+    sim = await start_sim(catalogue_size=300, refill_rate=3000)
+    high = "min_screen_profit_cents = 1500\n"
+    two = _selection("us", 1) + _selection("jp", 5, high)
+    path = write_config(
+        tmp_path, sim.base_url, extra="[funnel]\nmin_screen_profit_cents = 0\n", selections=two
+    )
+    db = tmp_path / "deals.db"
+    listed = {d: len(sim.catalogue_for(d).query({"priceTypes": [2]})) for d in (1, 5)}
+    bar = {1: 0, 5: 1500}
+
+    def passing(domain: int, threshold: int) -> str:
+        return (f"domain_id = {domain} AND (screen_profit_cents IS NULL "
+                f"OR screen_profit_cents >= {threshold})")  # fmt: skip
+
+    def count(where: str) -> int:
+        return int(db_query(db, f"SELECT count(*) FROM deals WHERE {where}")[0][0])
+
+    def settled() -> bool:
+        try:
+            stored = {d: count(f"domain_id = {d}") for d in listed}
+            waiting = sum(count(f"backfilled_at IS NULL AND {passing(d, bar[d])}") for d in bar)
+        except Exception:
+            return False
+        return stored == listed and waiting == 0
+
+    async def snapshot_screened_in(want: int) -> int | None:
+        # The snapshot (every 5 s) catches up with the table.
+        got = None
+        for _ in range(150):
+            _code, doc = await status_doc(db)
+            got = doc["funnel"]["screened_in"] if doc["funnel"] is not None else None
+            if got == want:
+                break
+            await asyncio.sleep(0.2)
+        return got
+
+    d = await DaemonProc(path).start()
+    try:
+        await d.ready()
+        await wait_for(settled, 40, "every deal above its selection's threshold backfilled")
+        skipped = rows(db, "SELECT domain_id, asin, screen_profit_cents FROM deals "
+                       "WHERE backfilled_at IS NULL")  # fmt: skip
+        # Below ¥1500 on amazon.co.jp is not bought; on amazon.com [funnel]'s 0 is the bar.
+        assert skipped and {r["domain_id"] for r in skipped if r["screen_profit_cents"] >= 0} == {5}
+        assert all(r["screen_profit_cents"] < 1500 for r in skipped if r["domain_id"] == 5)
+        assert not {(r["domain_id"], r["asin"]) for r in skipped} & set(sim.products_bought_in)
+        bought_us = count("domain_id = 1 AND backfilled_at IS NOT NULL "
+                          "AND screen_profit_cents BETWEEN 0 AND 1499")  # fmt: skip
+        assert bought_us > 0  # what jp's own threshold skips, [funnel]'s lets in on .com
+        want = count(passing(1, 0)) + count(passing(5, 1500))
+        assert await snapshot_screened_in(want) == want
+        path.write_text(path.read_text().replace(high, "min_screen_profit_cents = 0\n"))
+        d.signal(signal.SIGHUP)
+        let_in = {(5, r["asin"]) for r in skipped if r["domain_id"] == 5}
+        let_in -= {(5, r["asin"]) for r in skipped if r["screen_profit_cents"] < 0}
+        assert let_in
+
+        def bought() -> bool:
+            got = db_query(db, "SELECT domain_id, asin FROM deals WHERE backfilled_at IS NOT NULL")
+            return let_in <= {(r["domain_id"], r["asin"]) for r in got}
+
+        await wait_for(bought, 30, "the yen deals the new threshold lets in")
+        assert "config_changed" in d.log_text() and "reloaded" in d.log_text()
+        still = {(r["domain_id"], r["asin"]) for r in rows(db, "SELECT * FROM deals")}
+        assert {(r["domain_id"], r["asin"]) for r in skipped} <= still  # nothing was lost
+        # What stays below 0 on either marketplace is still not bought.
+        below = {(r["domain_id"], r["asin"]) for r in skipped if r["screen_profit_cents"] < 0}
+        assert not below & set(sim.products_bought_in)
+        want = count(passing(1, 0)) + count(passing(5, 0))
+        assert await snapshot_screened_in(want) == want
+        d.signal(signal.SIGTERM)
+        assert await d.wait() == 0
+    finally:
+        await d.ensure_dead()
+
+
 def test_check_config_warns_when_a_full_pass_is_not_shorter_than_the_grace() -> None:
     from dealsd.config import Config, config_warnings
 
@@ -400,6 +488,52 @@ def test_check_config_warns_when_a_full_pass_is_not_shorter_than_the_grace() -> 
         cfg, upserter=msgspec.structs.replace(cfg.upserter, full_pass_h=0.0)
     )
     assert config_warnings(every_round) == []
+
+
+def test_check_config_warns_when_funnel_money_is_read_in_another_currency(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dealsd.config import check_config, config_warnings, load_config
+
+    def warnings(toml: str, name: str = "config.toml") -> list[str]:
+        path = tmp_path / name
+        path.write_text(toml)
+        return config_warnings(load_config(path))
+
+    cents = "[funnel]\nmin_screen_profit_cents = 300\ndetail_min_profit_cents = 500\n"
+    [warning] = warnings(cents + _selection("us", 1) + _selection("jp", 5))
+    assert warning.startswith(
+        'selection[1].funnel: selection "jp" is on domain 5 (JPY), [keepa] domain 1 is USD, '
+        "and [funnel]'s thresholds are in each marketplace's smallest unit: "
+        "min_screen_profit_cents = 300 is ¥300 there, not $3.00, "
+        "detail_min_profit_cents = 500 is ¥500 there, not $5.00 "
+        "(set min_screen_profit_cents and detail_min_profit_cents in its [selection.funnel], "
+        "in JPY)"
+    ), warning
+    # Only what the selection leaves to [funnel] is named.
+    [warning] = warnings(
+        cents + _selection("us", 1) + _selection("jp", 5, "min_screen_profit_cents = 450\n")
+    )
+    assert "detail_min_profit_cents = 500 is ¥500" in warning
+    assert "min_screen_profit_cents = 300" not in warning
+    # [keepa] domain's own currency is what [funnel] is written in: another one is named.
+    jp_home = "[keepa]\ndomain = 5\n" + cents
+    [warning] = warnings(jp_home + _selection("us", 1) + _selection("jp", 5))
+    assert warning.startswith('selection[0].funnel: selection "us" is on domain 1 (USD), ')
+    assert "[keepa] domain 5 is JPY" in warning and "$3.00 there, not ¥300" in warning
+    # No warning: each selection says its own, one currency only, no money threshold.
+    both = _selection("jp", 5, "min_screen_profit_cents = 450\ndetail_min_profit_cents = 750\n")
+    assert warnings(cents + _selection("us", 1) + both) == []
+    assert warnings(cents + _selection("us", 1) + _selection("new", 1, price_type=1)) == []
+    roi = "[funnel]\nmin_screen_roi_pct = 30.0\n"
+    assert warnings(roi + _selection("us", 1) + _selection("jp", 5)) == []
+    # check-config says it, and the file is still OK.
+    path = tmp_path / "config.toml"
+    path.write_text(cents + _selection("us", 1) + _selection("jp", 5))
+    assert check_config(path, env={"KEEPA_API_KEY": "k"}) == 0
+    captured = capsys.readouterr()
+    assert f"dealsd: warning: {path}: selection[1].funnel: selection \"jp\"" in captured.err
+    assert captured.out.strip() == f"config OK: {path}"
 
 
 def test_the_journal_line_and_the_figures_of_the_funnel() -> None:

@@ -14,10 +14,12 @@ import pytest
 from helpers import sample_bytes
 
 from dealsd import estimate as est
-from dealsd import mapping
+from dealsd import mapping, selections
 from dealsd.clock import FakeClock, iso_utc
+from dealsd.config import load_config
 from dealsd.keepa.payloads import decode_products
 from dealsd.store import Store, backfill, feed, liveness, pruning, schema
+from dealsd.workers.backfiller import detail_of, screen_of
 
 T = TypeVar("T")
 NOW = 1_800_000_000.0
@@ -395,6 +397,15 @@ def test_no_query_scans_the_deals_table(tmp_path: Path) -> None:
         [deal(f"B{i:09d}", updated=-i * 7, seen=-i * 3) for i in range(20_000)],
         checkpoints={},
         now=ts(-50_000),
+        selection="us",
+    )
+    # A second marketplace whose selection has its own thresholds (in yen).
+    feed.upsert_deals(
+        conn,
+        [deal(f"J{i:09d}", updated=-i * 5, domain_id=5) for i in range(4_000)],
+        checkpoints={},
+        now=ts(-50_000),
+        selection="jp",
     )
     conn.execute("UPDATE deals SET backfilled_at = last_seen_at WHERE rowid % 2 = 0")
     conn.execute("COMMIT")
@@ -414,23 +425,38 @@ def test_no_query_scans_the_deals_table(tmp_path: Path) -> None:
         backfill.pending_backfill(
             c, now=ts(), max_attempts=5, limit=100, order=backfill.BY_NEWEST
         )
-        backfill.detail_due(c, min_profit_cents=500, limit=20)
+        backfill.detail_due(c, bar=backfill.DetailBar(500), limit=20)
         backfill.funnel_summary(
-            c, screen=screen, profitable_profit_cents=300, profitable_roi_pct=30.0,
+            c, screen=backfill.BySelection(screen), profitable_profit_cents=300,
+            profitable_roi_pct=30.0, now=ts(), max_attempts=5,
+        )  # fmt: skip
+        # A selection with its own thresholds: the queue, the second tier and the
+        # counts look at the deal's selections (deal_selections' key, per deal).
+        own = backfill.BySelection(screen, (("us", screen), ("jp", backfill.Screen(1000, None))))
+        for below in (False, True):
+            backfill.pending_backfill(
+                c, now=ts(), max_attempts=5, limit=100, screen=own, below=below
+            )
+        backfill.pending_backfill(c, now=ts(), max_attempts=5, limit=100, screen=own, domain_id=5)
+        bars = backfill.BySelection(backfill.DetailBar(500), (("jp", backfill.DetailBar(3000)),))
+        backfill.detail_due(c, bar=bars, limit=20)
+        backfill.funnel_summary(
+            c, screen=own, profitable_profit_cents=300, profitable_roi_pct=30.0,
             now=ts(), max_attempts=5,
         )  # fmt: skip
+        assert sum("deal_selections AS s" in sql for sql, _ in spy.seen) == 6
         backfill.due_refresh(c, older_than=ts(), limit=100)
         # The same tiers for one marketplace (a batch is one domain's).
         backfill.pending_backfill(
             c, now=ts(), max_attempts=5, limit=100, screen=screen, domain_id=1
         )
-        backfill.detail_due(c, min_profit_cents=500, limit=20, domain_id=1)
+        backfill.detail_due(c, bar=backfill.DetailBar(500), limit=20, domain_id=1)
         backfill.due_refresh(c, older_than=ts(), limit=100, domain_id=1)
         liveness.status_summary(c, now=NOW)
         liveness.selection_counts(c, now=NOW, workers={"default": "upserter"})
         pruning.prune_stale(c, older_than=ts(-50_000), limit=100)
         feed.get_checkpoints(c)
-        assert len(spy.seen) >= 25
+        assert len(spy.seen) >= 37
         for sql, params in spy.seen:
             plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
             for step in plan:
@@ -468,4 +494,159 @@ def test_the_per_product_statements_use_the_asin_index(tmp_path: Path) -> None:
     sql = "SELECT domain_id FROM product_history WHERE asin = ?"
     (domain,) = conn.execute(sql, (asin,)).fetchone()
     assert domain == 1  # the history took its deal's key
+    conn.close()
+
+
+# -- the funnel's thresholds per selection ([selection.funnel]) ------------------------
+
+SELECTION = (
+    "[[selection]]\nname = '{name}'\ndomain = {domain}\n[selection.query]\npriceTypes = [{pt}]\n"
+)
+# [funnel] in cents for amazon.com; the yen selection says its own.
+TWO_MARKETS = (
+    "[funnel]\nmin_screen_profit_cents = 300\ndetail_min_profit_cents = 500\n"
+    + SELECTION.format(name="us", domain=1, pt=2)
+    + SELECTION.format(name="jp", domain=5, pt=2)
+    + "[selection.funnel]\nmin_screen_profit_cents = 1000\ndetail_min_profit_cents = 3000\n"
+)
+
+
+def thresholds(
+    tmp_path: Path, toml: str
+) -> tuple[backfill.BySelection[backfill.Screen], backfill.BySelection[backfill.DetailBar] | None]:
+    """The backfiller's thresholds of a config file, as the daemon resolves them."""
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    cfg = load_config(path)
+    funnels = selections.funnels(cfg)
+    return screen_of(cfg.funnel, funnels), detail_of(cfg.funnel, funnels)
+
+
+def queue(
+    screen: backfill.Condition, **kw: Any
+) -> Callable[[sqlite3.Connection], list[backfill.PendingRow]]:
+    return functools.partial(
+        backfill.pending_backfill, now=ts(), max_attempts=5, limit=100, screen=screen, **kw
+    )
+
+
+def summary(screen: backfill.BySelection[backfill.Screen]) -> Callable[..., dict[str, Any]]:
+    return functools.partial(
+        backfill.funnel_summary, screen=screen, profitable_profit_cents=300,
+        profitable_roi_pct=30.0, now=ts(), max_attempts=5,
+    )  # fmt: skip
+
+
+def jp(asin: str, **extra: object) -> dict[str, Any]:
+    return {**deal(asin, domain_id=5, currency="JPY"), **extra}
+
+
+async def test_each_selection_screens_its_deals_in_its_own_marketplaces_money(
+    store: Store, tmp_path: Path
+) -> None:
+    screen, detail = thresholds(tmp_path, TWO_MARKETS)
+    await upsert(store, [deal("US500", screen_profit_cents=500),
+                         deal("US200", screen_profit_cents=200)], selection="us")  # fmt: skip
+    await upsert(store, [jp("JP500", screen_profit_cents=500),
+                         jp("JP1500", screen_profit_cents=1500)], selection="jp")  # fmt: skip
+    # Listed by no selection, or only by one gone from the config: [funnel]'s.
+    await upsert(store, [jp("JPNONE", screen_profit_cents=500)])
+    await upsert(store, [jp("JPGONE", screen_profit_cents=400)], selection="old")
+    got = await store.read(queue(screen))
+    # $5.00 is in under the 300 cents of [funnel]; ¥500 is not under jp's 1000.
+    assert {(r.domain_id, r.asin) for r in got} == {
+        (1, "US500"), (5, "JP1500"), (5, "JPNONE"), (5, "JPGONE")
+    }  # fmt: skip
+    screens = {"US500": 500, "JP1500": 1500, "JPNONE": 500, "JPGONE": 400}
+    assert [screens[r.asin] for r in got] == [1500, 500, 500, 400]  # best screen first
+    below = await store.read(queue(screen, below=True))
+    assert sorted(r.asin for r in below) == ["JP500", "US200"]
+    one = await store.read(queue(screen, domain_id=5))
+    assert [r.asin for r in one] == ["JP1500", "JPNONE", "JPGONE"]
+    counts = await store.read(summary(screen))
+    assert (counts["seen"], counts["screened_in"], counts["pending_screened_in"]) == (6, 4, 4)
+    # The second tier: 500 cents on amazon.com, ¥3000 on amazon.co.jp.
+    assert detail is not None
+    for asin, profit in [("US500", 600), ("JP1500", 600), ("JP500", 3500), ("JPNONE", 400)]:
+        await w(store, product(asin, {"backfilled_at": ts(), "profit_cents": profit}))
+    due = await store.read(lambda c: backfill.detail_due(c, bar=detail, limit=10))
+    assert [r.asin for r in due] == ["JP500", "US500"]
+    # Without [funnel]'s, only what jp lists has a second tier.
+    _, jp_only = thresholds(tmp_path, TWO_MARKETS.replace("detail_min_profit_cents = 500\n", ""))
+    assert jp_only is not None
+    due = await store.read(lambda c: backfill.detail_due(c, bar=jp_only, limit=10))
+    assert [r.asin for r in due] == ["JP500"]
+    # Backfilled, the screen no longer queues them; the counts follow.
+    counts = await store.read(summary(screen))
+    assert (counts["screened_in"], counts["pending_screened_in"]) == (4, 1)
+
+
+async def test_a_deal_two_selections_list_passes_when_it_passes_either(
+    store: Store, tmp_path: Path
+) -> None:
+    screen, detail = thresholds(
+        tmp_path,
+        "[funnel]\nmin_screen_profit_cents = 200\n"
+        + SELECTION.format(name="a", domain=1, pt=2)
+        + "[selection.funnel]\nmin_screen_profit_cents = 1000\n"
+        + SELECTION.format(name="b", domain=1, pt=1)
+        + "[selection.funnel]\nmin_screen_profit_cents = 400\nmin_screen_roi_pct = 50.0\n",
+    )
+    assert detail is None  # no second tier anywhere
+    both = [
+        deal("BOTH_B", screen_profit_cents=500, screen_roi_pct=60.0),  # b's
+        deal("BOTH_NONE", screen_profit_cents=500, screen_roi_pct=20.0),  # a: 500, b: 20 %
+    ]
+    await upsert(store, both, selection="a")
+    await upsert(store, both, selection="b")
+    await upsert(store, [deal("A_ONLY", screen_profit_cents=500, screen_roi_pct=60.0)],
+                 selection="a")  # fmt: skip
+    # Also listed by a selection without thresholds of its own: [funnel]'s 200.
+    gone = [deal("A_AND_OLD", screen_profit_cents=500, screen_roi_pct=20.0)]
+    await upsert(store, gone, selection="a")
+    await upsert(store, gone, selection="old")
+    assert sorted(r.asin for r in await store.read(queue(screen))) == ["A_AND_OLD", "BOTH_B"]
+    below = await store.read(queue(screen, below=True))
+    assert sorted(r.asin for r in below) == ["A_ONLY", "BOTH_NONE"]
+    counts = await store.read(summary(screen))
+    assert (counts["screened_in"], counts["pending_screened_in"]) == (2, 2)
+
+
+def test_without_thresholds_of_its_own_a_selection_leaves_the_statements_as_they_were(
+    tmp_path: Path,
+) -> None:
+    # One selection says nothing, the other repeats [funnel]'s: one threshold in
+    # force, so the statements (and their plans) are those of the one [funnel].
+    screen, detail = thresholds(
+        tmp_path,
+        "[funnel]\nmin_screen_profit_cents = 300\nmin_screen_roi_pct = 20.0\n"
+        "detail_min_profit_cents = 500\n"
+        + SELECTION.format(name="us", domain=1, pt=2)
+        + SELECTION.format(name="jp", domain=5, pt=2)
+        + "[selection.funnel]\nmin_screen_profit_cents = 300\n",
+    )
+    assert detail is not None and [name for name, _ in screen.own] == ["us", "jp"]
+    conn = sqlite3.connect(tmp_path / "d.db", isolation_level=None)
+    schema.apply_migrations(conn)
+    today_screen, today_bar = backfill.Screen(300, 20.0), backfill.DetailBar(500)
+
+    def statements(
+        screen: backfill.Condition, bar: backfill.Condition
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        spy = _Spy(conn)
+        c: Any = spy
+        for below in (False, True):
+            queue(screen, below=below)(c)
+        queue(screen, domain_id=5)(c)
+        backfill.detail_due(c, bar=bar, limit=20)
+        return spy.seen
+
+    assert statements(screen, detail) == statements(today_screen, today_bar)
+    spy = _Spy(conn)
+    summary(screen)(spy)
+    texts = [sql for sql, _ in spy.seen]
+    # The screened-in count as it always was: the screen's covering index alone.
+    assert f"SELECT count(*) FROM deals WHERE {today_screen.passes_sql()[0]}" in texts
+    assert not any("deal_selections" in sql for sql in texts)
+    assert not any("deal_selections" in sql for sql, _ in statements(screen, detail))
     conn.close()

@@ -20,9 +20,12 @@ from dealsd.config.load import CREDENTIAL_NAME, NoApiKey, find_api_key, load_con
 from dealsd.config.schema import ALERT_CHANNELS_CREDENTIAL, Config
 from dealsd.exits import EX_CONFIG, EX_OK
 from dealsd.journal import early_line
+from dealsd.marketplaces import currency, show
 
 # `[profit] reference` values whose Keepa data only buybox=1 or offers fetch.
 BUY_BOX_REFERENCES = frozenset({"buy_box", "used_buy_box"})
+# The [funnel] thresholds that are money (in each marketplace's smallest unit).
+MONEY_THRESHOLDS = ("min_screen_profit_cents", "detail_min_profit_cents")
 
 
 def config_warnings(cfg: Config) -> list[str]:
@@ -44,6 +47,34 @@ def config_warnings(cfg: Config) -> list[str]:
             "expected_sale_cents and profit column stays NULL (set backfiller.buybox = true, "
             "+2 tokens a product)"
         )
+    warnings += _funnel_currency_warnings(cfg)
+    return warnings
+
+
+def _funnel_currency_warnings(cfg: Config) -> list[str]:
+    """[funnel] money thresholds a selection of another currency reads in its own unit."""
+    given = {k: v for k in MONEY_THRESHOLDS if (v := getattr(cfg.funnel, k)) is not None}
+    home = cfg.keepa.domain
+    domains = [s.domain if s.domain is not None else home for s in cfg.selection]
+    if not given or len({currency(d) for d in domains}) < 2:
+        return []
+    base = currency(home)
+    warnings = []
+    for i, (sel, domain) in enumerate(zip(cfg.selection, domains, strict=True)):
+        cur = currency(domain)
+        missing = [k for k in given if k not in sel.funnel]
+        if cur == base or not missing:
+            continue
+        amounts = ", ".join(
+            f"{k} = {given[k]} is {show(given[k], cur)} there, not {show(given[k], base)}"
+            for k in missing
+        )
+        warnings.append(
+            f'selection[{i}].funnel: selection "{sel.name}" is on domain {domain} ({cur}), '
+            f"[keepa] domain {home} is {base}, and [funnel]'s thresholds are in each "
+            f"marketplace's smallest unit: {amounts} (set {' and '.join(missing)} in its "
+            f"[selection.funnel], in {cur})"
+        )
     return warnings
 
 
@@ -57,8 +88,8 @@ def migration_note(cfg: Config, raw: Mapping[str, Any]) -> str | None:
         f"{cfg.keepa.domain}; to watch several queries or marketplaces with this key, "
         'replace [upserter.selection] by [[selection]] tables: name = "default" and its keys '
         "under [selection.query] keep this one's checkpoints, and each further [[selection]] "
-        "has its own name, domain, query, interval_s, weight and [selection.profit] "
-        "(config.toml shows one)"
+        "has its own name, domain, query, interval_s, weight, [selection.profit] and "
+        "[selection.funnel] (config.toml shows them)"
     )
 
 

@@ -18,9 +18,9 @@ import pwd
 import re
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -28,10 +28,13 @@ from dealsd.config.errors import ConfigError, translate
 from dealsd.config.schema import (
     CONSUMERS,
     DEFAULT_SELECTION,
+    SELECTION_FUNNEL_KEYS,
     AlertsConfig,
     Config,
+    FunnelConfig,
     ProfitConfig,
     default_weights,
+    overlay,
 )
 
 DEFAULT_CONFIG_PATH = Path("/etc/dealsd/config.toml")
@@ -163,12 +166,7 @@ def _check(path: Path, cfg: Config) -> Config:
             "funnel.detail_offers",
             f"expected 0 (no offers) or 20..100, got {f.detail_offers}",
         )
-    if f.detail_min_profit_cents is not None and not (f.detail_offers or f.detail_buybox):
-        raise ConfigError(
-            path,
-            "funnel.detail_min_profit_cents",
-            "the second tier asks for nothing: set funnel.detail_offers or funnel.detail_buybox",
-        )
+    _check_detail(path, "funnel", f)
     if b.min_batch > b.max_batch:
         raise ConfigError(
             path,
@@ -204,13 +202,44 @@ def _check_selections(path: Path, cfg: Config) -> None:
                 path, f"{prefix}.query", f"the same query on the same domain as selection {twin!r}"
             )
         seen[sel.name] = same
-        unknown = sorted(set(sel.profit) - set(ProfitConfig.__struct_fields__))
-        if unknown:
-            raise ConfigError(path, f"{prefix}.profit.{unknown[0]}", "unknown [profit] key")
-        try:
-            sel.resolved_profit(cfg.profit)
-        except msgspec.ValidationError as exc:
-            raise ConfigError(path, f"{prefix}.profit", str(exc)) from None
+        _check_overrides(
+            path, f"{prefix}.profit", cfg.profit, sel.profit,
+            ProfitConfig.__struct_fields__, "unknown [profit] key",
+        )  # fmt: skip
+        funnel = _check_overrides(
+            path, f"{prefix}.funnel", cfg.funnel, sel.funnel, SELECTION_FUNNEL_KEYS,
+            f"unknown [selection.funnel] key (a selection sets {', '.join(SELECTION_FUNNEL_KEYS)})",
+        )  # fmt: skip
+        _check_detail(path, f"{prefix}.funnel", funnel)
+
+
+S = TypeVar("S", ProfitConfig, FunnelConfig)
+
+
+def _check_overrides(
+    path: Path, key: str, base: S, overrides: Mapping[str, Any], allowed: Iterable[str],
+    unknown: str,
+) -> S:  # fmt: skip
+    """``base`` with a selection's ``overrides`` (table ``key``), each refused by its own key."""
+    bad = sorted(set(overrides) - set(allowed))
+    if bad:
+        raise ConfigError(path, f"{key}.{bad[0]}", unknown)
+    try:
+        return overlay(base, overrides)
+    except msgspec.ValidationError as exc:
+        raw = {**msgspec.to_builtins(base), **overrides}
+        err = translate(path, exc, raw, type(base))
+        raise ConfigError(path, f"{key}.{err.key}" if err.key else key, err.message) from None
+
+
+def _check_detail(path: Path, key: str, f: FunnelConfig) -> None:
+    """A second tier (``key``.detail_min_profit_cents) must ask Keepa for something."""
+    if f.detail_min_profit_cents is not None and not (f.detail_offers or f.detail_buybox):
+        raise ConfigError(
+            path,
+            f"{key}.detail_min_profit_cents",
+            "the second tier asks for nothing: set funnel.detail_offers or funnel.detail_buybox",
+        )
 
 
 def canonical_query(query: Mapping[str, Any], domain: int) -> str:

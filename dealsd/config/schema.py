@@ -9,8 +9,9 @@ the tables: a new table is live or not from the day it is added.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -94,9 +95,23 @@ class SelectionConfig(_Table, frozen=True):
     # Overrides of [profit] for this selection's deals (another marketplace has
     # other fees, in its own currency); checked against ProfitConfig.
     profit: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Overrides of [funnel]'s money thresholds (SELECTION_FUNNEL_KEYS), in this
+    # marketplace's smallest unit; checked against FunnelConfig.
+    funnel: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def resolved_profit(self, base: ProfitConfig) -> ProfitConfig:
-        return msgspec.convert({**msgspec.to_builtins(base), **self.profit}, ProfitConfig)
+        return overlay(base, self.profit)
+
+    def resolved_funnel(self, base: FunnelConfig) -> FunnelConfig:
+        return overlay(base, self.funnel)
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+def overlay(base: T, overrides: Mapping[str, Any]) -> T:
+    """``base`` with ``overrides`` set, checked as ``base``'s table (ValidationError)."""
+    return msgspec.convert({**msgspec.to_builtins(base), **overrides}, type(base))
 
 
 class BackfillerConfig(_Table, frozen=True):
@@ -168,6 +183,12 @@ class FunnelConfig(_Table, frozen=True):
     # What counts as a profitable deal in `dealsd status` and the journal.
     profitable_min_profit_cents: int = 300
     profitable_min_roi_pct: float = 30.0
+
+
+# What a [selection.funnel] may set: the thresholds that decide what is bought.
+# The rest of [funnel] (order, the second tier's parameters, what status calls
+# profitable) is one for all selections.
+SELECTION_FUNNEL_KEYS = ("min_screen_profit_cents", "min_screen_roi_pct", "detail_min_profit_cents")
 
 
 Percent = Annotated[float, Meta(ge=0, le=100)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from dealsd.store.sql import check_columns, deal_key, dicts, scalar, writable_deal_columns
 
@@ -37,6 +37,19 @@ def _one_domain(domain_id: int | None) -> tuple[str, tuple[object, ...]]:
     return ("", ()) if domain_id is None else ("AND +domain_id = ? ", (domain_id,))
 
 
+class Condition(Protocol):
+    """A funnel threshold as a WHERE fragment on ``deals``, with its parameters.
+
+    Frozen dataclasses: equal thresholds are equal and hash alike, so the
+    selections that share one are asked together (``BySelection``).
+    """
+
+    def passes_sql(self) -> tuple[str, tuple[object, ...]]: ...
+
+
+C = TypeVar("C", bound=Condition)
+
+
 @dataclass(frozen=True, slots=True)
 class Screen:
     """The funnel's thresholds on the screen; None: no threshold."""
@@ -54,6 +67,72 @@ class Screen:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class DetailBar:
+    """The second tier's threshold on the full estimate; None: no second tier (never true)."""
+
+    min_profit_cents: int | None = None
+
+    def passes_sql(self) -> tuple[str, tuple[object, ...]]:
+        return "profit_cents >= ?", (self.min_profit_cents,)
+
+
+# A deal's rows in deal_selections, from inside a statement on `deals`. The
+# conditions' columns (screen_*, profit_cents) are not deal_selections': they
+# name the outer deal.
+_LISTED = "FROM deal_selections AS s WHERE s.domain_id = deals.domain_id AND s.asin = deals.asin"
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+@dataclass(frozen=True, slots=True)
+class BySelection(Generic[C]):
+    """A funnel threshold per selection: a deal passes when it passes the one of any
+    selection listing it in deal_selections; ``default`` ([funnel]) is every other
+    selection's (one not in ``own``, or gone from the config) and a deal no selection lists.
+
+    ``own``: (selection, its threshold), config order. Money is in each deal's own
+    marketplace's smallest unit, so a selection on another currency needs its own.
+    """
+
+    default: C
+    own: tuple[tuple[str, C], ...] = ()
+
+    def groups(self) -> dict[C, list[str]]:
+        """The thresholds other than ``default``, each with the selections that have it."""
+        out: dict[C, list[str]] = {}
+        for name, cond in self.own:
+            if cond != self.default:
+                out.setdefault(cond, []).append(name)
+        return out
+
+    def conditions(self) -> list[C]:
+        """Every distinct threshold in force, ``default`` first."""
+        return [self.default, *self.groups()]
+
+    def passes_sql(self) -> tuple[str, tuple[object, ...]]:
+        """``default``'s own fragment when no selection has another threshold (the
+        statement, and its plan, are then those of one threshold); else a look at the
+        deal's selections: each row judged by its selection's threshold."""
+        base, base_params = self.default.passes_sql()
+        groups = self.groups()
+        if not groups:
+            return base, base_params
+        cases: list[str] = []
+        params: list[object] = []
+        for cond, names in groups.items():
+            sql, args = cond.passes_sql()
+            cases.append(f"WHEN s.selection IN ({_marks(len(names))}) THEN ({sql})")
+            params += [*names, *args]
+        return (
+            f"(EXISTS (SELECT 1 {_LISTED} AND CASE {' '.join(cases)} ELSE ({base}) END) "
+            f"OR (({base}) AND NOT EXISTS (SELECT 1 {_LISTED})))",
+            (*params, *base_params, *base_params),
+        )
+
+
 NO_SCREEN = Screen()  # frozen: one shared default
 BY_SCREEN, BY_NEWEST = "screen", "newest"
 _QUEUE_ORDER = {BY_SCREEN: "screen_profit_cents DESC", BY_NEWEST: "keepa_last_update DESC"}
@@ -65,14 +144,14 @@ def pending_backfill(
     now: str,
     max_attempts: int,
     limit: int,
-    screen: Screen = NO_SCREEN,
+    screen: Condition = NO_SCREEN,
     below: bool = False,
     order: str = BY_SCREEN,
     domain_id: int | None = None,
 ) -> list[PendingRow]:
     """Never-backfilled deals due now (of one domain if named): those whose screen passes
-    ``screen`` (``below``: those below it), best screen profit first (unknown last), or
-    ``order`` newest."""
+    ``screen`` (a ``Screen``, or one per selection: ``BySelection``; ``below``: those
+    below it), best screen profit first (unknown last), or ``order`` newest."""
     passes, params = screen.passes_sql()
     where, args = _one_domain(domain_id)
     cur = conn.execute(
@@ -87,14 +166,16 @@ def pending_backfill(
 
 
 def detail_due(
-    conn: sqlite3.Connection, *, min_profit_cents: int, limit: int, domain_id: int | None = None
+    conn: sqlite3.Connection, *, bar: Condition, limit: int, domain_id: int | None = None
 ) -> list[PendingRow]:
-    """Backfilled deals never detailed whose full estimate reaches ``min_profit_cents``,
-    best first (of one domain if named): the second tier's candidates."""
+    """Backfilled deals never detailed whose full estimate passes ``bar`` (a ``DetailBar``,
+    or one per selection), best first (of one domain if named): the second tier's
+    candidates."""
+    passes, params = bar.passes_sql()
     return _backfilled(
         conn,
-        "detailed_at IS NULL AND profit_cents >= ?",
-        min_profit_cents,
+        f"detailed_at IS NULL AND {passes}",
+        params,
         order="profit_cents DESC",
         limit=limit,
         domain_id=domain_id,
@@ -111,7 +192,7 @@ def due_refresh(
     return _backfilled(
         conn,
         "COALESCE(refreshed_at, backfilled_at) < ?",
-        older_than,
+        (older_than,),
         order="COALESCE(refreshed_at, backfilled_at)",
         limit=limit,
         domain_id=domain_id,
@@ -121,19 +202,19 @@ def due_refresh(
 def _backfilled(
     conn: sqlite3.Connection,
     cond: str,
-    value: object,
+    params: tuple[object, ...],
     *,
     order: str,
     limit: int,
     domain_id: int | None,
 ) -> list[PendingRow]:
-    """Backfilled deals (of one domain if named) where ``cond`` holds for its one
-    parameter ``value``, the first ``limit`` by ``order``: the detail and refresh tiers."""
+    """Backfilled deals (of one domain if named) where ``cond`` holds for its
+    parameters ``params``, the first ``limit`` by ``order``: the detail and refresh tiers."""
     where, args = _one_domain(domain_id)
     cur = conn.execute(
         f"SELECT {_PENDING_COLS} FROM deals WHERE backfilled_at IS NOT NULL "
         f"AND {cond} {where}ORDER BY {order} LIMIT ?",
-        (value, *args, limit),
+        (*params, *args, limit),
     )
     return [PendingRow(*tuple(r)) for r in cur.fetchall()]
 
@@ -216,7 +297,7 @@ STAGE_OF: Mapping[tuple[str, str | None], str] = {
 def funnel_summary(
     conn: sqlite3.Connection,
     *,
-    screen: Screen,
+    screen: BySelection[Screen],
     profitable_profit_cents: int,
     profitable_roi_pct: float,
     now: str,
@@ -232,7 +313,7 @@ def funnel_summary(
         spent[stage] = spent.get(stage, 0) + int(tokens)
     return {
         "seen": scalar(conn, "SELECT count(*) FROM deals"),
-        "screened_in": scalar(conn, f"SELECT count(*) FROM deals WHERE {passes}", *params),
+        "screened_in": _screened_in(conn, screen),
         "backfilled": scalar(conn, "SELECT count(*) FROM deals WHERE backfilled_at IS NOT NULL"),
         "detailed": scalar(conn, "SELECT count(*) FROM deals WHERE detailed_at IS NOT NULL"),
         "profitable": scalar(
@@ -253,3 +334,31 @@ def funnel_summary(
         ),
         "tokens_by_stage": spent,
     }
+
+
+def _screened_in(conn: sqlite3.Connection, screen: BySelection[Screen]) -> int:
+    """Deals whose screen passes, from indexes only: those passing [funnel]'s thresholds
+    (the screen's index), then, when selections have their own, the difference their
+    verdict makes on the deals they list (each deal once, found by its selections' index).
+
+    Counting ``screen.passes_sql()`` over every deal would read the whole table: the
+    screen's index does not hold a deal's key.
+    """
+    base, base_params = screen.default.passes_sql()
+    count = int(scalar(conn, f"SELECT count(*) FROM deals WHERE {base}", *base_params))
+    own = [name for names in screen.groups().values() for name in names]
+    if not own:
+        return count
+    passes, params = screen.passes_sql()
+    # A screen's fragment is true or false, never NULL: a deal's difference is -1, 0 or 1.
+    differ = scalar(
+        conn,
+        f"SELECT coalesce(sum(({passes}) - ({base})), 0) FROM deals WHERE rowid IN ("
+        "SELECT d.rowid FROM deal_selections AS o JOIN deals AS d "
+        "ON d.domain_id = o.domain_id AND d.asin = o.asin "
+        f"WHERE o.selection IN ({_marks(len(own))}))",
+        *params,
+        *base_params,
+        *own,
+    )
+    return count + int(differ)

@@ -2,11 +2,11 @@
 
 Work comes in this order (the funnel, ``[funnel]``):
 
-1. the second tier, when ``detail_min_profit_cents`` is set: backfilled deals
-   whose full estimate reaches it and that were never detailed, best first,
-   bought again with the expensive parameters (``detail_offers``,
-   ``detail_buybox``) and no history: the landed prices and the buy box that
-   make the estimate of a candidate exact;
+1. the second tier, when ``detail_min_profit_cents`` is set (in [funnel] or a
+   ``[selection.funnel]``): backfilled deals whose full estimate reaches it
+   and that were never detailed, best first, bought again with the expensive
+   parameters (``detail_offers``, ``detail_buybox``) and no history: the
+   landed prices and the buy box that make the estimate of a candidate exact;
 2. deals never backfilled whose screen (the estimate the upserter made from
    the deal object alone) passes the thresholds, best screen profit first (a
    deal without a screen last; ``order = "newest"``: Keepa's lastUpdate);
@@ -16,6 +16,10 @@ Work comes in this order (the funnel, ``[funnel]``):
 4. with ``below_threshold = "idle"``, the deals below the thresholds, best
    first: bought only when nothing above is pending. With "skip" they wait
    in the table, unbought, and a lower threshold on SIGHUP brings them back.
+
+The thresholds are money in each deal's marketplace's smallest unit, so a
+selection may have its own (``[selection.funnel]``): a deal passes when it
+passes those of any selection listing it (``backfill.BySelection``).
 
 Each kind has its own observed cost per product (``tokens.observe``'s kind)
 and its own ledger stage. When nothing is pending the backfiller waits at
@@ -42,9 +46,9 @@ import asyncio
 import functools
 import sqlite3
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -143,10 +147,42 @@ def detail_params(cfg: BackfillerConfig, funnel: FunnelConfig) -> ProductParams:
     )
 
 
-def screen_of(funnel: FunnelConfig) -> backfill.Screen:
+C = TypeVar("C", bound=backfill.Condition)
+# Each selection's funnel: [funnel] with its own thresholds (selections.funnels).
+SelectionFunnels = Mapping[str, FunnelConfig]
+
+
+def _by_selection(
+    funnel: FunnelConfig, selections: SelectionFunnels, of: Callable[[FunnelConfig], C]
+) -> backfill.BySelection[C]:
+    return backfill.BySelection(of(funnel), tuple((n, of(f)) for n, f in selections.items()))
+
+
+def _screen(f: FunnelConfig) -> backfill.Screen:
     return backfill.Screen(
-        min_profit_cents=funnel.min_screen_profit_cents, min_roi_pct=funnel.min_screen_roi_pct
+        min_profit_cents=f.min_screen_profit_cents, min_roi_pct=f.min_screen_roi_pct
     )
+
+
+def _detail(f: FunnelConfig) -> backfill.DetailBar:
+    return backfill.DetailBar(min_profit_cents=f.detail_min_profit_cents)
+
+
+def screen_of(
+    funnel: FunnelConfig, selections: SelectionFunnels | None = None
+) -> backfill.BySelection[backfill.Screen]:
+    """The screen's thresholds: [funnel]'s, and those of each selection."""
+    return _by_selection(funnel, selections or {}, _screen)
+
+
+def detail_of(
+    funnel: FunnelConfig, selections: SelectionFunnels | None = None
+) -> backfill.BySelection[backfill.DetailBar] | None:
+    """The second tier's thresholds; None when neither [funnel] nor a selection sets one."""
+    bars = _by_selection(funnel, selections or {}, _detail)
+    if all(bar.min_profit_cents is None for bar in bars.conditions()):
+        return None
+    return bars
 
 
 class Backfiller(KeepaWorker):
@@ -164,12 +200,14 @@ class Backfiller(KeepaWorker):
         profit: estimate.ProfitSettings,
         health: Health,
         funnel: FunnelConfig | None = None,
+        selection_funnels: SelectionFunnels | None = None,
         work_arrived: asyncio.Event | None = None,
         pricing: Pricing | None = None,
         on_change: DealsChanged | None = None,
     ) -> None:
         super().__init__(tokens=tokens, health=health)
         self._funnel = funnel if funnel is not None else FunnelConfig()
+        self._selection_funnels: SelectionFunnels = selection_funnels or {}
         self._work_arrived = work_arrived
         self._client = client
         self._store = store
@@ -199,15 +237,18 @@ class Backfiller(KeepaWorker):
         price_type: int,
         profit: estimate.ProfitSettings,
         funnel: FunnelConfig | None = None,
+        selection_funnels: SelectionFunnels | None = None,
         pricing: Pricing | None = None,
     ) -> None:
         """Live changes (SIGHUP): the next pick uses them; the queue is a query, so
-        new thresholds reorder it without losing a deal."""
+        new thresholds ([funnel]'s or a selection's) reorder it without losing a deal."""
         self._cfg = config
         self._price_type = price_type
         self._profit = profit
         if funnel is not None:
             self._funnel = funnel
+        if selection_funnels is not None:
+            self._selection_funnels = selection_funnels
         self._pricing = pricing
 
     async def _round(self) -> RoundResult:
@@ -231,9 +272,9 @@ class Backfiller(KeepaWorker):
         cfg, funnel = self._cfg, self._funnel
         now_s = self._clock.now()
         now = iso_utc(now_s)
-        screen = screen_of(funnel)
+        screen = screen_of(funnel, self._selection_funnels)
+        detail = detail_of(funnel, self._selection_funnels)
         order = backfill.BY_NEWEST if funnel.order == "newest" else backfill.BY_SCREEN
-        min_detail = funnel.detail_min_profit_cents
         attempts = cfg.max_attempts
         older = iso_utc(now_s - cfg.refresh_after_h * 3600.0)
         full = product_params(cfg)
@@ -245,12 +286,10 @@ class Backfiller(KeepaWorker):
                 **tier,
             )  # fmt: skip
 
-        if min_detail is not None:
+        if detail is not None:
             steps.append((
                 detail_params(cfg, funnel), KIND_DETAIL,
-                lambda c, d, limit: backfill.detail_due(
-                    c, min_profit_cents=min_detail, limit=limit, domain_id=d
-                ),
+                lambda c, d, limit: backfill.detail_due(c, bar=detail, limit=limit, domain_id=d),
             ))  # fmt: skip
         steps.append((full, KIND_BACKFILL, pending(order=order)))
         steps.append((
