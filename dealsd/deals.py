@@ -279,6 +279,10 @@ def run_deals(
         print(to_json(rows), file=out)
     elif rows:
         print(render_table(rows, now=now), file=out)
+        if filters.sort == "profit" and len({_currency(r) for r in rows}) > 1:
+            # No exchange rates here: ¥500 ranks beside $5.00 as if equal.
+            print("dealsd deals: several currencies: profit ranks their amounts as if equal; "
+                  "--sort roi compares them fairly", file=sys.stderr)  # fmt: skip
     else:
         print("no deals match", file=out)
     return EX_OK

@@ -318,8 +318,12 @@ def test_yen_have_no_cents_and_mixed_currencies_are_named(
             (cheap_yen,),
         )
     conn.close()
-    code, out, _ = deals(capsys, "--database", str(mixed), "--limit", "10000")
+    code, out, err = deals(capsys, "--database", str(mixed), "--limit", "10000")
     assert code == 0
+    # Ranking by profit puts yen beside dollars as if equal: the table says so.
+    assert "several currencies: profit ranks their amounts as if equal" in err
+    by_roi = deals(capsys, "--database", str(mixed), "--sort", "roi", "--limit", "10000")
+    assert "several currencies" not in by_roi[2] and "JPY" in by_roi[1]
     table = {c["ASIN"]: c for c in _columns(out)}
     assert (table[yen_asin]["profit"], table[yen_asin]["buy"]) == ("1999", "3500")
     assert table[yen_asin]["cur"] == "JPY" and table[usd[2]]["cur"] == "USD"
@@ -337,9 +341,9 @@ def test_yen_have_no_cents_and_mixed_currencies_are_named(
     assert kept - {yen_asin, cheap_yen} == want_usd and want_usd
     kept = {d["asin"] for d in as_json(capsys, mixed, "--min-profit", "100")}
     assert yen_asin in kept and cheap_yen not in kept
-    # One currency: no column for it.
-    code, out, _ = deals(capsys, "--database", str(db))
-    assert "cur" not in _columns(out)[0]
+    # One currency: no column for it, and nothing to say.
+    code, out, err = deals(capsys, "--database", str(db))
+    assert "cur" not in _columns(out)[0] and "several currencies" not in err
 
 
 def test_the_config_names_the_database(capsys: pytest.CaptureFixture[str], db: Path) -> None:
