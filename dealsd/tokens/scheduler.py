@@ -11,41 +11,35 @@ acquirers do not all fire on the same token; the next envelope corrects it.
 Tokens that exist only in the prediction are spent by one request at a time
 (a scout) until an envelope confirms them, so a wrong prediction costs one 429.
 
-Turns are start-time fair queuing on weighted usage (tokens charged / weight,
-the real cost once the envelope says it): the waiting consumer with the lowest
-usage goes first. A consumer coming back from idle is lifted to the virtual
-time ``V`` (the start tag of the last grant), so it banks no credit; an active
-one keeps its lag, and a head that would spend the balance away from a
-behind consumer whose request is in flight waits for it briefly.
+Whose turn it is, by weight, is ``dealsd.tokens.fairness`` (start-time fair
+queuing on weighted usage); what a consumer's requests really cost, and so how
+large a batch it can afford, is ``dealsd.tokens.costs``. This module is the
+gate between them and Keepa: the grants, the requests in flight until their
+envelopes, the scout and the probe, the one timer, and the accounting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
-from collections import deque
 from collections.abc import Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
 from dealsd.clock import Clock
 from dealsd.keepa.payloads import Envelope
 from dealsd.tokens.balance import BalanceModel
+from dealsd.tokens.costs import CostModel
+from dealsd.tokens.fairness import FairQueue, Ticket, Waiter
 
 log = structlog.get_logger(__name__)
 
-EWMA_ALPHA = 0.3
 # A granted request whose response never came (timeout, cancelled caller) stops
 # counting as in flight after this long (it is unanswered), so a lost request
 # cannot depress the balance forever.
 IN_FLIGHT_MAX_AGE_S = 120.0
-# After its answer, a consumer that is behind keeps its turn this long (a
-# fraction of the period, capped) so it can store the result and ask again.
-GRACE_PERIODS = 0.1
-GRACE_MAX_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,34 +58,10 @@ class TokenSnapshot:
     other_use_per_period: float = 0.0  # learned spending by other users of the key
 
 
-@dataclass(slots=True, eq=False)
-class _Ticket:
-    """One granted request, until its envelope comes back."""
-
-    owner: TokenScheduler
-    consumer: str
-    cost: int  # as estimated by the caller
-    expected: float  # the estimate times what this consumer's estimates really cost
-    charge: float  # virtual time charged: expected / weight at grant
-    weight: float
-    granted_at: float
-    task: asyncio.Task[object] | None = field(repr=False, default=None)
-    synced: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class _Waiter:
-    consumer: str
-    cost: int
-    seq: int
-    fut: asyncio.Future[_Ticket] = field(repr=False)
-    task: asyncio.Task[object] | None = field(repr=False, default=None)
-
-
 # The ticket of the request the current task was granted: the client calls
 # ``acquire`` and then ``sync`` in the same task, which pairs each envelope
 # with its own request even when responses come back out of order.
-_TICKET: ContextVar[_Ticket | None] = ContextVar("dealsd_tokens_ticket", default=None)
+_TICKET: ContextVar[Ticket | None] = ContextVar("dealsd_tokens_ticket", default=None)
 
 
 class TokenScheduler:
@@ -101,31 +71,29 @@ class TokenScheduler:
         self, *, clock: Clock, weights: Mapping[str, float], batch_minutes: float = 1.0
     ) -> None:
         self._clock = clock
-        self._weights: dict[str, float] = {}
-        self.set_weights(weights)
         self._batch_minutes = batch_minutes
         self._model = BalanceModel()  # monotonic time only
+        self._costs = CostModel()
         self._synced_wall: float | None = None
         # Tokens the model added at a refill step are a prediction until an
         # envelope confirms them: the first request after a step goes alone (a
         # scout), so another user of the key or a plan cut costs one 429, not
         # one per concurrent request.
-        self._scout: _Ticket | None = None
-        self._probe: _Ticket | None = None
+        self._scout: Ticket | None = None
+        self._probe: Ticket | None = None
         self._probe_at: float | None = None
-        self._in_flight: list[_Ticket] = []
+        self._in_flight: list[Ticket] = []
         # The last request that got no envelope: Keepa may have billed it (a
         # hung answer is billed), so its deduction stays until an envelope
         # says. One unanswered request after another is Keepa not answering,
         # not Keepa billing: the earlier one's deduction is given back, or an
         # outage would spend the balance away one failed attempt at a time.
-        self._unanswered_kept: _Ticket | None = None
-        # Fairness.
-        self._vtime = 0.0
-        self._finish: dict[str, float] = {}
-        self._queues: dict[str, deque[_Waiter]] = {}
-        self._answered: dict[str, float] = {}  # consumer -> when its last answer came
-        self._seq = itertools.count()
+        self._unanswered_kept: Ticket | None = None
+        # Turns by weight; it reads the model and the in-flight list, never changes them.
+        self._fair = FairQueue(
+            clock=clock, weights=weights, costs=self._costs, model=self._model,
+            in_flight=self._in_flight,
+        )
         # One timer, to the moment the model next allows a grant.
         self._timer: asyncio.Task[None] | None = None
         self._timer_at: float | None = None
@@ -134,26 +102,18 @@ class TokenScheduler:
         self._consumed_by: dict[str, int] = {}
         self._granted_by: dict[str, int] = {}
         self._rate_limited = 0
-        self._cost_per_item: dict[tuple[str, str], float] = {}  # (consumer, kind)
-        self._ratio: dict[str, float] = {}  # consumer -> EWMA of real cost / estimate
 
     # -- configuration -------------------------------------------------------
 
     def set_weights(self, weights: Mapping[str, float]) -> None:
         """Replace the consumer weights (SIGHUP); unknown consumers weigh 1."""
-        for name, weight in weights.items():
-            if not weight > 0:
-                raise ValueError(f"token weight for {name!r} must be > 0, got {weight!r}")
-        self._weights = dict(weights)
+        self._fair.set_weights(weights)
 
     def set_batch_minutes(self, minutes: float) -> None:
         """Replace the batch bound in minutes of refill (SIGHUP)."""
         if not minutes > 0:
             raise ValueError(f"batch_minutes must be > 0, got {minutes!r}")
         self._batch_minutes = minutes
-
-    def _weight(self, consumer: str) -> float:
-        return self._weights.get(consumer, 1.0)
 
     # -- the server's truth --------------------------------------------------
 
@@ -169,14 +129,9 @@ class TokenScheduler:
             who = ticket.consumer if ticket is not None else "unattributed"
             self._consumed_by[who] = self._consumed_by.get(who, 0) + consumed
         if ticket is not None:
-            self._answered[ticket.consumer] = now
-            # Charge the consumer for what the request really cost (a 429 costs
-            # nothing and its retry is charged again), so a low estimate does
-            # not buy a larger share.
-            delta = (consumed - ticket.expected) / ticket.weight
-            self._finish[ticket.consumer] = self._finish.get(ticket.consumer, 0.0) + delta
+            self._fair.answered(ticket, consumed, now)
             if consumed > 0 and ticket.cost > 0:
-                self._learn_ratio(ticket.consumer, consumed / ticket.cost)
+                self._costs.learn_ratio(ticket.consumer, consumed / ticket.cost)
         self._expire(now)
         if self._model.is_stale(envelope):
             log.debug("tokens.stale_envelope", timestamp=envelope.timestamp)
@@ -187,7 +142,7 @@ class TokenScheduler:
             self._synced_wall = self._clock.now()
         self._dispatch()
 
-    def _take_ticket(self) -> _Ticket | None:
+    def _take_ticket(self) -> Ticket | None:
         ticket = _TICKET.get()
         if ticket is not None and ticket.owner is self:
             if ticket.synced:
@@ -250,37 +205,7 @@ class TokenScheduler:
             return min(wait, max(0.0, self._model.next_step - now))
         return wait
 
-    def _hold(self, head: _Waiter, now: float) -> float:
-        """Seconds to hold ``head`` for a consumer that is behind and in flight.
-
-        A consumer with one request at a time is not in the queue while its
-        request runs; if the head would spend the balance below 1 meanwhile,
-        that consumer comes back to a deficit every time and never reaches its
-        weight. So the head waits for a consumer whose start tag is lower than
-        its own while that consumer's request is in flight (at most one
-        period) and for a short grace after its answer (time to store what it
-        got and ask again).
-        """
-        if self._model.balance - self._expected(head.consumer, head.cost) >= 1.0:
-            return 0.0
-        mine = self._start_tag(head.consumer)
-        hold = 0.0
-        for ticket in self._in_flight:
-            if ticket.consumer == head.consumer or self._queues.get(ticket.consumer):
-                continue
-            left = ticket.granted_at + self._model.period - now
-            if left > 0 and self._start_tag(ticket.consumer) < mine - 1e-9:
-                hold = max(hold, left)
-        grace = min(GRACE_PERIODS * self._model.period, GRACE_MAX_S)
-        for consumer, answered_at in self._answered.items():
-            if consumer == head.consumer or self._queues.get(consumer):
-                continue
-            left = answered_at + grace - now
-            if left > 0 and self._start_tag(consumer) < mine - 1e-9:
-                hold = max(hold, left)
-        return hold
-
-    def _overtake_wait(self, head: _Waiter, now: float) -> float:
+    def _overtake_wait(self, head: Waiter, now: float) -> float:
         """Seconds ``head`` must wait so it cannot turn another request into a 429.
 
         Keepa runs requests in the order they arrive, not the order they were
@@ -289,7 +214,7 @@ class TokenScheduler:
         nothing else is in flight (it is then the last to arrive), or when the
         balance covers it too. Waits end with those envelopes (or a period).
         """
-        if self._model.balance - self._expected(head.consumer, head.cost) >= 1.0:
+        if self._model.balance - self._costs.expected(head.consumer, head.cost) >= 1.0:
             return 0.0
         if not self._in_flight:
             return 0.0
@@ -297,7 +222,7 @@ class TokenScheduler:
 
     def _next_wait(self, now: float) -> float | None:
         """Seconds until the head may be granted; None if nobody waits."""
-        head = self._head()
+        head = self._fair.head()
         if head is None:
             return None
         wait = self._grant_wait(now)
@@ -305,7 +230,7 @@ class TokenScheduler:
             return wait
         if self._model.synced:
             wait = self._overtake_wait(head, now)
-        return wait if wait > 0 else self._hold(head, now)
+        return wait if wait > 0 else self._fair.hold(head, now)
 
     # -- acquiring -------------------------------------------------------------
 
@@ -326,11 +251,8 @@ class TokenScheduler:
             # spent nothing. (A child task inherits the ticket in its context
             # but is not a retry.)
             self._unanswered(previous)
-        fut: asyncio.Future[_Ticket] = asyncio.get_running_loop().create_future()
-        # An idle consumer's usage is lifted to V as it becomes active again.
-        self._finish[consumer] = self._start_tag(consumer)
-        waiter = _Waiter(consumer, cost, next(self._seq), fut, task)
-        self._queues.setdefault(consumer, deque()).append(waiter)
+        fut: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
+        waiter = self._fair.join(consumer, cost, fut, task)
         self._dispatch()
         try:
             ticket = await fut
@@ -339,9 +261,7 @@ class TokenScheduler:
                 # Granted, but cancelled before it could run: give back what it took.
                 self._refund(fut.result())
             else:
-                queue = self._queues.get(consumer)
-                if queue is not None and waiter in queue:
-                    queue.remove(waiter)
+                self._fair.leave(waiter)
             self._dispatch()
             raise
         _TICKET.set(ticket)
@@ -371,7 +291,7 @@ class TokenScheduler:
         self._dispatch()
         return True
 
-    def _forget(self, ticket: _Ticket) -> None:
+    def _forget(self, ticket: Ticket) -> None:
         ticket.synced = True
         if ticket in self._in_flight:
             self._in_flight.remove(ticket)
@@ -379,7 +299,7 @@ class TokenScheduler:
             self._probe = None
             self._probe_at = None
 
-    def _unanswered(self, ticket: _Ticket) -> None:
+    def _unanswered(self, ticket: Ticket) -> None:
         """A request that got no envelope (timeout, reset, refused, cancelled).
 
         Only the latest one's deduction is kept (Keepa may have billed it);
@@ -397,86 +317,33 @@ class TokenScheduler:
             self._give_back(self._unanswered_kept)
         self._unanswered_kept = ticket
 
-    def _give_back(self, ticket: _Ticket) -> None:
+    def _give_back(self, ticket: Ticket) -> None:
         self._model.balance += ticket.expected
-        self._finish[ticket.consumer] = self._finish.get(ticket.consumer, 0.0) - ticket.charge
+        self._fair.give_back(ticket)
 
-    def _refund(self, ticket: _Ticket) -> None:
+    def _refund(self, ticket: Ticket) -> None:
         """A grant cancelled before its request was sent: it was never granted."""
         self._forget(ticket)
         self._give_back(ticket)
         self._granted_by[ticket.consumer] -= ticket.cost
 
-    def _active(self, consumer: str, now: float) -> bool:
-        """Waiting, in flight, or just answered (and about to ask again)."""
-        if self._queues.get(consumer) or any(t.consumer == consumer for t in self._in_flight):
-            return True
-        grace = min(GRACE_PERIODS * self._model.period, GRACE_MAX_S)
-        return self._answered.get(consumer, -math.inf) + grace > now
-
-    def _start_tag(self, consumer: str) -> float:
-        """The consumer's weighted usage; an idle one comes back level with ``V``.
-
-        An active consumer keeps a lag it built up between two requests (it was
-        in flight when another was granted), so it is served first next time.
-        """
-        finish = self._finish.get(consumer, self._vtime)
-        if self._active(consumer, self._clock.monotonic()):
-            return finish
-        return max(self._vtime, finish)
-
-    def _expected(self, consumer: str, cost: int) -> float:
-        return cost * self._ratio.get(consumer, 1.0)
-
-    def _learn_ratio(self, consumer: str, ratio: float) -> None:
-        ratio = min(max(ratio, 0.1), 50.0)
-        old = self._ratio.get(consumer)
-        if old is not None:
-            ratio = EWMA_ALPHA * ratio + (1 - EWMA_ALPHA) * old
-        self._ratio[consumer] = ratio
-
-    def _head(self) -> _Waiter | None:
-        """The waiter whose consumer has the lowest start tag (ties: oldest)."""
-        best: _Waiter | None = None
-        best_key = (math.inf, math.inf)
-        for queue in self._queues.values():
-            # A cancelled caller's future is done before its task can leave
-            # the queue; it must be passed over, not granted.
-            while queue and queue[0].fut.done():
-                queue.popleft()
-            if not queue:
-                continue
-            key = (self._start_tag(queue[0].consumer), float(queue[0].seq))
-            if key < best_key:
-                best, best_key = queue[0], key
-        return best
-
     def _dispatch(self) -> None:
         """Grant every waiter the model allows now, then arm the one timer."""
         now = self._clock.monotonic()
         self._model.advance(now)
-        while (head := self._head()) is not None and self._next_wait(now) == 0:
-            self._queues[head.consumer].popleft()
+        while (head := self._fair.head()) is not None and self._next_wait(now) == 0:
             self._grant(head, now)
         self._arm_timer(now)
 
-    def _grant(self, waiter: _Waiter, now: float) -> None:
-        weight = self._weight(waiter.consumer)
-        start = self._start_tag(waiter.consumer)
-        expected = self._expected(waiter.consumer, waiter.cost)
-        charge = expected / weight
-        self._vtime = max(self._vtime, start)
-        self._finish[waiter.consumer] = start + charge
-        ticket = _Ticket(
-            self, waiter.consumer, waiter.cost, expected, charge, weight, now, waiter.task
-        )
+    def _grant(self, waiter: Waiter, now: float) -> None:
+        ticket = self._fair.grant(waiter, owner=self, now=now)
         if self._model.balance < 1.0:
             self._probe, self._probe_at = ticket, now
         # Any request after a step will show the next refill instant.
         self._model.probe_due = False
         if self._model.scout_due:
             self._scout, self._model.scout_due = ticket, False
-        self._model.balance -= expected
+        self._model.balance -= ticket.expected
         self._in_flight.append(ticket)
         self._granted_by[waiter.consumer] = self._granted_by.get(waiter.consumer, 0) + waiter.cost
         waiter.fut.set_result(ticket)
@@ -502,54 +369,30 @@ class TokenScheduler:
     # -- sizing and reporting --------------------------------------------------
 
     def observe(self, consumer: str, items: int, tokens: int, *, kind: str = "") -> None:
-        """Record what ``items`` really cost, for batch sizing (an EWMA per item).
-
-        ``kind`` keeps work of different prices apart within one consumer (the
-        backfiller's full backfill and its stats-only refresh): one average of
-        both would size each kind's batches by the other's cost.
-        """
-        if items <= 0 or tokens < 0:
-            return
-        per_item = tokens / items
-        key = (consumer, kind)
-        old = self._cost_per_item.get(key)
-        self._cost_per_item[key] = (
-            per_item if old is None else EWMA_ALPHA * per_item + (1 - EWMA_ALPHA) * old
-        )
+        """Record what ``items`` really cost, for batch sizing (see ``CostModel.observe``)."""
+        self._costs.observe(consumer, items, tokens, kind=kind)
 
     def cost_per_item(self, consumer: str, *, kind: str = "") -> float | None:
         """The observed tokens per item of ``consumer``'s ``kind`` of work (None: not yet)."""
-        return self._cost_per_item.get((consumer, kind))
+        return self._costs.cost_per_item(consumer, kind=kind)
 
     def batch_size(
         self, consumer: str, *, lo: int, hi: int, default_cost: float, kind: str = ""
     ) -> int:
         """Items of ``kind`` whose expected cost fits ``batch_minutes`` of refill, in [lo, hi]."""
-        per_item = self._cost_per_item.get((consumer, kind), default_cost)
         if self._model.rate <= 0:
             return lo
         budget = self._batch_minutes * self._model.rate
-        n = math.floor(budget / per_item + 1e-9) if per_item > 0 else hi
-        return max(lo, min(hi, n))
+        return self._costs.batch_size(
+            consumer, budget=budget, lo=lo, hi=hi, default_cost=default_cost, kind=kind
+        )
 
     def expected_wait(self, consumer: str, cost: int = 0) -> float:
         """Seconds until ``consumer`` could be granted, by the model (inf: unknown)."""
         now = self._clock.monotonic()
         self._model.advance(now)
-        mine = self._start_tag(consumer)
-        ahead = 0.0
         # Other consumers' queued requests whose start tags come first go first.
-        for name, queue in self._queues.items():
-            if name == consumer or not queue:
-                continue
-            tag = self._start_tag(name)
-            weight = self._weight(name)
-            for waiter in queue:
-                if tag > mine:
-                    break
-                ahead += self._expected(name, waiter.cost)
-                tag += self._expected(name, waiter.cost) / weight
-        return self._grant_wait(now, ahead)
+        return self._grant_wait(now, self._fair.ahead_of(consumer))
 
     def snapshot(self) -> TokenSnapshot:
         now = self._clock.monotonic()
@@ -563,7 +406,7 @@ class TokenScheduler:
             consumed_total=self._consumed_total,
             consumed_by=dict(self._consumed_by),
             granted_by=dict(self._granted_by),
-            waiting={name: len(q) for name, q in self._queues.items() if q},
+            waiting=self._fair.waiting(),
             rate_limited=self._rate_limited,
             synced_at=self._synced_wall,
             in_flight=len(self._in_flight),
