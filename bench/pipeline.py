@@ -40,13 +40,8 @@ from dealsd.keepa import KeepaClient, payloads
 from dealsd.logs import configure_logging
 from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.backfiller import (
-    KIND_BACKFILL,
-    PAYLOAD_ZLIB_LEVEL,
-    Backfiller,
-    Batch,
-    product_params,
-)
+from dealsd.workers.backfill_queue import KIND_BACKFILL, Batch, product_params
+from dealsd.workers.backfiller import PAYLOAD_ZLIB_LEVEL, Backfiller
 from dealsd.workers.health import Health
 
 ZLIB_LEVEL = PAYLOAD_ZLIB_LEVEL

@@ -20,7 +20,7 @@ from dealsd import selections
 from dealsd.config import Config
 from dealsd.snapshot import FunnelPart
 from dealsd.store import backfill
-from dealsd.workers.backfiller import screen_of
+from dealsd.workers.backfill_queue import screen_of
 
 
 def read_counts(conn: sqlite3.Connection, cfg: Config, *, now: str) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from helpers import StartSim, worker_parts
 from dealsd.clock import iso_utc
 from dealsd.config import BackfillerConfig, ProfitConfig
 from dealsd.simulator import Simulator
-from dealsd.workers.backfiller import KIND_REFRESH, Backfiller
+from dealsd.workers.backfill_queue import KIND_REFRESH
+from dealsd.workers.backfiller import Backfiller
 
 RATE = 50  # tokens per (accelerated) minute: one minute of refill is the batch budget
 

@@ -36,7 +36,8 @@ from dealsd import mapping
 from dealsd.config import BackfillerConfig, FunnelConfig, ProfitConfig, UpserterConfig
 from dealsd.keepa.payloads import Deal
 from dealsd.simulator import Simulator
-from dealsd.workers.backfiller import KIND_DETAIL, Backfiller
+from dealsd.workers.backfill_queue import KIND_DETAIL
+from dealsd.workers.backfiller import Backfiller
 from dealsd.workers.health import Health
 from dealsd.workers.supervisor import Supervisor
 from dealsd.workers.upserter import Upserter

@@ -19,7 +19,7 @@ from dealsd.clock import FakeClock, iso_utc
 from dealsd.config import load_config
 from dealsd.keepa.payloads import decode_products
 from dealsd.store import Store, backfill, feed, liveness, pruning, schema
-from dealsd.workers.backfiller import detail_of, screen_of
+from dealsd.workers.backfill_queue import detail_of, screen_of
 
 T = TypeVar("T")
 NOW = 1_800_000_000.0

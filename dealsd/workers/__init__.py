@@ -1,7 +1,8 @@
 """The workers and what runs them.
 
-``upserter`` (the /deal pages), ``backfiller`` (the /product histories),
-``janitor`` (pruning) each do one round at a time (``base``); the
-``supervisor`` runs, restarts and stops them; ``health`` turns their progress
-into states, stall windows and the one-line summary.
+``upserter`` (the /deal pages), ``backfiller`` (the /product histories, its
+next batch chosen by ``backfill_queue``), ``janitor`` (pruning) each do one
+round at a time (``base``); the ``supervisor`` runs, restarts and stops them;
+``health`` turns their progress into states, stall windows and the one-line
+summary.
 """
