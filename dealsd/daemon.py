@@ -55,7 +55,7 @@ from dealsd.notify import Notifier
 from dealsd.parts import Parts, warn_config
 from dealsd.store import Store, StoreError
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.health import HealthSnapshot
+from dealsd.workers.health_types import HealthSnapshot
 
 log = structlog.get_logger(__name__)
 

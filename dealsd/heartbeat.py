@@ -27,7 +27,8 @@ from dealsd.config import Config
 from dealsd.mapping import keepa_time_iso
 from dealsd.store import Store, liveness
 from dealsd.tokens import TokenScheduler
-from dealsd.workers.health import Health, HealthSnapshot, State, WorkerRow
+from dealsd.workers.health import Health
+from dealsd.workers.health_types import HealthSnapshot, State, WorkerRow
 from dealsd.workers.upserter import Upserter
 
 # These events were the daemon's before it was split: journal filters on

@@ -23,7 +23,8 @@ from dealsd.store import Store
 from dealsd.tokens import TokenScheduler
 from dealsd.workers.backfiller import Backfiller
 from dealsd.workers.base import ACCESS_DENIED_BACKOFF_S, KeepaWorker, RoundResult
-from dealsd.workers.health import Health, State
+from dealsd.workers.health import Health
+from dealsd.workers.health_types import State
 from dealsd.workers.upserter import Upserter
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dealsd.clock import FakeClock
-from dealsd.workers.health import Health, State
+from dealsd.workers.health import Health
+from dealsd.workers.health_types import State
 
 
 @dataclass

@@ -6,7 +6,8 @@ from structlog.testing import capture_logs
 
 from dealsd.clock import FakeClock
 from dealsd.workers.base import RoundResult
-from dealsd.workers.health import Health, State
+from dealsd.workers.health import Health
+from dealsd.workers.health_types import State
 from dealsd.workers.supervisor import Supervisor
 
 

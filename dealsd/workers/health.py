@@ -26,36 +26,20 @@ is *starting*: the snapshot lists it in ``starting`` and is not ``healthy``
 first window passes and it reads as stalled. One that failed before its first
 progress is unhealthy at once, without waiting out a stall window: a restart
 during an outage must not read healthy while nothing works.
+
+``Health`` is the registry: each worker's mutable record, the clock, the
+derivation. What it hands out (``State``, ``WorkerRow``, ``HealthSnapshot``)
+is frozen data in ``health_types``.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from dealsd.clock import Clock
-
-
-class State(enum.StrEnum):
-    STARTING = "starting"
-    RUNNING = "running"
-    WAITING_FOR_TOKENS = "waiting_for_tokens"
-    BACKING_OFF = "backing_off"
-    STALLED = "stalled"
-    STOPPED = "stopped"
-
-
-# Worst first: what the one-line summary shows when workers disagree.
-_SEVERITY = {
-    State.STALLED: 5,
-    State.BACKING_OFF: 4,
-    State.STOPPED: 3,
-    State.WAITING_FOR_TOKENS: 2,
-    State.STARTING: 1,
-    State.RUNNING: 0,
-}
+from dealsd.workers.health_types import HealthSnapshot, State, WorkerRow
 
 
 class WriterStatsLike(Protocol):
@@ -90,68 +74,6 @@ class _Worker:
     # Any sign the worker's loop still turns: a round started (``running``),
     # ended in an error or a backoff, progress, an announced token wait.
     last_attempt_mono: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerRow:
-    """One worker as seen now; ``state`` already says ``stalled`` if it is."""
-
-    name: str
-    state: State
-    expected_round_s: float
-    stall_after_s: float
-    last_progress_at: float | None
-    progress_total: int
-    progress_what: str
-    idle: bool
-    token_wait_s: float
-    backoff_reason: str | None
-    next_try_at: float | None
-    restarts: int
-    last_error: str | None
-    last_error_at: float | None
-    # False once no round was started or ended within the window (and the
-    # slack for one Keepa call): the loop stopped trying, a restart may help.
-    trying: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class HealthSnapshot:
-    at: float
-    healthy: bool
-    causes: tuple[str, ...]
-    workers: tuple[WorkerRow, ...]
-    writer_queue: int | None = None
-    writer_last_commit_at: float | None = None
-    counts: dict[str, float] = field(default_factory=dict)
-    # False when a cause is one a restart may cure (a worker that stopped
-    # trying, a stuck writer). Causes a restart cannot cure (Keepa down while
-    # the workers keep retrying, Keepa refusing the key, a full disk) leave it
-    # True: the daemon stays unhealthy and says why, but systemd must not kill
-    # and restart it every watchdog period for something a restart cannot fix.
-    watchdog_ok: bool = True
-    # Workers with no progress and no error yet since this start: while any
-    # is listed (and there is no cause) the daemon is starting, not healthy.
-    starting: tuple[str, ...] = ()
-
-    @property
-    def phase(self) -> str:
-        """``healthy``, ``starting`` or ``unhealthy``: the word status shows."""
-        if self.causes:
-            return "unhealthy"
-        return "starting" if self.starting else "healthy"
-
-    def worker(self, name: str) -> WorkerRow:
-        for row in self.workers:
-            if row.name == name:
-                return row
-        raise KeyError(name)
-
-    @property
-    def worst_state(self) -> State | None:
-        if not self.workers:
-            return None
-        return max((w.state for w in self.workers), key=lambda s: _SEVERITY[s])
 
 
 class Health:
