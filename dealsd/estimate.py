@@ -32,8 +32,13 @@ ESTIMATE_COLUMNS: tuple[str, ...] = (
     "roi_pct",
 )
 
-# `[profit] reference` -> the avg90 column that prices a resale: what an FBA
-# buyer pays (an FBA offer ships free, so an item price is the whole price).
+# `[profit] reference` -> the avg90 column that prices a resale. An FBA offer
+# ships free, so its price is the whole price; it competes with the other
+# offers' prices. "used" and "new" are the lowest item prices, shipping left
+# out: the cautious choice (a buyer of a merchant-fulfilled offer pays its
+# shipping on top, so an FBA offer can usually ask a little more).
+# "used_buy_box" and "buy_box" include shipping, as the winning offer's buyer
+# pays it.
 REFERENCE_COLUMN: Mapping[str, str] = {
     "used": "avg90_used_cents",
     "new": "avg90_new_cents",
