@@ -39,8 +39,9 @@ class Selection:
     max_pages_per_run: int
     weight: float
     profit: ProfitConfig
-    # Hours between walks of the whole result ([upserter] full_pass_h; 0: every
-    # round walks it). Between them the upserter polls newest first (issue 14).
+    # Hours between walks of the whole result (its own, else [upserter]
+    # full_pass_h; 0: every round walks it). Between them the upserter polls
+    # newest first (issue 14).
     full_pass_h: float = 6.0
 
     @property
@@ -97,7 +98,7 @@ def resolve(cfg: Config) -> list[Selection]:
             ),
             weight=s.weight,
             profit=s.resolved_profit(cfg.profit),
-            full_pass_h=up.full_pass_h,
+            full_pass_h=s.full_pass_h if s.full_pass_h is not None else up.full_pass_h,
         )
         for s in cfg.selection
     ]

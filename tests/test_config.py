@@ -104,6 +104,7 @@ BROKEN: list[tuple[str, str | bytes, str | None, str]] = [
     ("selection interval", SEL + "interval_s = 0\n", "selection[0].interval_s", ">= 1"),
     ("selection pages", SEL + "max_pages_per_run = 68\n", "selection[0].max_pages_per_run", "67"),
     ("selection weight", SEL + "weight = 0\n", "selection[0].weight", "> 0"),
+    ("selection full pass", SEL + "full_pass_h = -1\n", "selection[0].full_pass_h", ">= 0"),
     (
         "selection profit typo",
         SEL + "[selection.profit]\nreferal_fee_pct = 3\n",

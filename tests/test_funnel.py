@@ -489,6 +489,24 @@ def test_check_config_warns_when_a_full_pass_is_not_shorter_than_the_grace() -> 
         cfg, upserter=msgspec.structs.replace(cfg.upserter, full_pass_h=0.0)
     )
     assert config_warnings(every_round) == []
+    # A selection's own full_pass_h: checked, and resolved for its upserter.
+    from dealsd.config import SelectionConfig
+    from dealsd.selections import resolve
+
+    query = {"priceTypes": [2]}
+    two = msgspec.structs.replace(late, selection=[
+        SelectionConfig(name="slow", query=query, full_pass_h=100.0),
+        SelectionConfig(name="busy", query=query, full_pass_h=1.0),
+    ])  # fmt: skip
+    # Every selection has its own pace: [upserter]'s 72 h walks nothing.
+    [warning] = config_warnings(two)
+    assert warning.startswith("selection[0].full_pass_h: 100 h is not shorter than")
+    assert [s.full_pass_h for s in resolve(two)] == [100.0, 1.0]
+    one_own = msgspec.structs.replace(
+        two, selection=[two.selection[1], SelectionConfig(name="x", query=query)]
+    )
+    assert [w.split(":")[0] for w in config_warnings(one_own)] == ["upserter.full_pass_h"]
+    assert [s.full_pass_h for s in resolve(one_own)] == [1.0, 72.0]
 
 
 def test_check_config_warns_when_funnel_money_is_read_in_another_currency(

@@ -31,14 +31,19 @@ MONEY_THRESHOLDS = ("min_screen_profit_cents", "detail_min_profit_cents")
 def config_warnings(cfg: Config) -> list[str]:
     """What a valid config asks for that its own parameters will never fetch."""
     warnings = []
-    full, grace = cfg.upserter.full_pass_h, cfg.janitor.grace_h
-    if 0 < full and grace <= full:
-        # Between full passes a listed deal is seen again only by a full pass.
-        warnings.append(
-            f"upserter.full_pass_h: {full:g} h is not shorter than janitor.grace_h "
-            f"({grace:g} h): deals still listed are pruned between two full passes "
-            "(set full_pass_h below grace_h, e.g. 6 for the 72 h default)"
-        )
+    grace = cfg.janitor.grace_h
+    own = [(f"selection[{i}].full_pass_h", s.full_pass_h) for i, s in enumerate(cfg.selection)]
+    passes = [(key, full) for key, full in own if full is not None]
+    if len(passes) < max(1, len(own)):  # some selection walks at [upserter]'s pace
+        passes.insert(0, ("upserter.full_pass_h", cfg.upserter.full_pass_h))
+    for key, full in passes:
+        if 0 < full and grace <= full:
+            # Between full passes a listed deal is seen again only by a full pass.
+            warnings.append(
+                f"{key}: {full:g} h is not shorter than janitor.grace_h "
+                f"({grace:g} h): deals still listed are pruned between two full passes "
+                "(set full_pass_h below grace_h, e.g. 6 for the 72 h default)"
+            )
     b = cfg.backfiller
     if cfg.profit.reference in BUY_BOX_REFERENCES and not (b.buybox or b.offers):
         warnings.append(

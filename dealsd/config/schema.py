@@ -91,6 +91,9 @@ class SelectionConfig(_Table, frozen=True):
     domain: Domain | None = None  # None: [keepa] domain
     interval_s: PositiveInt | None = None  # None: [upserter] interval_s
     max_pages_per_run: Annotated[int, Meta(ge=1, le=67)] | None = None
+    # Hours between walks of its whole result; None: [upserter] full_pass_h.
+    # A big, slow-moving query can walk less often than a small, busy one.
+    full_pass_h: Annotated[float, Meta(ge=0)] | None = None
     weight: PositiveFloat = 1.0
     # Overrides of [profit] for this selection's deals (another marketplace has
     # other fees, in its own currency); checked against ProfitConfig.
