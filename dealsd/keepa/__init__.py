@@ -2,8 +2,10 @@
 
 ``from dealsd.keepa import KeepaClient, ...`` is the public path; the modules:
 ``client`` (one session, the endpoints, every envelope to the scheduler),
-``errors`` (what a failed call raises), ``params`` (what a /product request
-asks for and costs), ``payloads`` (Keepa's objects, decoded item by item).
+``retry`` (what a failed attempt means: another attempt after a backoff, or
+which error), ``errors`` (what a failed call raises), ``params`` (what a
+/product request asks for and costs), ``payloads`` (Keepa's objects, decoded
+item by item).
 """
 
 from __future__ import annotations

@@ -2,15 +2,12 @@
 
 Each call takes its turn from the token scheduler, sends one request, hands the
 token envelope of whatever came back (errors included) to ``tokens.sync`` in
-the same task, and only then classifies the response:
-
-- 200: decoded item by item; malformed items are skipped and counted.
-- 429: the server's balance is <= 0. Re-acquire: the scheduler, now synced,
-  waits for the refill. Retried within ``max_attempts``.
-- 5xx, timeouts, resets, truncated or non-JSON bodies: retried after a
-  backoff with full jitter (clock and random injected), then ``TransientError``.
-- 400/404/405: ``RequestRejected`` with Keepa's error text, not retried.
-- 402 and an invalid key: ``AccessDenied``, not retried: callers stop spending.
+the same task, and only then classifies the response. A 200 is decoded item by
+item (malformed items are skipped and counted); what any other answer means,
+another attempt or which error, is ``dealsd.keepa.retry``'s table, and this
+module acts on it: a 429 takes a new turn (the scheduler, now synced, waits for
+the refill), a fault sleeps the policy's backoff on the injected clock, and
+both are tried again within ``max_attempts``.
 
 The API key travels in the query string, so every URL is a secret. URLs are
 built with ``params=`` and never logged; aiohttp exceptions (which carry the
@@ -33,15 +30,7 @@ import structlog
 from yarl import URL
 
 from dealsd.clock import Clock
-from dealsd.keepa.errors import (
-    BAD_KEY_RE,
-    DETAIL_MAX,
-    AccessDenied,
-    RateLimited,
-    RequestRejected,
-    TransientError,
-    format_error,
-)
+from dealsd.keepa.errors import DETAIL_MAX, AccessDenied, TransientError, format_error
 from dealsd.keepa.errors import describe_transport as _describe
 from dealsd.keepa.params import DEAL_COST, MAX_ASINS, ProductParams, estimate_product_cost
 from dealsd.keepa.payloads import (
@@ -56,7 +45,9 @@ from dealsd.keepa.payloads import (
     decode_deals,
     decode_envelope,
     decode_products,
+    decode_token,
 )
+from dealsd.keepa.retry import Retry, RetryPolicy, classify
 from dealsd.redact import redact
 
 if TYPE_CHECKING:
@@ -92,16 +83,6 @@ class _Reply(Generic[T]):
     envelope: Envelope | None
 
 
-class _Retry(Exception):
-    """Internal: this attempt failed in a way worth another (reason is redacted)."""
-
-    def __init__(self, reason: str, *, status: int | None, envelope: Envelope | None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.envelope = envelope
-
-
 class KeepaClient:
     """The one way dealsd talks to Keepa; an async context manager owning the session."""
 
@@ -124,17 +105,15 @@ class KeepaClient:
         url = URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"keepa base_url must be http(s)://host[:port]: {redact(base_url)}")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self._retry = RetryPolicy(
+            max_attempts=max_attempts, backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s, rng=rng if rng is not None else random.Random(),
+        )
         self._base = url
         self._key = api_key
         self._domain = domain
         self._tokens = tokens
         self._clock = clock
-        self._max_attempts = max_attempts
-        self._rng = rng if rng is not None else random.Random()
-        self._backoff_base = backoff_base_s
-        self._backoff_max = backoff_max_s
         # sock_read is per read, so a server that trickles bytes is bounded by
         # the total; it is generous because offer requests can take 20 s.
         self._timeout = aiohttp.ClientTimeout(
@@ -276,7 +255,7 @@ class KeepaClient:
     async def token_status(self, *, consumer: str = "startup") -> Envelope:
         """The envelope alone (free): a startup check of the key, never for polling."""
         reply = await self._call(
-            "token", consumer=consumer, cost=0, query={}, json_body=None, decode=_no_items
+            "token", consumer=consumer, cost=0, query={}, json_body=None, decode=decode_token
         )
         if reply.envelope is None:
             raise TransientError("token: response without a token envelope", status=200)
@@ -304,13 +283,14 @@ class KeepaClient:
         json_body: bytes | None,
         decode: Callable[[bytes], Decoded[T]],
     ) -> _Reply[Decoded[T]]:
-        last: _Retry | None = None
+        attempts = self._retry.max_attempts
+        last: Retry | None = None
         transient = 0
-        for attempt in range(1, self._max_attempts + 1):
+        for attempt in range(1, attempts + 1):
             await self._tokens.acquire(consumer, cost)
             try:
                 return await self._attempt(endpoint, query, json_body, decode)
-            except _Retry as retry:
+            except Retry as retry:
                 last = retry
                 if retry.envelope is None:
                     # No envelope (timeout, reset, a body without one): the
@@ -323,7 +303,7 @@ class KeepaClient:
                 # an envelope was synced this does nothing.
                 self._tokens.release(consumer)
                 raise
-            if attempt == self._max_attempts:
+            if attempt == attempts:
                 break
             if last.status == 429:
                 # No sleep here: the scheduler, synced to a balance <= 0, holds
@@ -331,8 +311,7 @@ class KeepaClient:
                 log.info("keepa.retry", endpoint=endpoint, attempt=attempt, reason=last.reason)
                 continue
             transient += 1
-            cap = min(self._backoff_max, self._backoff_base * 2 ** (transient - 1))
-            delay = self._rng.uniform(0.0, cap)  # full jitter: no synchronized retries
+            delay = self._retry.delay(transient)
             log.info(
                 "keepa.retry", endpoint=endpoint, attempt=attempt, reason=last.reason,
                 delay_s=round(delay, 3),
@@ -340,14 +319,10 @@ class KeepaClient:
             await self._clock.sleep(delay)
         assert last is not None
         log.warning(
-            "keepa.gave_up", endpoint=endpoint, attempts=self._max_attempts,
+            "keepa.gave_up", endpoint=endpoint, attempts=attempts,
             status=last.status, reason=last.reason,
         )
-        cls = RateLimited if last.status == 429 else TransientError
-        raise cls(
-            f"{endpoint}: {last.reason} after {self._max_attempts} attempts",
-            status=last.status, envelope=last.envelope,
-        )
+        raise self._retry.give_up(endpoint, last)
 
     async def _attempt(
         self,
@@ -379,7 +354,7 @@ class KeepaClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             failure = self._scrub(_describe(exc))
         if failure is not None:
-            raise _Retry(failure, status=None, envelope=None)
+            raise Retry(failure, status=None, envelope=None)
         envelope, error = decode_envelope(body)
         if envelope is not None:
             self._tokens.sync(envelope)
@@ -401,7 +376,7 @@ class KeepaClient:
         except PayloadError as exc:
             bad = f"bad body ({self._scrub(str(exc))[:DETAIL_MAX]})"
         if bad is not None:
-            raise _Retry(bad, status=status, envelope=envelope)
+            raise Retry(bad, status=status, envelope=envelope)
         return _Reply(decoded, envelope)
 
     def _raise_for(
@@ -413,24 +388,14 @@ class KeepaClient:
         error: KeepaErrorBody | None,
     ) -> NoReturn:
         detail = self._scrub(format_error(error, body))
-        if status == 429:
-            self._tokens.note_rate_limited()
-            raise _Retry("429 not enough tokens", status=status, envelope=envelope)
-        if status >= 500 or status == 408:
-            raise _Retry(f"HTTP {status}", status=status, envelope=envelope)
-        message = f"{endpoint}: HTTP {status}: {detail}" if detail else f"{endpoint}: HTTP {status}"
-        kwargs: dict[str, Any] = {
-            "status": status, "envelope": envelope, "detail": detail, "error": error,
-        }
-        if status in (401, 402, 403) or BAD_KEY_RE.search(detail):
+        verdict = classify(endpoint, status, detail, envelope, error)
+        if isinstance(verdict, Retry):
+            if status == 429:
+                self._tokens.note_rate_limited()
+            raise verdict
+        # Logged here, not in the policy: the lines keep this module's logger name.
+        if isinstance(verdict, AccessDenied):
             log.error("keepa.access_denied", endpoint=endpoint, status=status, detail=detail)
-            raise AccessDenied(message, **kwargs)
-        log.warning("keepa.rejected", endpoint=endpoint, status=status, detail=detail)
-        raise RequestRejected(message, **kwargs)
-
-
-def _no_items(body: bytes) -> Decoded[None]:
-    """/token carries no items: its envelope is the answer (read by the caller)."""
-    if decode_envelope(body)[0] is None:
-        raise PayloadError("token response: no token envelope")
-    return Decoded([], [])
+        else:
+            log.warning("keepa.rejected", endpoint=endpoint, status=status, detail=detail)
+        raise verdict

@@ -303,6 +303,13 @@ def decode_products(body: bytes) -> Decoded[Product]:
     return _decode_items(resp.products, Product, repair=True)
 
 
+def decode_token(body: bytes) -> Decoded[None]:
+    """/token carries no items: its envelope is the answer (read by the caller)."""
+    if decode_envelope(body)[0] is None:
+        raise PayloadError("token response: no token envelope")
+    return Decoded([], [])
+
+
 class History(msgspec.Struct, frozen=True, rename="camel"):
     """A stored product's price histories, for charts (``product_history.payload``).
 
