@@ -4,7 +4,8 @@ A 100-product /product response is built from the real recorded sample
 (``dealsd/samples/product_B0D8W1YVBX.json``, compact as Keepa sends it:
 ~208 KB a product, mostly price history) with each copy's ASIN rewritten.
 The pipeline is what the client and the backfiller really run on such a
-body: ``decode_envelope`` and ``decode_products`` (dealsd/keepa/client.py), then for each
+body: ``decode_envelope`` and ``decode_products`` (dealsd/keepa/payloads.py, as
+the client calls them), then for each
 product the backfiller's own ``_store_one`` (derive the schema v2 columns with
 ``dealsd.mapping``, zlib-compress in a thread, read the deal row, estimate and
 commit through the store with ``backfill.store_product``), all products of the
