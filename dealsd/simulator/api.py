@@ -1,6 +1,7 @@
 """Keepa's request rules: parameter parsing, validation, costs, lying items.
 
-Pure functions over request parameters and JSON bytes; the server applies them.
+Pure functions over request parameters and JSON bytes; the server and its answers
+(``answers.py``) apply them.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ appears and kept through its price changes, so the cached product stays right.
 Keepa sends only the data the parameters paid for (``withheld``, ``strip_stats``): without
 ``buybox=1`` or ``offers`` no buy box (csv types 18 and 32, the ``buyBox*``
 stats), without ``rating=1`` or ``offers`` no rating history (types 16, 17).
-The offers themselves, and the offer-derived stats, are added by the server
-(``api.with_offers``).
+The offers themselves, and the offer-derived stats, are added when the
+product is answered (``answers.py``, with ``api.with_offers``).
 
 A product of the large sample is ~600 KB, mostly history. Those big members
 are encoded once per template (and price factor) and spliced in as

@@ -1,11 +1,13 @@
-"""The simulator's HTTP face: Keepa's endpoints, the envelope, faults, controls.
+"""The simulator's HTTP face: the app and its lifecycle, the envelope, controls.
 
-Every answer an API client can parse carries the token envelope, errors
-included. Deliberately broken answers (a reset, a truncated body, an HTML
-page) are the faults a client must survive; which ones are charged follows
-where the fault happens: a proxy's HTML page or a 5xx is refused before Keepa
-did the work (free), a truncated body or a hang is a request Keepa executed
-and billed whose answer got lost on the way.
+``Simulator`` owns the state (options, token bucket, a catalogue per
+marketplace, the simulated time) and serves it: each request goes through one
+pipeline (``_answer``) that adds the latency, lets each fault strike where it
+would on Keepa, checks the key, runs the endpoint's work (``answers.py``) and
+wraps it in the envelope. Every answer an API client can parse carries the
+token envelope, errors included. The faults themselves, and which are billed,
+are ``faults.py``'s; ``control`` and ``stats`` (also over ``/_sim/``) change
+and show the running simulator.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import random
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -25,11 +26,13 @@ from aiohttp import web
 
 from dealsd.clock import Clock, SystemClock, epoch_to_keepa_minutes, sleep_or_stop
 from dealsd.simulator import api
+from dealsd.simulator.answers import Answers
 from dealsd.simulator.bucket import TokenBucket
 from dealsd.simulator.catalogue import Catalogue, RealDeal
-from dealsd.simulator.gzjoin import Piece, gzip_join, piece
+from dealsd.simulator.faults import FaultInjector
+from dealsd.simulator.gzjoin import gzip_join, piece
 from dealsd.simulator.options import Faults, SimOptions
-from dealsd.simulator.products import ProductFactory, withheld
+from dealsd.simulator.products import ProductFactory
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +42,6 @@ CONTROL_KEYS = frozenset(
 )  # fmt: skip
 BIG_BODY = 256 * 1024  # gzip bodies above this in a thread: the loop keeps serving
 _COMMA = piece(b",")
-HTML_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>"
 
 
 class Simulator:
@@ -50,14 +52,8 @@ class Simulator:
         self.clock: Clock = clock or SystemClock()
         self.base_url = ""
         self.outage = False
-        self.products_bought: Counter[str] = Counter()
-        # The same, per marketplace: one ASIN on two domains is two products.
-        self.products_bought_in: Counter[tuple[int, str]] = Counter()
         self.requests: Counter[str] = Counter()
         self.responses: dict[str, Counter[str]] = {}
-        self.faults_injected: Counter[str] = Counter()
-        self.deal_pages = 0
-        self.deals_served = 0
         self.products = ProductFactory(seed=options.seed)
         self.start_minute = epoch_to_keepa_minutes(self.clock.now())
         reals = [
@@ -89,9 +85,11 @@ class Simulator:
             other_per_period=options.other_consumer_per_period,
             on_step=self._on_step,
         )
-        self._fault_rng = random.Random(f"faults:{options.seed}")
-        self._item_rng = random.Random(f"items:{options.seed}")
-        self._queries: dict[str, tuple[float, api.DealResult]] = {}
+        self._injector = FaultInjector(options)
+        self._answers = Answers(
+            options=options, bucket=self.bucket, catalogue_for=self.catalogue_for,
+            products=self.products, faults=self._injector, keepa_minute=lambda: self.keepa_minute,
+        )  # fmt: skip
         self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -153,13 +151,39 @@ class Simulator:
         """
         self.bucket.advance()
         deal = self.catalogue_for(domain).reprice(asin, factor)
-        self._queries.clear()
+        self._answers.forget_queries()
         return deal
 
     @property
     def keepa_minute(self) -> int:
         self.bucket.advance()
         return self.start_minute + self.bucket.counters.steps
+
+    # what was sold, and what struck -----------------------------------------------
+    @property
+    def products_bought(self) -> Counter[str]:
+        """Products billed, per ASIN (``Answers``)."""
+        return self._answers.products_bought
+
+    @property
+    def products_bought_in(self) -> Counter[tuple[int, str]]:
+        """Products billed, per (marketplace, ASIN)."""
+        return self._answers.products_bought_in
+
+    @property
+    def deal_pages(self) -> int:
+        """/deal pages served."""
+        return self._answers.deal_pages
+
+    @property
+    def deals_served(self) -> int:
+        """Deals on the /deal pages served."""
+        return self._answers.deals_served
+
+    @property
+    def faults_injected(self) -> Counter[str]:
+        """Faults that struck, by kind (``FaultInjector``)."""
+        return self._injector.injected
 
     # control and stats ------------------------------------------------------------
     def control(self, **changes: Any) -> None:
@@ -244,12 +268,6 @@ class Simulator:
     def _count(self, endpoint: str, status: int | str) -> None:
         self.responses.setdefault(endpoint, Counter())[str(status)] += 1
 
-    def _roll(self, kind: str, rate: float) -> bool:
-        if rate > 0 and self._fault_rng.random() < rate:
-            self.faults_injected[kind] += 1
-            return True
-        return False
-
     async def _json(self, status: int, doc: dict[str, Any]) -> web.Response:
         products = doc.get("products")
         if isinstance(products, list):
@@ -295,21 +313,21 @@ class Simulator:
         """The answer, or the name of the way it was dropped (reset, truncated, stopped)."""
         opts = self.options
         faults = opts.faults
+        injector = self._injector
         if opts.latency_s > 0 and await sleep_or_stop(self.clock, self._stopping, opts.latency_s):
             return "stopped"
         self.bucket.advance()
         if self.outage:
-            self.faults_injected["outage"] += 1
-            if self._fault_rng.random() < 0.5:
-                return self._reset(request)
+            if injector.outage():
+                return injector.reset(request)
             return await self._error(503, "unavailable", "Service Unavailable", started)
-        if self._roll("reset", faults.reset):
-            return self._reset(request)
-        if self._roll("error_5xx", faults.error_5xx):
-            status = self._fault_rng.choice((500, 502, 503))
+        if injector.roll("reset", faults.reset):
+            return injector.reset(request)
+        if injector.roll("error_5xx", faults.error_5xx):
+            status = injector.error_status()
             return await self._error(status, "internal", "simulated server fault", started)
-        if self._roll("non_json", faults.non_json):
-            return web.Response(status=200, body=HTML_PAGE, content_type="text/html")
+        if injector.roll("non_json", faults.non_json):
+            return injector.html_page()
         key = request.query.get("key", "")
         if not key or (opts.api_keys is not None and key not in opts.api_keys):
             etype = "invalidKey" if not key else "payment"
@@ -320,14 +338,14 @@ class Simulator:
             if exc.status == 429:
                 self.bucket.counters.refused += 1
             return await self._error(exc.status, exc.type, exc.message, started)
-        if self._roll("hang", faults.hang):
+        if injector.roll("hang", faults.hang):
             # Keepa did the work and billed it; the answer comes too late.
             if await sleep_or_stop(self.clock, self._stopping, faults.hang_s):
                 return "stopped"
         envelope = self._envelope(cost, started)
         resp = await self._json(200, {**envelope, **doc})
-        if self._roll("truncated", faults.truncated):
-            return await self._truncate(request, resp)
+        if injector.roll("truncated", faults.truncated):
+            return await injector.truncate(request, resp)
         return resp
 
     async def _execute(self, request: web.Request, endpoint: str) -> tuple[dict[str, Any], int]:
@@ -335,98 +353,8 @@ class Simulator:
             return {}, 0
         if endpoint == "deal":
             selection = await api.read_selection(request)
-            return self._deals(selection)
-        return self._products(api.ProductQuery.parse(request.query))
-
-    def _deals(self, selection: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        if self.bucket.balance < 1:
-            raise api.Rejected(429, "tokens", "Not enough tokens")
-        page = int(selection.get("page", 0) or 0)
-        key = api.selection_key(selection)
-        now = self.bucket.elapsed_s()
-        cached = self._queries.get(key)
-        # Keepa caches a query for 120 s (two Keepa minutes): paging with the
-        # same selection sees one consistent result list.
-        if cached is None or now - cached[0] > 2 * self.bucket.period_s:
-            catalogue = self.catalogue_for(int(selection["domainId"]))
-            deals = catalogue.query(selection)
-            result = api.DealResult.of(deals, catalogue.deal_bytes)
-            self._queries = {k: v for k, v in self._queries.items() if now - v[0] <= 240}
-            self._queries[key] = (now, result)
-        else:
-            result = cached[1]
-        items = result.page(page)
-        items = [self._maybe_corrupt_deal(b) for b in items]
-        self.bucket.charge(api.DEAL_PAGE_COST)
-        self.deal_pages += 1
-        self.deals_served += len(items)
-        doc = {"deals": {"dr": [msgspec.Raw(b) for b in items], **result.categories}}
-        return doc, api.DEAL_PAGE_COST
-
-    def _products(self, q: api.ProductQuery) -> tuple[dict[str, Any], int]:
-        if self.bucket.balance < 1:
-            raise api.Rejected(429, "tokens", "Not enough tokens")
-        opts = self.options
-        out: list[Piece] = []
-        cost = 0
-        catalogue = self.catalogue_for(q.domain)
-        for asin in q.asins:
-            if self.products.is_missing(asin, opts.missing_rate):
-                if q.update != -1:  # Keepa looked it up for us, and bills the look
-                    cost += 1
-                    self.products_bought[asin] += 1
-                continue
-            if self.products.is_invalid(asin, opts.invalid_rate):
-                made = piece(self.products.invalid_bytes(asin))
-                item_cost = 1
-            else:
-                deal = catalogue.by_asin.get(asin)
-                # Keepa answers what was paid for: buy box data with buybox=1
-                # or offers, rating history with rating=1 or offers.
-                withhold = withheld(
-                    buybox=q.buybox or q.offers > 0, rating=q.rating or q.offers > 0
-                )
-                made = self.products.product_piece(
-                    asin, history=q.history, stats=q.stats > 0, days=q.days,
-                    title=deal["title"] if deal is not None else None, withhold=withhold,
-                    deal=deal,
-                )  # fmt: skip
-                pages = self.products.offer_pages(asin) if q.offers else 0
-                if q.offers:
-                    made = piece(
-                        api.with_offers(
-                            made.data, asin, pages, q.offers, self.keepa_minute, stock=q.stock
-                        )
-                    )
-                item_cost = q.cost_per_product(pages)
-            if self._roll("bad_items", self.options.faults.bad_items):
-                made = piece(api.corrupt_product(made.data, self._item_rng))
-            out.append(made)
-            cost += item_cost
-            self.products_bought[asin] += 1
-            self.products_bought_in[q.domain, asin] += 1
-        self.bucket.charge(cost)
-        return {"products": out}, cost
-
-    def _maybe_corrupt_deal(self, data: bytes) -> bytes:
-        if self._roll("bad_items", self.options.faults.bad_items):
-            return api.corrupt_deal(data, self._item_rng)
-        return data
-
-    def _reset(self, request: web.Request) -> str:
-        if request.transport is not None:
-            request.transport.abort()  # no status line, no body: a reset
-        return "reset"
-
-    async def _truncate(self, request: web.Request, full: web.Response) -> str:
-        body = bytes(full.body) if isinstance(full.body, bytes | bytearray) else b""
-        resp = web.StreamResponse(status=200, headers=full.headers)
-        resp.content_length = len(body)  # promise all of it, send half
-        await resp.prepare(request)
-        await resp.write(body[: len(body) // 2])
-        if request.transport is not None:
-            request.transport.abort()
-        return "truncated"
+            return self._answers.deals(selection)
+        return self._answers.products(api.ProductQuery.parse(request.query))
 
     async def _deal(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "deal")
