@@ -1,6 +1,6 @@
 """Schema v1 -> v2 in place: the (domain_id, asin) key, in one transaction, nothing lost.
 
-The v1 file is built with the v1 DDL exactly as released (``schema.MIGRATIONS[0]``)
+The v1 file is built with the v1 DDL exactly as released (``migrations.MIGRATIONS[0]``)
 and filled the way the v1 daemon filled it: deals, some backfilled with their
 history payload, one given up, and the other tables.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from dealsd.clock import FakeClock
-from dealsd.store import Store, backfill, feed, pruning, schema
+from dealsd.store import Store, backfill, feed, migrations, pruning, schema
 
-V1 = schema.MIGRATIONS[0]
+V1 = migrations.MIGRATIONS[0]
 T = "2026-11-28T12:00:00Z"
 
 
@@ -155,7 +155,7 @@ def test_a_failing_v2_step_leaves_the_v1_file_as_it_was(tmp_path: Path) -> None:
     _v1_file(db)
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA foreign_keys = ON")
-    broken = [V1, schema.MIGRATIONS[1] + "\nTHIS IS NOT SQL;\n"]
+    broken = [V1, migrations.MIGRATIONS[1] + "\nTHIS IS NOT SQL;\n"]
     with pytest.raises(sqlite3.OperationalError):
         schema.apply_migrations(conn, broken)
     assert not conn.in_transaction

@@ -39,7 +39,7 @@ from dealsd.clock import SystemClock, iso_utc
 from dealsd.config import Config, load_config
 from dealsd.keepa import KeepaClient, ProductParams
 from dealsd.simulator import Simulator
-from dealsd.store import schema
+from dealsd.store import migrations, schema
 from dealsd.tokens import TokenScheduler
 
 BOOKS: dict[str, Any] = {"priceTypes": [2], "sortType": 1, "includeCategories": [283155]}
@@ -265,7 +265,7 @@ def _v1_database(path: Path, *, now: float, watermark: int) -> None:
     seen = iso_utc(now)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA foreign_keys = ON")
-    schema.apply_migrations(conn, schema.MIGRATIONS[:1])
+    schema.apply_migrations(conn, migrations.MIGRATIONS[:1])
     conn.executemany(
         "INSERT INTO deals (asin, domain_id, title, current_used_cents, keepa_last_update, "
         "first_seen_at, last_seen_at, backfilled_at, avg90_used_cents, backfill_attempts, "

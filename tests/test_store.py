@@ -20,7 +20,16 @@ import pytest
 from helpers import wait_for
 
 from dealsd.clock import FakeClock, iso_utc
-from dealsd.store import NotADatabase, SchemaTooNew, Store, StoreClosed, StoreFull, feed, schema
+from dealsd.store import (
+    NotADatabase,
+    SchemaTooNew,
+    Store,
+    StoreClosed,
+    StoreFull,
+    feed,
+    migrations,
+    schema,
+)
 
 HERE = Path(__file__).parent
 
@@ -402,7 +411,7 @@ async def test_migrates_a_version_0_file_in_one_transaction(
 
 def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
-    broken = [*schema.MIGRATIONS, "CREATE TABLE extra (a);\nTHIS IS NOT SQL;\n"]
+    broken = [*migrations.MIGRATIONS, "CREATE TABLE extra (a);\nTHIS IS NOT SQL;\n"]
     schema.apply_migrations(conn)
     with pytest.raises(sqlite3.OperationalError):
         schema.apply_migrations(conn, broken)

@@ -2,11 +2,13 @@
 
 ``writer`` (the ``Store``: group commit through one aiosqlite connection),
 ``groups`` (running a group, replaying it without the write that raised),
-``readers`` (the read-only pool), ``schema`` (migrations), and the SQL the
-workers and ``status`` run, one module per concern: ``feed`` (/deal rows,
-checkpoints, the token ledger's rows), ``backfill`` (the /product queue and
-the funnel's counts), ``liveness`` (the daemon's and workers' rows, the
-status summary), ``pruning`` (the janitor), sharing ``sql``.
+``readers`` (the read-only pool), ``schema`` (the current schema, and
+applying to a file the steps of ``migrations`` it lacks), ``migrations``
+(each released step's DDL), and the SQL the workers and ``status`` run, one
+module per concern: ``feed`` (/deal rows, checkpoints, the token ledger's
+rows), ``backfill`` (the /product queue and the funnel's counts),
+``liveness`` (the daemon's and workers' rows, the status summary),
+``pruning`` (the janitor), sharing ``sql``.
 """
 
 from __future__ import annotations
