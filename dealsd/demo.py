@@ -46,6 +46,21 @@ path = "{db}"
 [upserter]
 interval_s = 5
 
+[upserter.selection]
+# New offers bought new, resold at the new 90-day average: like with like.
+# (The simulator's products are built from the real samples, which have no
+# used-price history: a used selection would be priced against nothing.)
+# Every category, $5 to $60: what a small arbitrage buyer looks at.
+priceTypes = [1]
+salesRankRange = [10000, 10000000]
+currentRange = [500, 6000]
+deltaPercentRange = [10, 100]
+minRating = 10
+sortType = 4
+isRangeEnabled = true
+isFilterEnabled = true
+singleVariation = true
+
 [backfiller]
 idle_s = 0.5
 
@@ -53,9 +68,6 @@ idle_s = 0.5
 interval_s = 60
 
 [profit]
-# The simulator's products are built from the real samples, which have no
-# used-price history (Keepa's -1 throughout): a used reference would price
-# nothing and the deals table would end the demo with blank profits.
 reference = "new"
 
 [log]
