@@ -27,7 +27,7 @@ keeps the averages, as a drop does on Keepa.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,13 +215,9 @@ class Catalogue:
         self.minute = minute
         rng = self._rng
         for deal in rng.sample(self.deals, min(changed, len(self.deals))):
-            current = list(deal["current"])
-            for t in PRICE_TYPES:
-                if current[t] > 0 and t != LISTPRICE:
-                    current[t] = max(1, int(current[t] * rng.uniform(0.9, 1.1)))
-            current[SALES] = max(1, int(current[SALES] * rng.uniform(0.5, 1.5)))
-            self._price(deal, current, minute, since=minute)
-            self._bytes.pop(deal["asin"], None)
+            self._move(
+                deal, minute, lambda: rng.uniform(0.9, 1.1), lambda: rng.uniform(0.5, 1.5)
+            )
         for _ in range(new):
             self._add(self._new_deal(minute))
         if minute % 60 == 0:
@@ -244,13 +240,26 @@ class Catalogue:
         ones. KeyError: no such deal in this catalogue.
         """
         deal = self.by_asin[asin]
+        self._move(deal, self.minute, lambda: factor)
+        return deal
+
+    def _move(
+        self,
+        deal: dict[str, Any],
+        minute: int,
+        price: Callable[[], float],
+        rank: Callable[[], float] | None = None,
+    ) -> None:
+        """The deal's prices (not the list price) times ``price()`` each, its sales rank
+        times ``rank()`` if given, as of ``minute``; its averages stay."""
         current = list(deal["current"])
         for t in PRICE_TYPES:
             if current[t] > 0 and t != LISTPRICE:
-                current[t] = max(1, int(current[t] * factor))
-        self._price(deal, current, self.minute, since=self.minute)
-        self._bytes.pop(asin, None)  # its /deal bytes are those of the old price
-        return deal
+                current[t] = max(1, int(current[t] * price()))
+        if rank is not None:
+            current[SALES] = max(1, int(current[SALES] * rank()))
+        self._price(deal, current, minute, since=minute)
+        self._bytes.pop(deal["asin"], None)  # its /deal bytes are those of the old price
 
     # reading ----------------------------------------------------------------------
     def deal_bytes(self, deal: Mapping[str, Any]) -> bytes:
