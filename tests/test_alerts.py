@@ -615,7 +615,7 @@ async def test_a_price_drop_at_keepa_of_the_step_alerts_again_and_a_smaller_one_
         # ...nor on the passes after it, each of which reads the deal again,
         # while the sender polls five times a second.
         pages = sim.deal_pages
-        await wait_for(lambda: sim.deal_pages >= pages + 3, 20, "two more upserter passes")
+        await wait_for(lambda: sim.deal_pages >= pages + 3, 20, "three more /deal pages")
         assert reasons() == ["new"] and len(messages()) == 1
         assert alerted_at() == alerted  # the step still counts from the alerted price
         # -20 % of the alerted price: the step and more.

@@ -32,11 +32,16 @@ def config_warnings(cfg: Config) -> list[str]:
     """What a valid config asks for that its own parameters will never fetch."""
     warnings = []
     grace = cfg.janitor.grace_h
-    own = [(f"selection[{i}].full_pass_h", s.full_pass_h) for i, s in enumerate(cfg.selection)]
-    passes = [(key, full) for key, full in own if full is not None]
-    if len(passes) < max(1, len(own)):  # some selection walks at [upserter]'s pace
-        passes.insert(0, ("upserter.full_pass_h", cfg.upserter.full_pass_h))
-    for key, full in passes:
+    passes = {
+        f"selection[{i}].full_pass_h": s.full_pass_h
+        for i, s in enumerate(cfg.selection)
+        if s.full_pass_h is not None
+    }
+    # [upserter]'s pace is that of [upserter.selection] and of every selection
+    # without its own.
+    if not cfg.selection or len(passes) < len(cfg.selection):
+        passes = {"upserter.full_pass_h": cfg.upserter.full_pass_h, **passes}
+    for key, full in passes.items():
         if 0 < full and grace <= full:
             # Between full passes a listed deal is seen again only by a full pass.
             warnings.append(

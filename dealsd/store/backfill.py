@@ -264,6 +264,7 @@ def deal_by_asin(
     rows = dicts(conn.execute(f"SELECT * FROM deals WHERE {where}", key))
     return rows[0] if rows else None
 
+
 def record_backfill_failure(
     conn: sqlite3.Connection, *, asin: str, reason: str, retry_at: str | None, now: str,
     domain_id: int | None = None,

@@ -36,10 +36,9 @@ _NEWER = (
 # `[profit] buy_shipping_cents`, as for a product bought without offers.
 # (SET expressions read the row as it was before this update.)
 _STALE_LANDED = tuple(
-    f"{landed} = CASE WHEN {_NEWER} AND excluded.{item} IS NOT deals.{item} "
-    f"THEN NULL ELSE deals.{landed} END"
-    for price_type, landed in LANDED_PRICE_COLUMN.items()
-    for item in (CURRENT_PRICE_COLUMN[price_type],)
+    f"{landed} = CASE WHEN {_NEWER} AND excluded.{CURRENT_PRICE_COLUMN[pt]} IS NOT "
+    f"deals.{CURRENT_PRICE_COLUMN[pt]} THEN NULL ELSE deals.{landed} END"
+    for pt, landed in LANDED_PRICE_COLUMN.items()
 )
 # Positional parameters: binding a tuple is measurably cheaper than a dict
 # of names, and this statement runs once per deal (see bench/writer.py).
